@@ -1,0 +1,17 @@
+"""Compute kernels shared by the client engine and the local backend.
+
+Imported as ``tinkjax.kernels``; every kernel ships with a plain-``jnp`` reference.
+"""
+
+from tinkjax.kernels._logprobs import target_logprobs, target_logprobs_reference
+from tinkjax.kernels._lora import lora_delta, lora_delta_reference
+from tinkjax.kernels._sampling import filter_logits, filter_logits_reference
+
+__all__ = [
+    "filter_logits",
+    "filter_logits_reference",
+    "lora_delta",
+    "lora_delta_reference",
+    "target_logprobs",
+    "target_logprobs_reference",
+]

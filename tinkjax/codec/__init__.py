@@ -1,0 +1,27 @@
+"""Codecs: wire types ⇄ JSON (msgspec) and ⇄ protobuf (the ``tinker_public`` schema)."""
+
+from ._futures import PROTOBUF_RESULT_TYPES, FutureAnswer, decode_future_answer
+from ._json import decode_json, encode_json, to_wire_builtins
+from ._proto import (
+    decode_forward_backward_output,
+    decode_forward_backward_request,
+    decode_sample_response,
+    encode_forward_backward_output,
+    encode_forward_backward_request,
+    encode_sample_response,
+)
+
+__all__ = [
+    "PROTOBUF_RESULT_TYPES",
+    "FutureAnswer",
+    "decode_forward_backward_output",
+    "decode_forward_backward_request",
+    "decode_future_answer",
+    "decode_json",
+    "decode_sample_response",
+    "encode_forward_backward_output",
+    "encode_forward_backward_request",
+    "encode_json",
+    "encode_sample_response",
+    "to_wire_builtins",
+]

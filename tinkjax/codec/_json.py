@@ -1,0 +1,106 @@
+"""JSON codec: msgspec Structs ⇄ bytes, as the official SDK writes and reads them.
+
+* Encoding omits ``None`` fields (the SDK's ``exclude_none``) but keeps fields equal to their
+  defaults; a type may list fields that are sent even when ``None`` in ``__wire_keep_none__``.
+* NumPy arrays inside wire types travel as JSON lists; ``bytes`` as base64; datetimes as ISO 8601.
+* Decoders are built once per type and cached; every decode error becomes
+  :class:`tinkjax.errors.DecodeError` naming the JSON path of the bad field.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as _dt
+import enum
+from functools import lru_cache
+from typing import Any, TypeVar
+
+import msgspec
+import numpy as np
+
+from tinkjax.errors import DecodeError, WireFormatError
+
+__all__ = ["decode_json", "encode_json", "to_wire_builtins"]
+
+T = TypeVar("T")
+
+_encoder = msgspec.json.Encoder()
+
+
+def _struct_to_builtins(obj: msgspec.Struct) -> dict[str, Any]:
+    cls = type(obj)
+    config = obj.__struct_config__
+    keep_none: tuple[str, ...] = getattr(cls, "__wire_keep_none__", ())
+    out: dict[str, Any] = {}
+    if config.tag_field is not None:
+        out[config.tag_field] = config.tag
+    for attr, wire_name in zip(cls.__struct_fields__, cls.__struct_encode_fields__, strict=True):
+        value = getattr(obj, attr)
+        if value is None and attr not in keep_none:
+            continue
+        out[wire_name] = to_wire_builtins(value)
+    return out
+
+
+def to_wire_builtins(value: Any) -> Any:
+    """Convert a wire value to JSON-ready builtins (``None`` struct fields dropped)."""
+    if isinstance(value, msgspec.Struct):
+        return _struct_to_builtins(value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, str | int | float | bool) or value is None:
+        if isinstance(value, enum.Enum):
+            return value.value
+        return value
+    if isinstance(value, list | tuple):
+        if value and isinstance(value[0], str | int | float) and not isinstance(value[0], enum.Enum):
+            return list(value)
+        return [to_wire_builtins(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): to_wire_builtins(v) for k, v in value.items()}
+    if isinstance(value, bytes | bytearray | memoryview):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, _dt.datetime):
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=_dt.UTC)
+        return value.isoformat()
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, enum.Enum):
+        return value.value
+    raise WireFormatError(f"cannot encode a value of type {type(value).__name__} as JSON")
+
+
+def encode_json(obj: Any) -> bytes:
+    """Encode a wire object (or builtins) to JSON bytes, omitting ``None`` fields."""
+    return _encoder.encode(to_wire_builtins(obj))
+
+
+@lru_cache(maxsize=None)
+def _decoder(tp: Any) -> msgspec.json.Decoder[Any]:
+    return msgspec.json.Decoder(tp)
+
+
+def decode_json(data: bytes | str, tp: type[T]) -> T:
+    """Decode JSON ``data`` into ``tp``.
+
+    Raises:
+        DecodeError: the bytes are not JSON, or do not match ``tp``; the message names the
+            JSON path (``$.data[3].loss_fn_inputs``) and what was wrong.
+    """
+    try:
+        return _decoder(tp).decode(data)  # type: ignore[no-any-return]
+    except msgspec.ValidationError as exc:
+        field = _path_of(str(exc))
+        raise DecodeError(f"invalid {getattr(tp, '__name__', tp)}: {exc}", field=field) from None
+    except msgspec.DecodeError as exc:
+        raise DecodeError(f"malformed JSON: {exc}") from None
+    except WireFormatError as exc:  # raised from a __post_init__ check
+        raise DecodeError(str(exc), field=exc.field) from None
+
+
+def _path_of(message: str) -> str | None:
+    marker = " - at `"
+    if marker in message:
+        return message.rsplit(marker, 1)[1].rstrip("`")
+    return None

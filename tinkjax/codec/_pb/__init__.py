@@ -1,0 +1,1 @@
+"""Generated protobuf module (``make proto``); do not edit by hand."""

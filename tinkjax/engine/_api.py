@@ -1,0 +1,191 @@
+"""The engine's public entry points."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import numpy.typing as npt
+
+from tinkjax.engine._engine import (
+    _DEFAULT_BUCKETING,
+    EmitFn,
+    LossSpec,
+    NormMethod,
+    Prepared,
+    _build_step,
+    _emit,
+    _exception,
+    _finish,
+    _report,
+    _run_prepares,
+)
+from tinkjax.engine._errors import EngineInputError
+from tinkjax.engine._kernel import program
+from tinkjax.engine._pack import Bucketing
+from tinkjax.engine._result import CustomLossResult
+from tinkjax.engine._spec import Regularizer, validate_regularizers
+
+
+def compute_custom_loss(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    logprobs: Sequence[npt.ArrayLike],
+    loss: LossSpec = None,
+    *,
+    regularizers: Sequence[Regularizer] = (),
+    loss_fn_config: Mapping[str, float] | None = None,
+    track_grad_norms: bool = False,
+    norm_method: NormMethod = "grads",
+    data: Sequence[Any] | None = None,
+    emit: EmitFn | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    bucketing: Bucketing = _DEFAULT_BUCKETING,
+) -> CustomLossResult:
+    """Value, per-term breakdown and ∂total/∂logprobs of ``base + Σ weightᵢ·regᵢ``.
+
+    Args:
+        inputs: per datum, its ``loss_fn_inputs`` as arrays shaped like its logprobs
+            (``target_tokens``, ``weights``, ``advantages``, ``logprobs`` = sampler logprobs,
+            ``reference_logprobs``, ``paired_logprobs``, or any other key).
+        logprobs: per datum, the target-token logprobs of the forward pass, ``[n]`` or
+            ``[n, K]``.
+        loss: the base loss: a built-in name (``"cross_entropy"``, ``"ppo"``, ...), a
+            :class:`PackedLoss`, a :class:`DatumLoss` or bare Tinker-style callable
+            ``fn(data, logprobs_list) -> (loss, metrics)`` written in JAX, or ``None``.
+        regularizers: terms added with their weights; names must be unique.
+        loss_fn_config: config of a built-in loss (e.g. PPO clip thresholds); traced.
+        track_grad_norms: also compute each term's gradient norm (same program).
+        norm_method: ``"grads"`` (one ``value_and_grad`` per regularizer) or ``"vmap"``
+            (one ``vmap`` per kind of regularizer over its stacked parameters).
+        data: what regularizers' ``prepare`` steps receive (default: ``inputs``).
+        emit: ``emit(event, measurements, metadata)`` for ``custom_loss.start/stop/exception``
+            and ``regularizer.compute``.
+        dtype: float32 (default) or float64 (needs ``jax.enable_x64``).
+        bucketing: the padding ladder.
+
+    Raises:
+        EngineInputError: bad specs or data, found before compiling.
+        NonFiniteError: a value or gradient is NaN/Inf (names the term and datum).
+        RegularizerError: a ``prepare`` step failed or timed out.
+        RuntimeError: ``prepare`` steps need an event loop and one is already running (use
+            :func:`compute_custom_loss_async`).
+    """
+    if any(isinstance(r, Regularizer) and r.prepare is not None for r in regularizers):
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return asyncio.run(
+                compute_custom_loss_async(
+                    inputs, logprobs, loss, regularizers=regularizers,
+                    loss_fn_config=loss_fn_config, track_grad_norms=track_grad_norms,
+                    norm_method=norm_method, data=data, emit=emit, dtype=dtype,
+                    bucketing=bucketing,
+                )
+            )
+        raise RuntimeError(
+            "regularizers with a prepare step cannot run synchronously inside a running "
+            "event loop; await compute_custom_loss_async instead"
+        )
+    return _compute(
+        inputs, logprobs, loss, regularizers=regularizers, loss_fn_config=loss_fn_config,
+        track_grad_norms=track_grad_norms, norm_method=norm_method, emit=emit, dtype=dtype,
+        bucketing=bucketing, prepared={},
+    )
+
+
+async def compute_custom_loss_async(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    logprobs: Sequence[npt.ArrayLike],
+    loss: LossSpec = None,
+    *,
+    regularizers: Sequence[Regularizer] = (),
+    loss_fn_config: Mapping[str, float] | None = None,
+    track_grad_norms: bool = False,
+    norm_method: NormMethod = "grads",
+    data: Sequence[Any] | None = None,
+    emit: EmitFn | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    bucketing: Bucketing = _DEFAULT_BUCKETING,
+) -> CustomLossResult:
+    """:func:`compute_custom_loss`, awaiting ``prepare`` steps concurrently (each with its
+    ``prepare_timeout``) and running the kernel in a worker thread."""
+    started = time.perf_counter()
+    _emit_start(emit, regularizers, track_grad_norms)
+    try:
+        regs = validate_regularizers(regularizers)
+        prepared = await _run_prepares(regs, inputs if data is None else data)
+    except Exception as exc:
+        _exception(emit, exc, started)
+        raise
+    return await asyncio.to_thread(
+        _compute, inputs, logprobs, loss, regularizers=regs, loss_fn_config=loss_fn_config,
+        track_grad_norms=track_grad_norms, norm_method=norm_method, emit=emit, dtype=dtype,
+        bucketing=bucketing, prepared=prepared, started=started,
+    )
+
+
+def lower_custom_loss(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    logprobs: Sequence[npt.ArrayLike],
+    loss: LossSpec = None,
+    *,
+    regularizers: Sequence[Regularizer] = (),
+    loss_fn_config: Mapping[str, float] | None = None,
+    track_grad_norms: bool = False,
+    norm_method: NormMethod = "grads",
+    dtype: npt.DTypeLike = np.float32,
+    bucketing: Bucketing = _DEFAULT_BUCKETING,
+) -> jax.stages.Lowered:
+    """The lowered program of a step, for ``.compile().memory_analysis()`` / ``cost_analysis()``.
+
+    Regularizers with a ``prepare`` step are not supported here.
+    """
+    if any(r.prepare is not None for r in regularizers):
+        raise EngineInputError("lower_custom_loss does not run prepare steps")
+    step = _build_step(
+        inputs, logprobs, loss, regularizers=regularizers, loss_fn_config=loss_fn_config,
+        track_grad_norms=track_grad_norms, norm_method=norm_method, dtype=dtype,
+        bucketing=bucketing, prepared={},
+    )
+    return program.lower(*step.args, plan=step.plan)
+
+
+def _emit_start(emit: EmitFn | None, regularizers: Sequence[Any], track: bool) -> None:
+    _emit(emit, "custom_loss.start", {"system_time": time.time()},
+          {"regularizer_count": len(regularizers), "track_grad_norms": track})
+
+
+def _compute(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    logprobs: Sequence[npt.ArrayLike],
+    loss: LossSpec,
+    *,
+    regularizers: Sequence[Regularizer],
+    loss_fn_config: Mapping[str, float] | None,
+    track_grad_norms: bool,
+    norm_method: NormMethod,
+    emit: EmitFn | None,
+    dtype: npt.DTypeLike,
+    bucketing: Bucketing,
+    prepared: Prepared,
+    started: float | None = None,
+) -> CustomLossResult:
+    if started is None:  # the async entry point announced the step already
+        started = time.perf_counter()
+        _emit_start(emit, regularizers, track_grad_norms)
+    try:
+        step = _build_step(
+            inputs, logprobs, loss, regularizers=regularizers, loss_fn_config=loss_fn_config,
+            track_grad_norms=track_grad_norms, norm_method=norm_method, dtype=dtype,
+            bucketing=bucketing, prepared=prepared,
+        )
+        result = _finish(step, emit)
+    except Exception as exc:
+        _exception(emit, exc, started)
+        raise
+    _report(emit, result, started)
+    return result

@@ -1,0 +1,253 @@
+"""Host side: ragged per-datum NumPy arrays → bucketed ``LossBatch``, and gradients back."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+import numpy.typing as npt
+
+from tinkjax.engine._batch import STANDARD_INPUTS, LossBatch, bucket_size
+from tinkjax.engine._errors import EngineInputError, NonFiniteError
+
+
+@dataclasses.dataclass(frozen=True)
+class Bucketing:
+    """How ragged batches are padded to a small set of compiled shapes.
+
+    Attributes:
+        chunk: each datum is padded to a multiple of this many positions.
+        token_growth: step of the token-count ladder, 1.5 (≈√2 steps) or 2.0.
+        sequence_growth: step of the sequence-count ladder, 1.5 or 2.0.
+        min_tokens: smallest token bucket (a multiple of ``2 * chunk``).
+        min_sequences: smallest sequence bucket (even).
+    """
+
+    chunk: int = 64
+    token_growth: float = 1.5
+    sequence_growth: float = 1.5
+    min_tokens: int = 256
+    min_sequences: int = 4
+
+    def __post_init__(self) -> None:
+        if self.chunk < 1:
+            raise EngineInputError(f"Bucketing.chunk must be ≥ 1, got {self.chunk}")
+        if self.min_tokens < 2 * self.chunk or self.min_tokens % (2 * self.chunk):
+            raise EngineInputError(
+                f"Bucketing.min_tokens must be a multiple of 2*chunk={2 * self.chunk}, "
+                f"got {self.min_tokens}"
+            )
+        if self.min_sequences < 2 or self.min_sequences % 2:
+            raise EngineInputError(
+                f"Bucketing.min_sequences must be even and ≥ 2, got {self.min_sequences}"
+            )
+        for name in ("token_growth", "sequence_growth"):
+            if getattr(self, name) not in (1.5, 2.0):
+                raise EngineInputError(
+                    f"Bucketing.{name} must be 1.5 or 2.0, got {getattr(self, name)!r}"
+                )
+
+
+@dataclasses.dataclass(frozen=True)
+class DatumLayout:
+    """Where each datum lives in the packed token axis (hashable; static under ``jit``).
+
+    Attributes:
+        offsets: first packed position of each datum.
+        shapes: each datum's logprobs shape, ``(n,)`` or ``(n, K)``.
+        present: the ``loss_fn_inputs`` keys the data really carried, sorted.
+    """
+
+    offsets: tuple[int, ...]
+    shapes: tuple[tuple[int, ...], ...]
+    present: tuple[str, ...]
+
+    def split(self, packed: npt.NDArray[Any]) -> list[npt.NDArray[Any]]:
+        """Per-datum views of a packed token array (padding dropped)."""
+        return [
+            packed[off : off + shape[0]].reshape(shape)
+            for off, shape in zip(self.offsets, self.shapes, strict=True)
+        ]
+
+    def datum_at(self, position: int) -> int | None:
+        """Index of the datum owning packed ``position``, ``None`` for padding."""
+        index = int(np.searchsorted(np.asarray(self.offsets), position, side="right")) - 1
+        if index >= 0 and position < self.offsets[index] + self.shapes[index][0]:
+            return index
+        return None
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedInputs:
+    """A packed step: the batch, the packed logprobs (NumPy) and the layout."""
+
+    batch: LossBatch  # leaves already on the device
+    logprobs: npt.NDArray[Any]
+    layout: DatumLayout
+
+
+def pack_inputs(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    logprobs: Sequence[npt.ArrayLike],
+    *,
+    dtype: npt.DTypeLike,
+    bucketing: Bucketing,
+) -> PackedInputs:
+    """Pack ragged per-datum loss inputs and logprobs into one bucketed batch.
+
+    Args:
+        inputs: per datum, its ``loss_fn_inputs`` as arrays shaped like its logprobs.
+            Every datum must carry the same keys.
+        logprobs: per datum, target-token logprobs ``[n]`` or ``[n, K]`` (one ``K``).
+        dtype: float dtype of the packed floats.
+        bucketing: padding ladder.
+
+    Raises:
+        EngineInputError: mismatched counts, shapes, keys or dtypes (message names the datum).
+        NonFiniteError: a datum's logprobs contain NaN or ±Inf.
+    """
+    if len(inputs) != len(logprobs):
+        raise EngineInputError(
+            f"got {len(inputs)} datums but {len(logprobs)} logprobs arrays; they must match"
+        )
+    if not inputs:
+        raise EngineInputError("the batch is empty: at least one datum is required")
+    lps = [np.asarray(lp) for lp in logprobs]
+    trailing = _check_logprobs(lps)
+    keys = _check_keys(inputs)
+    chunk = bucketing.chunk
+    shapes = tuple(tuple(int(d) for d in lp.shape) for lp in lps)
+    padded = [-(-s[0] // chunk) * chunk for s in shapes]
+    offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(padded)[:-1]]))
+    total = bucket_size(
+        sum(padded), minimum=bucketing.min_tokens, growth=bucketing.token_growth
+    )
+    n_seq = bucket_size(
+        len(lps), minimum=bucketing.min_sequences, growth=bucketing.sequence_growth
+    )
+    layout = DatumLayout(offsets=offsets, shapes=shapes, present=tuple(sorted(keys)))
+    float_dtype = np.dtype(dtype)
+
+    def packed(arrays: Sequence[npt.NDArray[Any]], out_dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        out = np.zeros((total, *trailing), dtype=out_dtype)
+        for off, arr in zip(offsets, arrays, strict=True):
+            out[off : off + arr.shape[0]] = arr
+        return out
+
+    def field(key: str, out_dtype: npt.DTypeLike) -> npt.NDArray[Any]:
+        if key not in keys:
+            return np.zeros((total, *trailing), dtype=out_dtype)
+        arrays = []
+        for i, (item, shape) in enumerate(zip(inputs, shapes, strict=True)):
+            arr = np.asarray(item[key])
+            if arr.shape != shape:
+                raise EngineInputError(
+                    f"loss input {key!r} of datum {i} has shape {arr.shape}, but its "
+                    f"logprobs have shape {shape}"
+                )
+            if key == "target_tokens" and not np.issubdtype(arr.dtype, np.integer):
+                raise EngineInputError(
+                    f"loss input 'target_tokens' of datum {i} has dtype {arr.dtype}; "
+                    "integers required"
+                )
+            arrays.append(arr)
+        return packed(arrays, out_dtype)
+
+    mask = packed([np.ones(s, dtype=float_dtype) for s in shapes], float_dtype)
+    seg_per_chunk = np.full(total // chunk, n_seq - 1, dtype=np.int32)
+    for i, (off, width) in enumerate(zip(offsets, padded, strict=True)):
+        seg_per_chunk[off // chunk : (off + width) // chunk] = i
+    seq_valid = np.zeros(n_seq, dtype=float_dtype)
+    seq_valid[: len(lps)] = 1.0
+    seq_lengths = np.zeros(n_seq, dtype=float_dtype)
+    seq_lengths[: len(lps)] = [math.prod(s) for s in shapes]
+    std = {attr: field(key, float_dtype) for key, attr in STANDARD_INPUTS.items()}
+    std["target_tokens"] = field("target_tokens", np.int32)
+    extras = {k: field(k, float_dtype) for k in sorted(keys - STANDARD_INPUTS.keys())}
+    fields: dict[str, Any] = dict(
+        mask=mask,
+        segment_ids=np.repeat(seg_per_chunk, chunk),
+        chunk_segment_ids=seg_per_chunk,
+        seq_valid=seq_valid,
+        seq_lengths=seq_lengths,
+        extras=extras,
+        **std,
+    )
+    batch = LossBatch(chunk=chunk, **jax.device_put(fields))
+    return PackedInputs(batch=batch, logprobs=packed(lps, float_dtype), layout=layout)
+
+
+def pack_per_datum(
+    values: Sequence[npt.ArrayLike],
+    like: PackedInputs,
+    *,
+    dtype: npt.DTypeLike,
+    what: str,
+) -> npt.NDArray[Any]:
+    """Pack one value per datum: scalars → ``[B]``; logprob-shaped arrays → token-shaped.
+
+    ``what`` names the value in error messages.
+    """
+    layout = like.layout
+    if len(values) != len(layout.shapes):
+        raise EngineInputError(
+            f"{what}: got {len(values)} values for {len(layout.shapes)} datums"
+        )
+    arrays = [np.asarray(v, dtype=dtype) for v in values]
+    if all(a.ndim == 0 for a in arrays):
+        out = np.zeros(like.batch.seq_valid.shape, dtype=dtype)
+        out[: len(arrays)] = arrays
+        return out
+    out = np.zeros(like.logprobs.shape, dtype=dtype)
+    for i, (arr, off, shape) in enumerate(
+        zip(arrays, layout.offsets, layout.shapes, strict=True)
+    ):
+        if arr.shape != shape:
+            raise EngineInputError(
+                f"{what}: value of datum {i} has shape {arr.shape}; expected a scalar for "
+                f"every datum or the datum's logprobs shape {shape}"
+            )
+        out[off : off + shape[0]] = arr
+    return out
+
+
+def _check_logprobs(lps: Sequence[npt.NDArray[Any]]) -> tuple[int, ...]:
+    trailing = lps[0].shape[1:]
+    for i, lp in enumerate(lps):
+        if lp.ndim not in (1, 2):
+            raise EngineInputError(
+                f"logprobs of datum {i} have shape {lp.shape}; expected [n] or [n, K]"
+            )
+        if lp.shape[1:] != trailing:
+            raise EngineInputError(
+                f"logprobs of datum {i} have shape {lp.shape}, but datum 0 has {lps[0].shape}; "
+                "all datums need the same trailing shape"
+            )
+        if not np.issubdtype(lp.dtype, np.floating):
+            raise EngineInputError(f"logprobs of datum {i} have dtype {lp.dtype}; floats required")
+        if not np.isfinite(lp).all():
+            bad = int(np.argmin(np.isfinite(lp).reshape(-1)))
+            raise NonFiniteError(
+                f"logprobs of datum {i} are not finite (flat index {bad}: "
+                f"{lp.reshape(-1)[bad]}); nothing was computed",
+                term="logprobs",
+                datum=i,
+            )
+    return tuple(int(d) for d in trailing)
+
+
+def _check_keys(inputs: Sequence[Mapping[str, npt.ArrayLike]]) -> set[str]:
+    keys = set(inputs[0])
+    for i, item in enumerate(inputs):
+        if set(item) != keys:
+            missing = sorted(keys - set(item))
+            extra = sorted(set(item) - keys)
+            raise EngineInputError(
+                f"datum {i} has loss inputs {sorted(item)}, but datum 0 has {sorted(keys)} "
+                f"(missing {missing}, extra {extra}); every datum needs the same keys"
+            )
+    return keys

@@ -1,0 +1,162 @@
+"""Evaluating one loss term inside the jitted program.
+
+A term is the base loss or a group of regularizers sharing one function ("kind"): a group of
+size ``n > 1`` is evaluated with ``vmap`` over its stacked parameters, size 1 directly.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from tinkjax.engine._batch import LossBatch
+from tinkjax.engine._errors import EngineInputError
+from tinkjax.engine._pack import DatumLayout
+from tinkjax.engine._spec import DatumLossFn, TermFn
+from tinkjax.losses import compute_elementwise_loss, get_loss_definition
+
+Array = jax.Array
+Metrics = dict[str, Array]
+
+
+@dataclasses.dataclass(frozen=True)
+class TermPlan:
+    """Static description of a term or group (part of the compiled program's cache key).
+
+    Attributes:
+        fn: the term function.
+        static_key: static options, passed as keyword arguments.
+        param_names: traced parameters (stacked along a leading axis of length ``size``).
+        prepared_names: traced arrays from an async ``prepare`` (size-1 groups only).
+        size: number of regularizers in the group (1 for the base).
+        label: name for trace-time errors (not part of the key).
+    """
+
+    fn: TermFn
+    static_key: tuple[tuple[str, Hashable], ...]
+    param_names: tuple[str, ...]
+    prepared_names: tuple[str, ...] = ()
+    size: int = 1
+    label: str = dataclasses.field(default="", compare=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class DatumPlan:
+    """Static description of a Tinker-style base loss: its function and the datum layout."""
+
+    fn: DatumLossFn
+    layout: DatumLayout
+
+
+def _split_output(out: Any, label: str) -> tuple[Array, Metrics]:
+    value, metrics = out if isinstance(out, tuple) else (out, {})
+    if not isinstance(metrics, Mapping):
+        raise EngineInputError(
+            f"{label}: the second element of the returned tuple must be a dict of metrics, "
+            f"got {type(metrics).__name__}"
+        )
+    value = jnp.asarray(value)
+    if value.shape != ():
+        raise EngineInputError(f"{label}: the value must be a scalar, got shape {value.shape}")
+    checked: Metrics = {}
+    for key, metric in metrics.items():
+        arr = jnp.asarray(metric)
+        if arr.shape != ():
+            raise EngineInputError(
+                f"{label}: metric {key!r} must be a scalar, got shape {arr.shape}"
+            )
+        checked[str(key)] = arr
+    return value, checked
+
+
+def eval_term(
+    term: TermPlan,
+    lp: Array,
+    batch: LossBatch,
+    params: Mapping[str, Array],
+    prepared: Mapping[str, Array],
+) -> tuple[Array, Metrics]:
+    """One instance: ``term.fn(batch, lp, **params, **prepared, **static)``."""
+    out = term.fn(batch, lp, **params, **prepared, **dict(term.static_key))
+    value, metrics = _split_output(out, term.label)
+    return value.astype(lp.dtype), metrics
+
+
+def eval_datum_loss(plan: DatumPlan, lp: Array, batch: LossBatch) -> tuple[Array, Metrics]:
+    """A Tinker-style loss: slice the packed arrays back into per-datum arrays (static)."""
+    layout = plan.layout
+    lps, data = [], []
+    for off, shape in zip(layout.offsets, layout.shapes, strict=True):
+        lps.append(lp[off : off + shape[0]].reshape(shape))
+        data.append({key: batch.input(key)[off : off + shape[0]] for key in layout.present})
+    value, metrics = _split_output(plan.fn(data, lps), "base loss")
+    return value.astype(lp.dtype), metrics
+
+
+def group_values(
+    term: TermPlan,
+    lp: Array,
+    batch: LossBatch,
+    params: Mapping[str, Array],
+    prepared: Mapping[str, Array],
+) -> tuple[Array, Metrics]:
+    """Values ``[n]`` and metrics ``{key: [n]}`` of a group."""
+    if term.size == 1:
+        value, metrics = eval_term(term, lp, batch, _first(params), prepared)
+        return value[None], {k: v[None] for k, v in metrics.items()}
+
+    def one(p: Mapping[str, Array]) -> tuple[Array, Metrics]:
+        return eval_term(term, lp, batch, p, prepared)
+
+    values, metrics = jax.vmap(one)(params)
+    return values, metrics
+
+
+def group_values_and_grads(
+    term: TermPlan,
+    lp: Array,
+    batch: LossBatch,
+    params: Mapping[str, Array],
+    prepared: Mapping[str, Array],
+) -> tuple[Array, Metrics, Array]:
+    """Values ``[n]``, metrics ``{key: [n]}`` and gradients ``[n, *lp.shape]`` of a group."""
+
+    def one(x: Array, p: Mapping[str, Array]) -> tuple[Array, Metrics]:
+        return eval_term(term, x, batch, p, prepared)
+
+    value_and_grad = jax.value_and_grad(one, has_aux=True)
+    if term.size == 1:
+        (value, metrics), grad = value_and_grad(lp, _first(params))
+        return value[None], {k: v[None] for k, v in metrics.items()}, grad[None]
+    (values, metrics), grads = jax.vmap(value_and_grad, in_axes=(None, 0))(lp, params)
+    return values, metrics, grads
+
+
+def builtin_loss(batch: LossBatch, lp: Array, *, loss: str, **config: Array) -> tuple[Array, Metrics]:
+    """Tinker's built-in loss ``loss`` on the packed batch: Σ over tokens and datums, no mean.
+
+    Uses ``tinkjax.losses``; config values are traced. Returns ``(value, {"loss:sum": value})``.
+    """
+    definition = get_loss_definition(loss)
+    inputs = {key: batch.input(key) for key in definition.input_arguments}
+    segments = batch.segment_ids
+    if lp.ndim == 2:
+        segments = jnp.broadcast_to(segments[:, None], lp.shape)
+    per_token = compute_elementwise_loss(
+        loss,
+        lp,
+        inputs,
+        config,
+        segment_ids=segments if definition.uses_segments else None,
+        num_segments=batch.max_sequences if definition.uses_segments else None,
+    )
+    value = batch.token_sum(per_token)
+    return value, {"loss:sum": value}
+
+
+def _first(params: Mapping[str, Array]) -> dict[str, Array]:
+    return {k: v[0] for k, v in params.items()}

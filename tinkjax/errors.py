@@ -1,0 +1,238 @@
+"""The one exception tree of tinkjax.
+
+Names follow the official ``tinker`` SDK so code written against it keeps working::
+
+    TinkerError                          (alias: TinkJaxError)
+    ├── APIError
+    │   ├── APIStatusError               an HTTP answer with a non-2xx status
+    │   │   ├── BadRequestError          400
+    │   │   ├── AuthenticationError      401
+    │   │   ├── BillingError             402
+    │   │   ├── PermissionDeniedError    403
+    │   │   ├── NotFoundError            404
+    │   │   ├── ConflictError            409
+    │   │   ├── UnprocessableEntityError 422
+    │   │   ├── RateLimitError           429
+    │   │   └── InternalServerError      >= 500
+    │   ├── APIConnectionError           no answer (reset, refused, DNS, ...)
+    │   │   └── APITimeoutError          no answer in time
+    │   └── APIResponseValidationError   an answer we could not decode
+    ├── RequestFailedError               a future that failed server-side (``.category``)
+    ├── WireFormatError (ValueError)     bytes or values that break the wire contract
+    │   ├── DecodeError                  malformed JSON or protobuf
+    │   ├── TensorError                  wrong dtype, or a shape that does not match its data
+    │   └── LossInputKeyError (KeyError) an unknown loss-function input key
+    ├── ConfigurationError (ValueError)  bad client configuration
+    └── NonFiniteError (ValueError)      a NaN/Inf value or gradient; nothing was sent
+
+Every message names the field and the offending value.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Any
+
+__all__ = [
+    "APIConnectionError",
+    "APIError",
+    "APIResponseValidationError",
+    "APIStatusError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "BadRequestError",
+    "BillingError",
+    "ConfigurationError",
+    "ConflictError",
+    "DecodeError",
+    "InternalServerError",
+    "LossInputKeyError",
+    "NonFiniteError",
+    "NotFoundError",
+    "PermissionDeniedError",
+    "RateLimitError",
+    "RequestErrorCategory",
+    "RequestFailedError",
+    "TensorError",
+    "TinkJaxError",
+    "TinkerError",
+    "UnprocessableEntityError",
+    "WireFormatError",
+    "status_error_class",
+]
+
+
+class TinkerError(Exception):
+    """Base class of every exception tinkjax raises on purpose."""
+
+
+TinkJaxError = TinkerError
+
+
+class APIError(TinkerError):
+    """A failure talking to the service."""
+
+    def __init__(self, message: str, *, request: Any = None, body: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request = request
+        self.body = body
+
+
+class APIStatusError(APIError):
+    """The server answered with a non-success HTTP status."""
+
+    status_code: int
+
+    def __init__(
+        self, message: str, *, status_code: int, response: Any = None, body: Any = None
+    ) -> None:
+        super().__init__(message, body=body)
+        self.status_code = status_code
+        self.response = response
+
+
+class BadRequestError(APIStatusError):
+    """HTTP 400."""
+
+
+class AuthenticationError(APIStatusError):
+    """HTTP 401."""
+
+
+class BillingError(APIStatusError):
+    """HTTP 402."""
+
+
+class PermissionDeniedError(APIStatusError):
+    """HTTP 403."""
+
+
+class NotFoundError(APIStatusError):
+    """HTTP 404."""
+
+
+class ConflictError(APIStatusError):
+    """HTTP 409."""
+
+
+class UnprocessableEntityError(APIStatusError):
+    """HTTP 422."""
+
+
+class RateLimitError(APIStatusError):
+    """HTTP 429."""
+
+
+class InternalServerError(APIStatusError):
+    """HTTP 5xx."""
+
+
+_STATUS_CLASSES: dict[int, type[APIStatusError]] = {
+    400: BadRequestError,
+    401: AuthenticationError,
+    402: BillingError,
+    403: PermissionDeniedError,
+    404: NotFoundError,
+    409: ConflictError,
+    422: UnprocessableEntityError,
+    429: RateLimitError,
+}
+
+
+def status_error_class(status_code: int) -> type[APIStatusError]:
+    """The exception class the SDK raises for an HTTP status code."""
+    if status_code >= 500:
+        return InternalServerError
+    return _STATUS_CLASSES.get(status_code, APIStatusError)
+
+
+class APIConnectionError(APIError):
+    """No HTTP answer: connection refused or reset, DNS failure, protocol error."""
+
+    def __init__(self, message: str = "Connection error.", *, request: Any = None) -> None:
+        super().__init__(message, request=request)
+
+
+class APITimeoutError(APIConnectionError):
+    """No HTTP answer within the timeout."""
+
+    def __init__(self, message: str = "Request timed out.", *, request: Any = None) -> None:
+        super().__init__(message, request=request)
+
+
+class APIResponseValidationError(APIError):
+    """The server answered, but the body does not match the expected type."""
+
+
+class RequestErrorCategory(StrEnum):
+    """Who is to blame for a failed request (``category`` of a failed future)."""
+
+    UNKNOWN = "unknown"
+    SERVER = "server"
+    USER = "user"
+
+
+class RequestFailedError(TinkerError):
+    """A submitted request failed on the server (the future answered ``{"error", "category"}``)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        category: RequestErrorCategory | str = RequestErrorCategory.UNKNOWN,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.request_id = request_id
+        try:
+            self.category = RequestErrorCategory(category)
+        except ValueError:
+            self.category = RequestErrorCategory.UNKNOWN
+
+
+class WireFormatError(TinkerError, ValueError):
+    """Bytes or values that break the wire contract.
+
+    Attributes:
+        field: dotted path of the offending field (e.g. ``data[3].loss_fn_inputs.weights``),
+            or ``None`` when the whole payload is at fault.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(f"{field}: {message}" if field else message)
+        self.field = field
+
+
+class DecodeError(WireFormatError):
+    """A payload is not valid JSON/protobuf, or does not match the expected type."""
+
+
+class TensorError(WireFormatError):
+    """A tensor's dtype is not allowed, or its shape does not match its data."""
+
+
+class LossInputKeyError(WireFormatError, KeyError):
+    """A loss-function input key that the loss (or the dtype rules) does not know."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+class ConfigurationError(TinkerError, ValueError):
+    """Bad client configuration (missing or malformed API key, base URL, ...)."""
+
+
+class NonFiniteError(TinkerError, ValueError):
+    """A loss value or gradient is NaN or infinite. Nothing was sent to the server.
+
+    Attributes:
+        term: the loss term at fault (``"base"`` or a regularizer's name).
+        datum: index of the first datum with a non-finite gradient, if known.
+    """
+
+    def __init__(self, message: str, *, term: str | None = None, datum: int | None = None) -> None:
+        super().__init__(message)
+        self.term = term
+        self.datum = datum

@@ -1,0 +1,290 @@
+"""The jitted pure cores of the runtime: forward(+backward), the optimizer step, sampling.
+
+Everything here is arrays in, arrays out. The adapter *stack* holds every adapter slot:
+target -> ``(a [S, L_t, d_in, R], b [S, L_t, R, d_out])``; an adapter of rank ``r < R`` is
+zero-padded (its extra ``a`` columns and ``b`` rows are zero, so their gradients are exactly
+zero and AdamW keeps them at zero). A batch gathers the ``k`` slots it uses (``batch_slots``)
+and differentiates only those.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from tinkjax.kernels import filter_logits, target_logprobs
+from tinkjax.losses import compute_elementwise_loss
+from tinkjax.models._config import ModelConfig
+from tinkjax.models._transformer import BaseParams, KVCache, LoraBatch, forward
+
+__all__ = [
+    "LoraStack",
+    "forward_backward_core",
+    "forward_core",
+    "optim_core",
+    "sample_core",
+]
+
+LoraStack = dict[str, tuple[jax.Array, jax.Array]]
+
+
+def _batch_lora(sub: LoraStack, scale: jax.Array, row_slot: jax.Array) -> LoraBatch:
+    """``[k, L_t, ...]`` slot-major weights -> the layer-major ``LoraBatch`` of ``forward``."""
+    weights = {t: (jnp.moveaxis(a, 0, 1), jnp.moveaxis(b, 0, 1)) for t, (a, b) in sub.items()}
+    return LoraBatch(weights, scale, row_slot)
+
+
+def _gather(stack: LoraStack, batch_slots: jax.Array) -> LoraStack:
+    return {t: (a[batch_slots], b[batch_slots]) for t, (a, b) in stack.items()}
+
+
+def _objective(
+    sub: LoraStack,
+    config: ModelConfig,
+    loss_name: str,
+    base: BaseParams,
+    scale: jax.Array,
+    row_slot: jax.Array,
+    tokens: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    inputs: Mapping[str, jax.Array],
+    loss_config: Mapping[str, jax.Array],
+) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    """Summed loss of a padded batch and its ``([B, T, K]`` logprobs, per-token losses)."""
+    logits, _ = forward(config, base, tokens, lora=_batch_lora(sub, scale, row_slot))
+    logprobs = target_logprobs(logits, targets)  # [B, T, K]
+    rows = tokens.shape[0]
+    segments = jnp.broadcast_to(jnp.arange(rows, dtype=jnp.int32)[:, None, None], logprobs.shape)
+    per_row_config = {
+        k: v.astype(logprobs.dtype).reshape(rows, 1, 1) for k, v in loss_config.items()
+    }
+    elementwise = compute_elementwise_loss(
+        loss_name, logprobs, inputs, per_row_config, segment_ids=segments, num_segments=rows
+    )
+    # Padding (rows, positions, K columns) contributes exactly zero to value and gradient.
+    elementwise = jnp.where(valid, elementwise, jnp.zeros_like(elementwise))
+    return jnp.sum(elementwise), (logprobs, elementwise)
+
+
+def forward_core(
+    config: ModelConfig,
+    loss_name: str,
+    base: BaseParams,
+    stack: LoraStack,
+    batch_slots: jax.Array,
+    scale: jax.Array,
+    row_slot: jax.Array,
+    tokens: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    inputs: Mapping[str, jax.Array],
+    loss_config: Mapping[str, jax.Array],
+) -> tuple[jax.Array, jax.Array]:
+    """Forward only: ``([B, T, K]`` logprobs, per-token losses)."""
+    _, aux = _objective(
+        _gather(stack, batch_slots), config, loss_name, base, scale, row_slot, tokens, targets,
+        valid, inputs, loss_config,
+    )  # fmt: skip
+    return aux
+
+
+def forward_backward_core(
+    config: ModelConfig,
+    loss_name: str,
+    base: BaseParams,
+    stack: LoraStack,
+    acc: LoraStack,
+    batch_slots: jax.Array,
+    scale: jax.Array,
+    row_slot: jax.Array,
+    tokens: jax.Array,
+    targets: jax.Array,
+    valid: jax.Array,
+    inputs: Mapping[str, jax.Array],
+    loss_config: Mapping[str, jax.Array],
+) -> tuple[LoraStack, jax.Array, jax.Array]:
+    """Forward and backward; adds each used slot's gradient into ``acc`` (donated).
+
+    Args:
+        batch_slots: ``[k]`` stack slots used (padding entries repeat a used slot; their
+            gradient is zero, so adding it twice changes nothing).
+        scale: ``[k]`` ``alpha / rank`` of those slots.
+        row_slot: ``[B]`` index into ``batch_slots`` of every row.
+        tokens: ``[B, T]`` int32; targets ``[B, T, K]`` int32; valid ``[B, T, K]`` bool.
+        inputs: wire key -> ``[B, T, K]`` float loss inputs.
+        loss_config: config key -> ``[B]`` float (per row, so items with different configs
+            share one batch).
+
+    Returns:
+        ``(acc, [B, T, K]`` logprobs, per-token losses).
+    """
+    grad_fn = jax.grad(_objective, has_aux=True)
+    grads, (logprobs, elementwise) = grad_fn(
+        _gather(stack, batch_slots), config, loss_name, base, scale, row_slot, tokens, targets,
+        valid, inputs, loss_config,
+    )  # fmt: skip
+    new_acc = {
+        t: (acc[t][0].at[batch_slots].add(ga), acc[t][1].at[batch_slots].add(gb))
+        for t, (ga, gb) in grads.items()
+    }
+    return new_acc, logprobs, elementwise
+
+
+def _slice(stack: LoraStack, slot: jax.Array) -> LoraStack:
+    take = jax.lax.dynamic_index_in_dim
+    return {
+        t: (take(a, slot, keepdims=False), take(b, slot, keepdims=False))
+        for t, (a, b) in stack.items()
+    }
+
+
+def _put(stack: LoraStack, slot: jax.Array, values: LoraStack) -> LoraStack:
+    put = jax.lax.dynamic_update_index_in_dim
+    return {
+        t: (
+            put(a, values[t][0].astype(a.dtype), slot, 0),
+            put(b, values[t][1].astype(b.dtype), slot, 0),
+        )
+        for t, (a, b) in stack.items()
+    }
+
+
+def optim_core(
+    stack: LoraStack,
+    acc: LoraStack,
+    opt_state: optax.OptState,
+    slot: jax.Array,
+    hyper: Mapping[str, jax.Array],
+) -> tuple[LoraStack, LoraStack, optax.OptState, dict[str, jax.Array]]:
+    """One AdamW step of the adapter in ``slot`` on its accumulated gradient, which is then
+    zeroed. ``stack``, ``acc`` and ``opt_state`` are donated.
+
+    Args:
+        hyper: scalars ``learning_rate, beta1, beta2, eps, weight_decay, grad_clip_norm``
+            (``grad_clip_norm <= 0``: no clipping; else the global norm is clipped to it).
+
+    Returns:
+        ``(stack, acc, opt_state, {"grad_norm": pre-clip global norm, "step": new count})``.
+    """
+    params = _slice(stack, slot)
+    grads = _slice(acc, slot)
+    norm = optax.global_norm(grads)
+    clip = hyper["grad_clip_norm"]
+    factor = jnp.where((clip > 0) & (norm > clip), clip / jnp.maximum(norm, 1e-30), 1.0)
+    grads = jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
+    tx = optax.adamw(
+        learning_rate=hyper["learning_rate"],
+        b1=hyper["beta1"],
+        b2=hyper["beta2"],
+        eps=hyper["eps"],
+        weight_decay=hyper["weight_decay"],
+    )
+    updates, new_state = tx.update(grads, opt_state, params)
+    new_params = optax.apply_updates(params, updates)
+    zeros = jax.tree.map(jnp.zeros_like, grads)
+    count = new_state[0].count
+    return (
+        _put(stack, slot, new_params),
+        _put(acc, slot, zeros),
+        new_state,
+        {"grad_norm": norm, "step": count},
+    )
+
+
+def _stop_hit(tail: jax.Array, stops: jax.Array, stop_lens: jax.Array) -> jax.Array:
+    """``[n]``: does ``tail [n, Ls]`` (last generated tokens, right-aligned) end with one of
+    ``stops [Ns, Ls]`` (right-aligned, ``stop_lens [Ns]``; length 0 = unused)?"""
+    width = stops.shape[1]
+    considered = jnp.arange(width)[None, :] >= (width - stop_lens)[:, None]  # [Ns, Ls]
+    equal = tail[:, None, :] == stops[None, :, :]  # [n, Ns, Ls]
+    match = jnp.all(equal | ~considered[None], axis=-1) & (stop_lens > 0)[None, :]
+    return jnp.any(match, axis=-1)
+
+
+def sample_core(
+    config: ModelConfig,
+    n_rows: int,
+    gen_len: int,
+    base: BaseParams,
+    lora: LoraStack | None,
+    scale: jax.Array,
+    prompt: jax.Array,
+    prompt_len: jax.Array,
+    max_tokens: jax.Array,
+    temperature: jax.Array,
+    top_k: jax.Array,
+    top_p: jax.Array,
+    key: jax.Array,
+    stops: jax.Array,
+    stop_lens: jax.Array,
+) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
+    """Prefill the prompt once, then decode ``n_rows`` samples with a shared KV cache.
+
+    Args:
+        n_rows, gen_len: static row count and generation buffer (``>= max_tokens``).
+        lora: one adapter as ``(a [L_t, d_in, r], b [L_t, r, d_out])``, or ``None``.
+        scale: ``[1]`` float.
+        prompt: ``[Tp]`` int32, padded; ``prompt_len`` its true length (>= 1).
+        max_tokens, temperature, top_k, top_p: scalars (``temperature == 0``: greedy).
+        key: PRNG key; row ``i`` draws its step-``j`` token from ``fold_in(fold_in(key, i), j)``
+            so a sample does not depend on how many rows the request has.
+        stops, stop_lens: ``[Ns, Ls]`` right-aligned stop sequences and their lengths.
+
+    Returns:
+        ``tokens [n, gen_len]``, ``logprobs [n, gen_len]`` (raw model log-softmax of each
+        sampled token), ``lengths [n]``, ``stopped [n]`` bool, ``prompt_logprobs [Tp - 1]``
+        (entry ``i`` is ``log p(prompt[i+1] | prompt[:i+1])``).
+    """
+    p_pad = prompt.shape[0]
+    cache_len = p_pad + gen_len
+    single = None if lora is None else {t: (a[None], b[None]) for t, (a, b) in lora.items()}
+    lora_batch = None if single is None else _batch_lora(single, scale, jnp.zeros((1,), jnp.int32))
+    shape = (config.n_layers, 1, cache_len, config.n_heads, config.head_dim)
+    empty = KVCache(jnp.zeros(shape, base["embed"].dtype), jnp.zeros(shape, base["embed"].dtype))
+    logits, cache = forward(config, base, prompt[None, :], lora=lora_batch, cache=empty, start=0)
+    assert cache is not None
+    prompt_lp = target_logprobs(logits[0, :-1], prompt[1:])
+    first = jax.lax.dynamic_index_in_dim(logits[0], prompt_len - 1, keepdims=False)  # [V]
+    cache = KVCache(*(jnp.repeat(c, n_rows, axis=1) for c in cache))
+    if single is not None:
+        lora_batch = _batch_lora(single, scale, jnp.zeros((n_rows,), jnp.int32))
+    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_rows))
+    ones = jnp.ones((n_rows,), base["embed"].dtype)
+    temp, k_arr, p_arr = temperature * ones, jnp.full((n_rows,), top_k), top_p * ones
+
+    def step(carry: tuple[jax.Array, ...]) -> tuple[jax.Array, ...]:
+        i, k_cache, v_cache, cur, toks, lps, done, lengths, tail = carry
+        keys = jax.vmap(lambda rk: jax.random.fold_in(rk, i))(row_keys)
+        filtered = filter_logits(cur, temp, k_arr, p_arr)
+        drawn = jax.vmap(jax.random.categorical)(keys, filtered)
+        token = jnp.where(temp > 0, drawn, jnp.argmax(cur, axis=-1)).astype(jnp.int32)
+        logprob = target_logprobs(cur, token)
+        active = ~done
+        toks = toks.at[:, i].set(jnp.where(active, token, 0))
+        lps = lps.at[:, i].set(jnp.where(active, logprob, 0.0).astype(lps.dtype))
+        lengths = lengths + active.astype(jnp.int32)
+        tail = jnp.concatenate([tail[:, 1:], token[:, None]], axis=1)
+        done = done | (active & _stop_hit(tail, stops, stop_lens))
+        nxt, new_cache = forward(
+            config, base, token[:, None], lora=lora_batch, cache=KVCache(k_cache, v_cache),
+            start=prompt_len + i,
+        )  # fmt: skip
+        assert new_cache is not None
+        return (i + 1, new_cache.k, new_cache.v, nxt[:, 0], toks, lps, done, lengths, tail)
+
+    def keep_going(carry: tuple[jax.Array, ...]) -> jax.Array:
+        i, done = carry[0], carry[6]
+        return (i < max_tokens) & ~jnp.all(done)
+
+    init = (
+        jnp.asarray(0, jnp.int32), cache.k, cache.v, jnp.broadcast_to(first, (n_rows, first.shape[0])),
+        jnp.zeros((n_rows, gen_len), jnp.int32), jnp.zeros((n_rows, gen_len), logits.dtype),
+        jnp.zeros((n_rows,), bool), jnp.zeros((n_rows,), jnp.int32),
+        jnp.full((n_rows, stops.shape[1]), -1, jnp.int32),
+    )  # fmt: skip
+    final = jax.lax.while_loop(keep_going, step, init)
+    return final[4], final[5], final[7], final[6], prompt_lp

@@ -1,0 +1,165 @@
+"""Array-level request and result types of the model runtime (no wire types here).
+
+The HTTP layer decodes wire Structs into these frozen dataclasses of NumPy arrays and encodes
+the results back; the runtime's jitted cores see only arrays.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Literal
+
+import jax
+import numpy as np
+
+__all__ = [
+    "LORA_ALPHA",
+    "AdamHyper",
+    "AdapterInfo",
+    "AdapterSnapshot",
+    "DatumArrays",
+    "FwdBwdItem",
+    "FwdBwdResult",
+    "SampleJob",
+    "SampleOutput",
+    "SampledArrays",
+    "UnknownAdapterError",
+]
+
+LORA_ALPHA = 32.0
+"""Tinker's LoRA alpha: every adapter's update is scaled by ``LORA_ALPHA / rank``."""
+
+
+class UnknownAdapterError(KeyError):
+    """No adapter with this id is loaded in the runtime."""
+
+    def __init__(self, adapter_id: str) -> None:
+        super().__init__(adapter_id)
+        self.adapter_id = adapter_id
+
+    def __str__(self) -> str:
+        return f"unknown adapter {self.adapter_id!r}: create or load it first"
+
+
+@dataclass(frozen=True)
+class AdapterInfo:
+    """How an adapter was created: Tinker's ``LoraConfig`` with the seed actually used."""
+
+    rank: int
+    seed: int
+    train_attn: bool = True
+    train_mlp: bool = True
+    train_unembed: bool = True
+
+
+@dataclass(frozen=True, eq=False)
+class AdapterSnapshot:
+    """An immutable copy of an adapter's LoRA weights, for sampling.
+
+    Attributes:
+        base_model: the preset the weights belong to.
+        info: rank, seed and flags.
+        weights: target name (``q``, ``k``, ``v``, ``o``, ``gate``, ``up``, ``down``,
+            ``lm_head``) -> ``(a [L_t, d_in, r], b [L_t, r, d_out])`` for the trained targets
+            only (``L_t`` = n_layers, or 1 for ``lm_head``).
+        scale: ``alpha / rank``.
+    """
+
+    base_model: str
+    info: AdapterInfo
+    weights: Mapping[str, tuple[jax.Array, jax.Array]]
+    scale: float
+
+
+@dataclass(frozen=True)
+class DatumArrays:
+    """One training datum.
+
+    Attributes:
+        input_tokens: ``[N]`` int token ids; position ``i`` predicts ``target_tokens[i]``.
+        loss_fn_inputs: wire key -> array; ``target_tokens`` is ``[N]`` or ``[N, K]`` int and
+            every other input has the same shape.
+    """
+
+    input_tokens: np.ndarray
+    loss_fn_inputs: Mapping[str, np.ndarray]
+
+
+@dataclass(frozen=True)
+class FwdBwdItem:
+    """The datums of one ``forward``/``forward_backward`` request for one adapter."""
+
+    adapter_id: str
+    datums: Sequence[DatumArrays]
+    loss_fn: str
+    loss_fn_config: Mapping[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FwdBwdResult:
+    """Per-datum outputs (``logprobs``, ``elementwise_loss``: float32, shape of
+    ``target_tokens``) and metrics (``loss:sum``) of one item."""
+
+    outputs: list[dict[str, np.ndarray]]
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class AdamHyper:
+    """Tinker's ``AdamParams`` (AdamW with decoupled weight decay; ``grad_clip_norm=0``: off)."""
+
+    learning_rate: float = 1e-4
+    beta1: float = 0.9
+    beta2: float = 0.95
+    eps: float = 1e-12
+    weight_decay: float = 0.0
+    grad_clip_norm: float = 0.0
+
+
+@dataclass(frozen=True)
+class SampleJob:
+    """One sampling request.
+
+    Attributes:
+        snapshot: adapter weights, or ``None`` for the base model.
+        prompt: ``[P]`` int, ``P >= 1``.
+        num_samples: independent completions.
+        max_tokens: generated tokens at most (``P + max_tokens <= max_seq_len``).
+        temperature: 0 means greedy.
+        top_k: ``<= 0`` means no limit.
+        top_p: in ``(0, 1]``.
+        seed: ``None`` draws a fresh seed.
+        stop_token_seqs: stop when the generated tokens end with one of these (the caller
+            encodes stop strings to bytes and adds EOS when Tinker's default stop applies).
+        include_prompt_logprobs: also return ``log p(prompt[i] | prompt[:i])``.
+    """
+
+    snapshot: AdapterSnapshot | None
+    prompt: np.ndarray
+    num_samples: int = 1
+    max_tokens: int = 16
+    temperature: float = 1.0
+    top_k: int = -1
+    top_p: float = 1.0
+    seed: int | None = None
+    stop_token_seqs: Sequence[Sequence[int]] = ()
+    include_prompt_logprobs: bool = False
+
+
+@dataclass(frozen=True)
+class SampledArrays:
+    """One completion: ``tokens`` int32 ``[n]`` (stop tokens included), ``logprobs`` float32
+    ``[n]`` under the raw model distribution, and why it ended."""
+
+    tokens: np.ndarray
+    logprobs: np.ndarray
+    stop_reason: Literal["stop", "length"]
+
+
+@dataclass(frozen=True)
+class SampleOutput:
+    """Completions in request order, and ``[P]`` float32 prompt logprobs (NaN at 0) if asked."""
+
+    sequences: list[SampledArrays]
+    prompt_logprobs: np.ndarray | None
