@@ -9,15 +9,14 @@ from tinkjax.engine import Bucketing, compute_custom_loss, pack_inputs, trace_co
 
 
 def _stream_batch(rng: np.random.Generator) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
-    n_seq = int(rng.integers(3, 13))
-    lengths = rng.integers(1, 300, size=n_seq)
+    n_seq = int(rng.integers(5, 9))  # sequence buckets 6 and 8
+    lengths = rng.integers(1, 200, size=n_seq)  # token buckets 384 to 1536
     lps = [-rng.exponential(size=int(n)).astype(np.float32) for n in lengths]
     inputs = [
         {
             "target_tokens": np.zeros(lp.shape, np.int64),
             "logprobs": lp + np.float32(0.1),
             "advantages": np.ones(lp.shape, np.float32),
-            "reference_logprobs": lp - np.float32(0.2),
         }
         for lp in lps
     ]
@@ -33,8 +32,7 @@ def test_ragged_stream_compiles_once_per_bucket() -> None:
         inputs, lps = _stream_batch(rng)
         # specs rebuilt every step with new weights and parameter values: still one program
         regs = [
-            R.kl(weight=0.01 * step),
-            R.l1(weight=1.0, center=-0.1 * step, name="l1"),
+            R.l1(weight=0.01 * step, center=-0.1 * step, name="l1"),
             R.sequence_variance(weight=float(step)),
         ]
         result = compute_custom_loss(inputs, lps, "ppo", regularizers=regs,
@@ -42,7 +40,7 @@ def test_ragged_stream_compiles_once_per_bucket() -> None:
         assert np.isfinite(result.loss_total)
         batch = pack_inputs(inputs, lps, dtype=np.float32, bucketing=bucketing).batch
         buckets.add((batch.mask.shape[0], batch.seq_valid.shape[0]))
-    assert 1 < len(buckets) < 12
+    assert 1 < len(buckets) <= 8
     assert trace_count() - before == len(buckets)
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import base64
 import datetime as _dt
 import enum
-from functools import lru_cache
+from functools import cache
 from typing import Any, TypeVar
 
 import msgspec
@@ -76,7 +76,7 @@ def encode_json(obj: Any) -> bytes:
     return _encoder.encode(to_wire_builtins(obj))
 
 
-@lru_cache(maxsize=None)
+@cache
 def _decoder(tp: Any) -> msgspec.json.Decoder[Any]:
     return msgspec.json.Decoder(tp)
 
@@ -89,7 +89,7 @@ def decode_json(data: bytes | str, tp: type[T]) -> T:
             JSON path (``$.data[3].loss_fn_inputs``) and what was wrong.
     """
     try:
-        return _decoder(tp).decode(data)  # type: ignore[no-any-return]
+        return _decoder(tp).decode(data)  # type: ignore[arg-type, no-any-return]
     except msgspec.ValidationError as exc:
         field = _path_of(str(exc))
         raise DecodeError(f"invalid {getattr(tp, '__name__', tp)}: {exc}", field=field) from None

@@ -72,7 +72,7 @@ class Writer:
     def array_field(self, field_number: int, array: npt.NDArray[Any], dtype: str) -> None:
         """A bytes field holding ``array`` as little-endian ``dtype``, without a Python loop."""
         arr = np.ascontiguousarray(array, dtype=dtype)
-        self.bytes_field(field_number, memoryview(arr).cast("B"))
+        self.bytes_field(field_number, memoryview(arr.data).cast("B"))
 
     def string_field(self, field_number: int, text: str) -> None:
         """A string field (omitted when empty, as proto3 does)."""

@@ -8,6 +8,7 @@ the local backend does the reverse. Dense tensors go through raw little-endian b
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -35,10 +36,12 @@ from tinkjax.types import (
     SampledSequence,
     SampleResponse,
     TensorData,
+    TensorDtype,
     TopkLogprobs,
 )
 
 from ._pb import tinkjax_wire_pb2 as pb
+from ._pbreader import fields, packed_varints
 from ._pbwriter import Writer
 
 __all__ = [
@@ -55,7 +58,7 @@ _INT32_MIN = np.iinfo(np.int32).min
 
 _DTYPE_TO_PB = {"float32": pb.DTYPE_FLOAT32, "int64": pb.DTYPE_INT64}
 # Proto dtype → (NumPy dtype of the buffer, public wire dtype).
-_PB_TO_DTYPE: dict[int, tuple[np.dtype[Any], str]] = {
+_PB_TO_DTYPE: dict[int, tuple[np.dtype[Any], TensorDtype]] = {
     pb.DTYPE_FLOAT32: (np.dtype("<f4"), "float32"),
     pb.DTYPE_INT64: (np.dtype("<i8"), "int64"),
     pb.DTYPE_INT32: (np.dtype("<i4"), "int64"),
@@ -77,7 +80,7 @@ def _le_bytes(arr: npt.NDArray[Any], dtype: np.dtype[Any]) -> bytes:
     return np.ascontiguousarray(arr, dtype=dtype).tobytes()
 
 
-def _frombuffer(buf: bytes, dtype: np.dtype[Any], field: str) -> npt.NDArray[Any]:
+def _frombuffer(buf: bytes | memoryview, dtype: np.dtype[Any], field: str) -> npt.NDArray[Any]:
     if len(buf) % dtype.itemsize:
         raise TensorError(
             f"{len(buf)} bytes is not a whole number of {dtype.itemsize}-byte values", field=field
@@ -93,7 +96,7 @@ def _widen(arr: npt.NDArray[Any], pb_dtype: int) -> npt.NDArray[Any]:
     return arr
 
 
-def _buffer_dtype(pb_dtype: int, field: str) -> tuple[np.dtype[Any], str]:
+def _buffer_dtype(pb_dtype: int, field: str) -> tuple[np.dtype[Any], TensorDtype]:
     try:
         return _PB_TO_DTYPE[pb_dtype]
     except KeyError:
@@ -124,7 +127,7 @@ def _tensor_from_pb(msg: Any, field: str) -> TensorData:
             values = _widen(_frombuffer(csr.values, np_dtype, f"{field}.values"), msg.dtype)
             return TensorData(
                 data=values,
-                dtype=dtype,  # type: ignore[arg-type]
+                dtype=dtype,
                 shape=shape,
                 sparse_crow_indices=_frombuffer(
                     csr.crow_indices, np.dtype("<i8"), f"{field}.crow_indices"
@@ -134,7 +137,7 @@ def _tensor_from_pb(msg: Any, field: str) -> TensorData:
                 ).tolist(),
             )
         values = _widen(_frombuffer(msg.dense, np_dtype, field), msg.dtype)
-        return TensorData(data=values, dtype=dtype, shape=shape or None)  # type: ignore[arg-type]
+        return TensorData(data=values, dtype=dtype, shape=shape or None)
     except WireFormatError as exc:
         raise TensorError(str(exc).split(": ", 1)[-1], field=f"{field}.{exc.field or ''}".rstrip(".")) from None
 
@@ -280,38 +283,135 @@ def encode_forward_backward_request(request: ForwardBackwardRequest | ForwardReq
     return out.getvalue()
 
 
+def _utf8(buf: memoryview, field: str) -> str:
+    try:
+        return bytes(buf).decode("utf-8")
+    except UnicodeDecodeError:
+        raise DecodeError("string is not valid UTF-8", field=field) from None
+
+
+def _read_tensor(buf: memoryview, field: str) -> TensorData:
+    dense: memoryview | None = None
+    csr: memoryview | None = None
+    pb_dtype = 0
+    shape: list[int] = []
+    for number, wire, value, _ in fields(buf, field):
+        if number == 1 and wire == 2:
+            dense, csr = value, None
+        elif number == 2 and wire == 2:
+            csr, dense = value, None
+        elif number == 3 and wire == 0:
+            pb_dtype = int(value)
+        elif number == 4 and wire == 2:
+            shape.extend(packed_varints(value, f"{field}.shape"))
+        elif number == 4 and wire == 0:
+            shape.append(int(value))
+    np_dtype, dtype = _buffer_dtype(pb_dtype, f"{field}.dtype")
+    try:
+        if csr is not None:
+            parts: dict[int, memoryview] = {}
+            for number, wire, value, _ in fields(csr, f"{field}.sparse_csr"):
+                if wire == 2 and number in (1, 2, 3):
+                    parts[number] = value
+            empty = memoryview(b"")
+            values = _widen(_frombuffer(parts.get(1, empty), np_dtype, f"{field}.values"), pb_dtype)
+            return TensorData(
+                data=values,
+                dtype=dtype,
+                shape=shape,
+                sparse_crow_indices=_frombuffer(
+                    parts.get(2, empty), np.dtype("<i8"), f"{field}.crow_indices"
+                ).tolist(),
+                sparse_col_indices=_frombuffer(
+                    parts.get(3, empty), np.dtype("<i8"), f"{field}.col_indices"
+                ).tolist(),
+            )
+        values = _widen(_frombuffer(dense if dense is not None else memoryview(b""), np_dtype,
+                                    field), pb_dtype)
+        return TensorData(data=values, dtype=dtype, shape=shape or None)
+    except WireFormatError as exc:
+        if exc.field and exc.field.startswith(field):
+            raise
+        inner = str(exc).split(": ", 1)[-1] if exc.field else str(exc)
+        raise TensorError(inner, field=f"{field}.{exc.field}" if exc.field else field) from None
+
+
+def _read_chunk(buf: memoryview, field: str) -> ModelInputChunk:
+    text: memoryview | None = None
+    other = False
+    for number, wire, value, _ in fields(buf, field):
+        if number == 1 and wire == 2:
+            text, other = value, False
+        elif number in (2, 3):
+            text, other = None, True
+    if other or text is None:
+        return _chunk_from_pb(_parse(pb.Chunk(), bytes(buf), field), field)
+    tokens: memoryview = memoryview(b"")
+    for number, wire, value, _ in fields(text, f"{field}.encoded_text"):
+        if number == 1 and wire == 2:
+            tokens = value
+    toks = _frombuffer(tokens, np.dtype("<i4"), f"{field}.tokens")
+    return EncodedTextChunk(tokens=toks.astype(np.int64))
+
+
+def _read_datum(buf: memoryview, index: int) -> Datum:
+    where = f"data[{index}]"
+    chunks: list[ModelInputChunk] = []
+    inputs: dict[str, TensorData] = {}
+    rest: list[memoryview] = []
+    for number, wire, value, raw in fields(buf, where):
+        if number == 1 and wire == 2:
+            chunks.append(_read_chunk(value, f"{where}.model_input[{len(chunks)}]"))
+        elif number == 2 and wire == 2:
+            name = ""
+            tensor_buf: memoryview = memoryview(b"")
+            for n, w, v, _ in fields(value, f"{where}.loss_fn_inputs"):
+                if n == 1 and w == 2:
+                    name = _utf8(v, f"{where}.loss_fn_inputs")
+                elif n == 2 and w == 2:
+                    tensor_buf = v
+            inputs[name] = _read_tensor(tensor_buf, f"{where}.loss_fn_inputs.{name}")
+        else:
+            rest.append(raw)
+    mspans = lspans = None
+    if rest:
+        extra = _parse(pb.Datum(), b"".join(rest), where)
+        mspans = _spans_from_pb(extra.model_input_spans)
+        lspans = _spans_from_pb(extra.loss_fn_input_spans)
+    try:
+        return Datum(
+            model_input=ModelInput(chunks=chunks),
+            loss_fn_inputs=inputs,
+            model_input_spans=mspans,
+            loss_fn_input_spans=lspans,
+        )
+    except ValueError as exc:
+        raise WireFormatError(str(exc), field=where) from None
+
+
 def decode_forward_backward_request(data: bytes) -> ForwardBackwardRequest | ForwardRequest:
-    """Parse a ``ForwardBackwardRequest``; ``forward_only`` gives a :class:`ForwardRequest`."""
-    msg = _parse(pb.ForwardBackwardRequest(), data, "ForwardBackwardRequest")
+    """Parse a ``ForwardBackwardRequest``; ``forward_only`` gives a :class:`ForwardRequest`.
+
+    Tensors and tokens are read without copying (``np.frombuffer`` over ``data``), so the
+    returned request keeps ``data`` alive.
+    """
+    view = memoryview(data)
+    head_parts: list[memoryview] = []
+    datum_views: list[memoryview] = []
+    for number, wire, value, raw in fields(view, "ForwardBackwardRequest"):
+        if number == 3 and wire == 2:
+            datum_views.append(value)
+        else:
+            head_parts.append(raw)
+    msg = _parse(pb.ForwardBackwardRequest(), b"".join(head_parts), "ForwardBackwardRequest")
     config: dict[str, float | str] = {k: float(v) for k, v in msg.loss_fn_config.items()}
-    for key, value in msg.loss_fn_config_v2.items():  # v2 wins over the legacy mirror
+    for cfg_key, value in msg.loss_fn_config_v2.items():  # v2 wins over the legacy mirror
         kind = value.WhichOneof("value")
         if kind == "text":
-            config[key] = value.text
+            config[cfg_key] = value.text
         elif kind == "number":
-            config[key] = value.number
-    datums = []
-    for i, dmsg in enumerate(msg.data):
-        chunks = [
-            _chunk_from_pb(c, f"data[{i}].model_input[{j}]") for j, c in enumerate(dmsg.model_input)
-        ]
-        inputs = {
-            name: _tensor_from_pb(t, f"data[{i}].loss_fn_inputs.{name}")
-            for name, t in dmsg.loss_fn_inputs.items()
-        }
-        mspans = _spans_from_pb(dmsg.model_input_spans)
-        lspans = _spans_from_pb(dmsg.loss_fn_input_spans)
-        try:
-            datums.append(
-                Datum(
-                    model_input=ModelInput(chunks=chunks),
-                    loss_fn_inputs=inputs,
-                    model_input_spans=mspans,
-                    loss_fn_input_spans=lspans,
-                )
-            )
-        except ValueError as exc:
-            raise WireFormatError(str(exc), field=f"data[{i}]") from None
+            config[cfg_key] = value.number
+    datums = [_read_datum(v, i) for i, v in enumerate(datum_views)]
     fb_input = ForwardBackwardInput(
         data=datums,
         loss_fn=msg.loss_fn,
@@ -378,58 +478,95 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
     return out.getvalue()
 
 
+def _read_batched(buf: memoryview, field: str) -> list[TensorData]:
+    data: memoryview = memoryview(b"")
+    offsets_buf: memoryview = memoryview(b"")
+    pb_dtype = 0
+    trailing: list[int] = []
+    for number, wire, value, _ in fields(buf, field):
+        if number == 1 and wire == 2:
+            data = value
+        elif number == 2 and wire == 2:
+            offsets_buf = value
+        elif number == 3 and wire == 0:
+            pb_dtype = int(value)
+        elif number == 4 and wire == 2:
+            trailing.extend(packed_varints(value, f"{field}.trailing_shape"))
+        elif number == 4 and wire == 0:
+            trailing.append(int(value))
+    np_dtype, dtype = _buffer_dtype(pb_dtype, f"{field}.dtype")
+    buf_arr = _widen(_frombuffer(data, np_dtype, field), pb_dtype)
+    offsets = _frombuffer(offsets_buf, np.dtype("<i8"), f"{field}.offsets")
+    item = np_dtype.itemsize
+    if (
+        offsets.size == 0
+        or offsets[0] != 0
+        or offsets[-1] != len(data)
+        or np.any(np.diff(offsets) < 0)
+        or np.any(offsets % item)
+    ):
+        raise TensorError(
+            f"offsets must rise from 0 to {len(data)} in steps of {item} bytes",
+            field=f"{field}.offsets",
+        )
+    if any(d < 0 for d in trailing):
+        raise TensorError(f"negative trailing shape {trailing}", field=f"{field}.trailing_shape")
+    inner = math.prod(trailing)
+    starts = (offsets // item).tolist()
+    tensors = []
+    for i in range(len(starts) - 1):
+        flat = buf_arr[starts[i]:starts[i + 1]]
+        if inner == 0 or flat.size % inner:
+            raise TensorError(
+                f"datum {i} has {flat.size} values, not a multiple of trailing shape {trailing}",
+                field=field,
+            )
+        tensors.append(
+            TensorData(data=flat, dtype=dtype, shape=[flat.size // inner, *trailing])
+        )
+    return tensors
+
+
 def decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
-    """Parse a ``ForwardBackwardOutput`` into per-datum ``TensorData`` dicts."""
-    msg = _parse(pb.ForwardBackwardOutput(), data, "ForwardBackwardOutput")
+    """Parse a ``ForwardBackwardOutput`` into per-datum ``TensorData`` dicts (zero-copy)."""
+    view = memoryview(data)
+    head_parts: list[memoryview] = []
+    records: list[memoryview] = []
+    for number, wire, value, raw in fields(view, "ForwardBackwardOutput"):
+        if number == 2 and wire == 2:
+            records.append(value)
+        else:
+            head_parts.append(raw)
+    msg = _parse(pb.ForwardBackwardOutput(), b"".join(head_parts), "ForwardBackwardOutput")
     metrics = {k: float(v) for k, v in msg.metrics.items()}
-    if not len(msg.loss_fn_outputs):
+    if not records:
         return ForwardBackwardOutput(
             loss_fn_output_type=msg.loss_fn_output_type or "ArrayRecord",
             loss_fn_outputs=[],
             metrics=metrics,
         )
     outputs: list[dict[str, TensorData]] = []
-    for r, record in enumerate(msg.loss_fn_outputs):
+    for r, record in enumerate(records):
+        where = f"loss_fn_outputs[{r}]"
         per_field: dict[str, list[TensorData]] = {}
-        for name, bt in record.fields.items():
-            field = f"loss_fn_outputs[{r}].{name}"
-            np_dtype, dtype = _buffer_dtype(bt.dtype, f"{field}.dtype")
-            buf = _widen(_frombuffer(bt.data, np_dtype, field), bt.dtype)
-            offsets = _frombuffer(bt.offsets, np.dtype("<i8"), f"{field}.offsets")
-            item = np_dtype.itemsize
-            if (
-                offsets.size == 0
-                or offsets[0] != 0
-                or offsets[-1] != len(bt.data)
-                or np.any(np.diff(offsets) < 0)
-                or np.any(offsets % item)
-            ):
-                raise TensorError(
-                    f"offsets must rise from 0 to {len(bt.data)} in steps of {item} bytes",
-                    field=f"{field}.offsets",
-                )
-            trailing = [int(d) for d in bt.trailing_shape]
-            inner = int(np.prod(trailing, dtype=np.int64)) if trailing else 1
-            starts = (offsets // item).tolist()
-            tensors = []
-            for i in range(len(starts) - 1):
-                flat = buf[starts[i]:starts[i + 1]]
-                if inner == 0 or flat.size % inner:
-                    raise TensorError(
-                        f"datum {i} has {flat.size} values, not a multiple of trailing shape "
-                        f"{trailing}",
-                        field=field,
-                    )
-                tensors.append(
-                    TensorData(data=flat, dtype=dtype, shape=[flat.size // inner, *trailing])  # type: ignore[arg-type]
-                )
-            per_field[name] = tensors
-        count = record.num_datums or (len(next(iter(per_field.values()))) if per_field else 0)
+        num_datums = 0
+        for number, wire, value, _ in fields(record, where):
+            if number == 2 and wire == 2:
+                name = ""
+                bt: memoryview = memoryview(b"")
+                for n, w, v, _ in fields(value, f"{where}.fields"):
+                    if n == 1 and w == 2:
+                        name = _utf8(v, f"{where}.fields")
+                    elif n == 2 and w == 2:
+                        bt = v
+                per_field[name] = _read_batched(bt, f"{where}.{name}")
+            elif number == 3 and wire == 0:
+                num_datums = int(value)
+        count = num_datums or (len(next(iter(per_field.values()))) if per_field else 0)
         for name, tensors in per_field.items():
             if len(tensors) != count:
                 raise TensorError(
-                    f"{len(tensors)} datums in field, record says {count}",
-                    field=f"loss_fn_outputs[{r}].{name}",
+                    f"{len(tensors)} datums in field, record says {count}", field=f"{where}.{name}"
                 )
         outputs.extend({name: per_field[name][i] for name in per_field} for i in range(count))
     return ForwardBackwardOutput(

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Literal
 
+import msgspec
+
 from tinkjax.errors import RequestErrorCategory
 
 from ._base import StrictWire, Wire
@@ -71,7 +73,7 @@ class FuturesRetrieveRequest(StrictWire, frozen=True, kw_only=True):
     target: SamplingSessionFuturesTarget
     prev_cursor: int = 0
     timeout: float | None = None
-    retrieved_request_ids: list[str] = []
+    retrieved_request_ids: list[str] = msgspec.field(default_factory=list)
 
 
 class FutureFinished(Wire, frozen=True, kw_only=True, tag="finished", tag_field="state"):

@@ -135,7 +135,7 @@ class ModelInput(StrictWire, frozen=True, kw_only=True):
     @classmethod
     def from_ints(cls, tokens: Iterable[int] | npt.ArrayLike) -> ModelInput:
         """One text chunk holding ``tokens``."""
-        arr = np.asarray(list(tokens) if not isinstance(tokens, np.ndarray | Sequence) else tokens)
+        arr = np.asarray(tokens if isinstance(tokens, np.ndarray | Sequence) else list(tokens))  # type: ignore[arg-type]
         return cls(chunks=[EncodedTextChunk(tokens=arr)])
 
     @classmethod

@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any, Literal
 
+import msgspec
+
 from ._base import Wire
 
 __all__ = [
@@ -56,7 +58,7 @@ class GenericEvent(Wire, frozen=True, kw_only=True, tag="GENERIC_EVENT", tag_fie
     severity: Severity
     timestamp: datetime
     event_name: str
-    event_data: dict[str, Any] = {}
+    event_data: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 TelemetryEvent = SessionStartEvent | SessionEndEvent | UnhandledExceptionEvent | GenericEvent

@@ -70,9 +70,7 @@ class TensorData(Wire, frozen=True, kw_only=True, eq=False):
     sparse_col_indices: list[int] | None = None
 
     def __post_init__(self) -> None:
-        np_dtype = _NP_DTYPES.get(self.dtype)
-        if np_dtype is None:
-            numpy_dtype(self.dtype)  # raises naming the dtype
+        np_dtype = numpy_dtype(self.dtype)  # raises naming a bad dtype
         raw = self.data
         if type(raw) is np.ndarray and raw.dtype == np_dtype:
             arr = raw  # the codec's path: already the right dtype, no copy

@@ -21,10 +21,10 @@ __all__ = [
     "ForwardRequest",
     "LossFnOutput",
     "LossFnType",
+    "OptimParams",
     "OptimStepRequest",
     "OptimStepResponse",
     "OptimizerConfig",
-    "OptimParams",
 ]
 
 LossFnType = Literal[
