@@ -23,7 +23,10 @@ Names follow the official ``tinker`` SDK so code written against it keeps workin
     │   ├── TensorError                  wrong dtype, or a shape that does not match its data
     │   └── LossInputKeyError (KeyError) an unknown loss-function input key
     ├── ConfigurationError (ValueError)  bad client configuration
-    └── NonFiniteError (ValueError)      a NaN/Inf value or gradient; nothing was sent
+    ├── EngineInputError (ValueError)    bad custom-loss data or specs, found before compiling
+    └── CustomLossError (RuntimeError)   a custom-loss step failed; no gradient was sent
+        ├── NonFiniteError               a NaN/Inf value or gradient (names term and datum)
+        └── RegularizerError             a regularizer's async ``prepare`` failed or timed out
 
 Every message names the field and the offending value.
 """
@@ -44,13 +47,16 @@ __all__ = [
     "BillingError",
     "ConfigurationError",
     "ConflictError",
+    "CustomLossError",
     "DecodeError",
+    "EngineInputError",
     "InternalServerError",
     "LossInputKeyError",
     "NonFiniteError",
     "NotFoundError",
     "PermissionDeniedError",
     "RateLimitError",
+    "RegularizerError",
     "RequestErrorCategory",
     "RequestFailedError",
     "TensorError",
@@ -224,15 +230,37 @@ class ConfigurationError(TinkerError, ValueError):
     """Bad client configuration (missing or malformed API key, base URL, ...)."""
 
 
-class NonFiniteError(TinkerError, ValueError):
+class EngineInputError(TinkerError, ValueError):
+    """Custom-loss input data or a loss/regularizer spec is malformed (names the field)."""
+
+
+class CustomLossError(TinkerError, RuntimeError):
+    """A custom-loss step failed; no gradient was sent for it."""
+
+
+class NonFiniteError(CustomLossError):
     """A loss value or gradient is NaN or infinite. Nothing was sent to the server.
 
     Attributes:
-        term: the loss term at fault (``"base"`` or a regularizer's name).
-        datum: index of the first datum with a non-finite gradient, if known.
+        term: ``"base"`` or the regularizer's name (``"loss_total"`` when no single term is at
+            fault, ``"logprobs"`` when the input logprobs themselves are not finite).
+        datum: index of the first datum whose gradient (or input) is not finite, or ``None``
+            when only a scalar value is.
     """
 
     def __init__(self, message: str, *, term: str | None = None, datum: int | None = None) -> None:
         super().__init__(message)
         self.term = term
         self.datum = datum
+
+
+class RegularizerError(CustomLossError):
+    """A regularizer's asynchronous ``prepare`` step raised or timed out.
+
+    Attributes:
+        name: the regularizer's name.
+    """
+
+    def __init__(self, message: str, *, name: str) -> None:
+        super().__init__(message)
+        self.name = name

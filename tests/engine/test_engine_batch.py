@@ -20,7 +20,9 @@ RNG = np.random.default_rng(7)
 LENGTHS = (5, 70, 0, 129)
 
 
-def _data(lengths: tuple[int, ...], k: int | None = None) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
+def _data(
+    lengths: tuple[int, ...], k: int | None = None
+) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
     inputs, lps = [], []
     for n in lengths:
         shape = (n,) if k is None else (n, k)
@@ -37,8 +39,16 @@ def _data(lengths: tuple[int, ...], k: int | None = None) -> tuple[list[dict[str
 
 @pytest.mark.parametrize(
     ("n", "growth", "expected"),
-    [(1, 1.5, 256), (256, 1.5, 256), (257, 1.5, 384), (385, 1.5, 512), (513, 2.0, 1024),
-     (3000, 1.5, 3072), (3073, 1.5, 4096), (5, 2.0, 8)],
+    [
+        (1, 1.5, 256),
+        (256, 1.5, 256),
+        (257, 1.5, 384),
+        (385, 1.5, 512),
+        (513, 2.0, 1024),
+        (3000, 1.5, 3072),
+        (3073, 1.5, 4096),
+        (5, 2.0, 8),
+    ],
 )
 def test_bucket_ladder(n: int, growth: float, expected: int) -> None:
     minimum = 4 if expected == 8 else 256
@@ -58,19 +68,23 @@ def test_pack_layout_padding_and_schema() -> None:
     b = packed.batch
     # 5→64, 70→128, 0→0, 129→192 positions: 384 used, bucket 384; 4 sequences → bucket 4
     assert packed.layout.offsets == (0, 64, 192, 192)
-    assert b.mask.shape == (384,) and b.seq_valid.shape == (4,)
+    assert b.mask.shape == (384,)
+    assert b.seq_valid.shape == (4,)
     assert np.asarray(b.mask).sum() == sum(LENGTHS)
     seg = np.asarray(b.segment_ids)
-    assert (np.diff(seg) >= 0).all() and seg[-1] == 3  # sorted, padding → last id
+    assert (np.diff(seg) >= 0).all()
+    assert seg[-1] == 3
     np.testing.assert_array_equal(np.asarray(b.seq_lengths), [5, 70, 0, 129])
     # fixed schema: absent standard inputs are zero placeholders, unknown keys are extras
-    assert not np.asarray(b.weights).any() and not np.asarray(b.reference_logprobs).any()
+    assert not np.asarray(b.weights).any()
+    assert not np.asarray(b.reference_logprobs).any()
     assert set(b.extras) == {"custom_key"}
     assert np.asarray(b.target_tokens).dtype == np.int32
     assert packed.layout.present == ("advantages", "custom_key", "target_tokens")
     for got, want in zip(packed.layout.split(packed.logprobs), lps, strict=True):
         np.testing.assert_array_equal(got, want)
-    assert packed.layout.datum_at(64 + 69) == 1 and packed.layout.datum_at(64 + 70) is None
+    assert packed.layout.datum_at(64 + 69) == 1
+    assert packed.layout.datum_at(64 + 70) is None
 
 
 def test_helpers_match_numpy_under_jit() -> None:
@@ -109,15 +123,26 @@ def test_pack_rejects_bad_inputs() -> None:
     bad = [dict(inputs[0]), dict(inputs[1], advantages=np.zeros(5, np.float32))]
     with pytest.raises(EngineInputError, match=r"'advantages' of datum 1 has shape \(5,\)"):
         pack_inputs(bad, lps, dtype=np.float32, bucketing=bucketing)
-    with pytest.raises(EngineInputError, match=r"datum 1 has loss inputs.*missing \['custom_key'\]"):
-        pack_inputs([inputs[0], {k: v for k, v in inputs[1].items() if k != "custom_key"}], lps,
-                    dtype=np.float32, bucketing=bucketing)
+    with pytest.raises(
+        EngineInputError, match=r"datum 1 has loss inputs.*missing \['custom_key'\]"
+    ):
+        pack_inputs(
+            [inputs[0], {k: v for k, v in inputs[1].items() if k != "custom_key"}],
+            lps,
+            dtype=np.float32,
+            bucketing=bucketing,
+        )
     with pytest.raises(EngineInputError, match="same trailing shape"):
-        pack_inputs(inputs, [lps[0], np.zeros((6, 2), np.float32)], dtype=np.float32,
-                    bucketing=bucketing)
+        pack_inputs(
+            inputs, [lps[0], np.zeros((6, 2), np.float32)], dtype=np.float32, bucketing=bucketing
+        )
     with pytest.raises(EngineInputError, match="'target_tokens' of datum 0 has dtype float32"):
-        pack_inputs([dict(inputs[0], target_tokens=lps[0]), inputs[1]], lps, dtype=np.float32,
-                    bucketing=bucketing)
+        pack_inputs(
+            [dict(inputs[0], target_tokens=lps[0]), inputs[1]],
+            lps,
+            dtype=np.float32,
+            bucketing=bucketing,
+        )
     with pytest.raises(EngineInputError, match="empty"):
         pack_inputs([], [], dtype=np.float32, bucketing=bucketing)
     nan = [lps[0], lps[1].copy()]

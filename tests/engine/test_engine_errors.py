@@ -29,8 +29,9 @@ LENGTHS = (6, 40, 11)
 def _data() -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
     rng = np.random.default_rng(5)
     lps = [-rng.exponential(size=n).astype(np.float32) for n in LENGTHS]
-    inputs = [{"target_tokens": np.zeros(n, np.int64), "weights": np.ones(n, np.float32)}
-              for n in LENGTHS]
+    inputs = [
+        {"target_tokens": np.zeros(n, np.int64), "weights": np.ones(n, np.float32)} for n in LENGTHS
+    ]
     return inputs, lps
 
 
@@ -49,21 +50,29 @@ def test_non_finite_gradient_names_regularizer_and_datum() -> None:
     lps[1][3] = 0.0
     regs = [R.l2(weight=1.0), Regularizer("sqrt", log_of_neg_lp_at_datum_1, weight=0.5)]
     events: list[tuple[str, dict[str, float], dict[str, Any]]] = []
-    with pytest.raises(NonFiniteError, match=r"regularizer 'sqrt' has a non-finite gradient at datum 1") as info:
-        compute_custom_loss(inputs, lps, "cross_entropy", regularizers=regs,
-                            emit=lambda *e: events.append(e))
+    with pytest.raises(
+        NonFiniteError, match=r"regularizer 'sqrt' has a non-finite gradient at datum 1"
+    ) as info:
+        compute_custom_loss(
+            inputs, lps, "cross_entropy", regularizers=regs, emit=lambda *e: events.append(e)
+        )
     assert (info.value.term, info.value.datum) == ("sqrt", 1)
     assert [e[0] for e in events] == ["custom_loss.start", "custom_loss.exception"]
-    assert events[1][2]["term"] == "sqrt" and events[1][2]["reason"] == "NonFiniteError"
+    assert events[1][2]["term"] == "sqrt"
+    assert events[1][2]["reason"] == "NonFiniteError"
 
 
 def test_non_finite_value_names_regularizer() -> None:
     inputs, lps = _data()
     reg = Regularizer("logscale", nan_value, weight=1.0, params={"scale": 0.5})
-    with pytest.raises(NonFiniteError, match="regularizer 'logscale' has a non-finite value") as info:
+    with pytest.raises(
+        NonFiniteError, match="regularizer 'logscale' has a non-finite value"
+    ) as info:
         compute_custom_loss(inputs, lps, "cross_entropy", regularizers=[reg], track_grad_norms=True)
     assert info.value.datum is None
-    ok = compute_custom_loss(inputs, lps, "cross_entropy", regularizers=[reg.with_params(scale=3.0)])
+    ok = compute_custom_loss(
+        inputs, lps, "cross_entropy", regularizers=[reg.with_params(scale=3.0)]
+    )
     assert np.isfinite(ok.loss_total)
 
 
@@ -81,9 +90,13 @@ def test_spec_validation_errors_name_the_regularizer() -> None:
     inputs, lps = _data()
     with pytest.raises(EngineInputError, match="duplicate regularizer name 'l1'"):
         compute_custom_loss(inputs, lps, None, regularizers=[R.l1(weight=1.0), R.l1(weight=2.0)])
-    with pytest.raises(EngineInputError, match=r"regularizer 'kl' requires loss inputs \['reference_logprobs'\]"):
+    with pytest.raises(
+        EngineInputError, match=r"regularizer 'kl' requires loss inputs \['reference_logprobs'\]"
+    ):
         compute_custom_loss(inputs, lps, None, regularizers=[R.kl(weight=1.0)])
-    with pytest.raises(EngineInputError, match=r"base loss requires loss inputs \['logprobs', 'advantages'\]"):
+    with pytest.raises(
+        EngineInputError, match=r"base loss requires loss inputs \['logprobs', 'advantages'\]"
+    ):
         compute_custom_loss(inputs, lps, "ppo")
     with pytest.raises(EngineInputError, match="unknown key"):
         compute_custom_loss(inputs, lps, "ppo", loss_fn_config={"clip": 1.0})
@@ -94,8 +107,10 @@ def test_spec_validation_errors_name_the_regularizer() -> None:
 def test_specs_hash_on_structure_not_on_weights() -> None:
     a = R.l1(weight=1.0, center=0.0)
     b = R.l1(weight=5.0, center=-3.0)
-    assert a == b and hash(a) == hash(b)
-    assert a != R.l1(weight=1.0, target="probs") and a != R.l1(weight=1.0, name="other")
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != R.l1(weight=1.0, target="probs")
+    assert a != R.l1(weight=1.0, name="other")
 
 
 def test_events_report_each_regularizer() -> None:
@@ -106,11 +121,21 @@ def test_events_report_each_regularizer() -> None:
         events.append((name, measurements, metadata))
         raise RuntimeError("handler bug")  # logged, never raised into the step
 
-    result = compute_custom_loss(inputs, lps, "cross_entropy", track_grad_norms=True,
-                                 regularizers=[R.l1(weight=0.5), R.entropy(weight=-1.0)], emit=broken)
+    result = compute_custom_loss(
+        inputs,
+        lps,
+        "cross_entropy",
+        track_grad_norms=True,
+        regularizers=[R.l1(weight=0.5), R.entropy(weight=-1.0)],
+        emit=broken,
+    )
     names = [e[0] for e in events]
-    assert names == ["custom_loss.start", "regularizer.compute", "regularizer.compute",
-                     "custom_loss.stop"]
+    assert names == [
+        "custom_loss.start",
+        "regularizer.compute",
+        "regularizer.compute",
+        "custom_loss.stop",
+    ]
     l1_event = events[1]
     assert l1_event[2] == {"regularizer_name": "l1", "weight": 0.5}
     assert l1_event[1]["contribution"] == pytest.approx(result.regularizers["l1"].contribution)
@@ -154,13 +179,18 @@ def test_async_prepare_failure_and_timeout_name_the_regularizer() -> None:
     events: list[str] = []
 
     async def run(regs: list[Regularizer]) -> Any:
-        return await compute_custom_loss_async(inputs, lps, None, regularizers=regs,
-                                               emit=lambda n, m, d: events.append(n))
+        return await compute_custom_loss_async(
+            inputs, lps, None, regularizers=regs, emit=lambda n, m, d: events.append(n)
+        )
 
-    with pytest.raises(RegularizerError, match="regularizer 'slow_rm': prepare timed out after 0.05 s") as info:
+    with pytest.raises(
+        RegularizerError, match=r"regularizer 'slow_rm': prepare timed out after 0\.05 s"
+    ) as info:
         asyncio.run(run([good, slow]))
     assert info.value.name == "slow_rm"
-    with pytest.raises(RegularizerError, match="'db': prepare failed: ConnectionError: reward model unreachable"):
+    with pytest.raises(
+        RegularizerError, match="'db': prepare failed: ConnectionError: reward model unreachable"
+    ):
         compute_custom_loss(inputs, lps, None, regularizers=[failing])
     assert events == ["custom_loss.start", "custom_loss.exception"]
 

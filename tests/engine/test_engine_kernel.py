@@ -26,21 +26,24 @@ LENGTHS = (7, 30, 1, 19)
 Inputs = list[dict[str, np.ndarray]]
 
 
-def rl_data(lengths: tuple[int, ...], *, seed: int = 0, k: int | None = None,
-            dtype: Any = np.float32) -> tuple[Inputs, list[np.ndarray]]:
+def rl_data(
+    lengths: tuple[int, ...], *, seed: int = 0, k: int | None = None, dtype: Any = np.float32
+) -> tuple[Inputs, list[np.ndarray]]:
     rng = np.random.default_rng(seed)
     inputs, lps = [], []
     for n in lengths:
         shape = (n,) if k is None else (n, k)
         lp = -rng.exponential(size=shape)
         lps.append(lp.astype(dtype))
-        inputs.append({
-            "target_tokens": rng.integers(0, 100, size=shape),
-            "weights": rng.normal(size=shape).astype(dtype),
-            "advantages": rng.normal(size=shape).astype(dtype),
-            # ±0.3 noise: a good share of ratios fall outside PPO's [0.8, 1.2]
-            "logprobs": (lp + rng.normal(0, 0.3, size=shape)).astype(dtype),
-        })
+        inputs.append(
+            {
+                "target_tokens": rng.integers(0, 100, size=shape),
+                "weights": rng.normal(size=shape).astype(dtype),
+                "advantages": rng.normal(size=shape).astype(dtype),
+                # ±0.3 noise: a good share of ratios fall outside PPO's [0.8, 1.2]
+                "logprobs": (lp + rng.normal(0, 0.3, size=shape)).astype(dtype),
+            }
+        )
     return inputs, lps
 
 
@@ -71,7 +74,9 @@ BASE_REFS: dict[str, RefFn] = {
 CONFIGS: dict[str, dict[str, float]] = {"dro": {"beta": 0.7}, "ppo": {"clip_high_threshold": 1.3}}
 
 
-def central_differences(f: Callable[[np.ndarray], float], x: np.ndarray, h: float = 1e-6) -> np.ndarray:
+def central_differences(
+    f: Callable[[np.ndarray], float], x: np.ndarray, h: float = 1e-6
+) -> np.ndarray:
     grad = np.zeros_like(x)
     for i in range(x.size):
         e = np.zeros_like(x)
@@ -89,7 +94,8 @@ def test_base_loss_value_float32(loss: str) -> None:
     want = BASE_REFS[loss](lp64, inputs, cfg)
     np.testing.assert_allclose(result.loss_total, want, rtol=2e-5)
     np.testing.assert_allclose(result.metrics["loss:sum"], want, rtol=2e-5)
-    assert result.regularizer_total == 0.0 and result.base_grad_norm is None
+    assert result.regularizer_total == 0.0
+    assert result.base_grad_norm is None
     assert [g.dtype for g in result.gradients] == [np.float32] * len(LENGTHS)
 
 
@@ -98,11 +104,14 @@ def test_base_loss_gradient_float64_finite_differences(loss: str) -> None:
     cfg = CONFIGS.get(loss, {})
     with jax.enable_x64(True):
         inputs, lps = rl_data(LENGTHS, dtype=np.float64)
-        result = compute_custom_loss(inputs, lps, loss, loss_fn_config=cfg, dtype=np.float64,
-                                     track_grad_norms=True)
+        result = compute_custom_loss(
+            inputs, lps, loss, loss_fn_config=cfg, dtype=np.float64, track_grad_norms=True
+        )
     lp = np.concatenate(lps)
     if loss == "cispo":  # the clipped ratio is a stop-gradient weight: compare analytically
-        want = -np.clip(np.exp(lp - _cat(inputs, "logprobs")), 0.8, 1.2) * _cat(inputs, "advantages")
+        want = -np.clip(np.exp(lp - _cat(inputs, "logprobs")), 0.8, 1.2) * _cat(
+            inputs, "advantages"
+        )
     else:
         want = central_differences(lambda x: BASE_REFS[loss](x, inputs, cfg), lp)
     got = np.concatenate(result.gradients)
@@ -126,8 +135,9 @@ def test_grad_norms_match_separate_grads_vmap_and_jacrev() -> None:
     inputs, lps = rl_data(LENGTHS, seed=1)
     regs = _regs()
     by_grads = compute_custom_loss(inputs, lps, "ppo", regularizers=regs, track_grad_norms=True)
-    by_vmap = compute_custom_loss(inputs, lps, "ppo", regularizers=regs, track_grad_norms=True,
-                                  norm_method="vmap")
+    by_vmap = compute_custom_loss(
+        inputs, lps, "ppo", regularizers=regs, track_grad_norms=True, norm_method="vmap"
+    )
     plain = compute_custom_loss(inputs, lps, "ppo", regularizers=regs)
     jac = reference_grad_norms(inputs, lps, "ppo", regularizers=regs)
     norms = [by_grads.base_grad_norm, *(r.grad_norm for r in by_grads.regularizers.values())]
@@ -163,8 +173,12 @@ def test_tinker_style_loss_matches_builtin_and_retraces_only_on_new_shapes() -> 
     builtin = compute_custom_loss(inputs, lps, "cross_entropy", regularizers=[reg])
     before = trace_count()
     datum = compute_custom_loss(inputs, lps, _tinker_style, regularizers=[reg])
-    again = compute_custom_loss(inputs, [lp * 0.5 for lp in lps], DatumLoss(_tinker_style),
-                                regularizers=[reg.with_weight(2.0)])
+    again = compute_custom_loss(
+        inputs,
+        [lp * 0.5 for lp in lps],
+        DatumLoss(_tinker_style),
+        regularizers=[reg.with_weight(2.0)],
+    )
     assert trace_count() == before + 1  # cached on the list of datum shapes
     compute_custom_loss(*rl_data((5, 8), k=3), _tinker_style, regularizers=[reg])
     assert trace_count() == before + 2  # same bucket, new shapes: retraced

@@ -35,8 +35,13 @@ def test_ragged_stream_compiles_once_per_bucket() -> None:
             R.l1(weight=0.01 * step, center=-0.1 * step, name="l1"),
             R.sequence_variance(weight=float(step)),
         ]
-        result = compute_custom_loss(inputs, lps, "ppo", regularizers=regs,
-                                     loss_fn_config={"clip_low_threshold": 0.5 + 0.01 * step})
+        result = compute_custom_loss(
+            inputs,
+            lps,
+            "ppo",
+            regularizers=regs,
+            loss_fn_config={"clip_low_threshold": 0.5 + 0.01 * step},
+        )
         assert np.isfinite(result.loss_total)
         batch = pack_inputs(inputs, lps, dtype=np.float32, bucketing=bucketing).batch
         buckets.add((batch.mask.shape[0], batch.seq_valid.shape[0]))
@@ -48,13 +53,16 @@ def test_weight_and_param_sweep_never_retraces() -> None:
     rng = np.random.default_rng(4)
     inputs, lps = _stream_batch(rng)
     regs = [R.l2(weight=1.0, center=0.0), R.entropy(weight=-0.1)]
-    compute_custom_loss(inputs, lps, "importance_sampling", regularizers=regs, track_grad_norms=True)
+    compute_custom_loss(
+        inputs, lps, "importance_sampling", regularizers=regs, track_grad_norms=True
+    )
     before = trace_count()
     values = []
     for w in np.linspace(-1.0, 1.0, 8):
         swept = [regs[0].with_weight(float(w)).with_params(center=float(w)), regs[1]]
-        result = compute_custom_loss(inputs, lps, "importance_sampling", regularizers=swept,
-                                     track_grad_norms=True)
+        result = compute_custom_loss(
+            inputs, lps, "importance_sampling", regularizers=swept, track_grad_norms=True
+        )
         values.append(result.regularizers["l2"].value)
     assert trace_count() == before
     assert len(set(values)) == 8  # the traced parameter really changed the value

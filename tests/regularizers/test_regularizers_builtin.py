@@ -23,11 +23,13 @@ def _data(dtype: Any) -> tuple[list[dict[str, np.ndarray]], list[np.ndarray]]:
     for n in LENGTHS:
         lp = -rng.exponential(size=n)
         lps.append(lp.astype(dtype))
-        inputs.append({
-            "target_tokens": np.zeros(n, np.int64),
-            "reference_logprobs": (lp + rng.normal(0, 0.3, n)).astype(dtype),
-            "paired_logprobs": (lp + rng.normal(0, 0.3, n)).astype(dtype),
-        })
+        inputs.append(
+            {
+                "target_tokens": np.zeros(n, np.int64),
+                "reference_logprobs": (lp + rng.normal(0, 0.3, n)).astype(dtype),
+                "paired_logprobs": (lp + rng.normal(0, 0.3, n)).astype(dtype),
+            }
+        )
     return inputs, lps
 
 
@@ -60,23 +62,46 @@ def _seq_var(lps: Datums) -> float:
 
 
 CASES: list[tuple[Regularizer, Ref]] = [
-    (R.l1(weight=0.3, center=-0.5, name="l1_lp"),
-     lambda lps, d: _reduce([np.abs(x + 0.5) for x in lps], "sum")),
-    (R.l1(weight=-0.2, target="probs", reduction="mean", name="l1_p"),
-     lambda lps, d: _reduce([np.exp(x) for x in lps], "mean")),
-    (R.l2(weight=0.7, center=-1.0, reduction="seq_mean", name="l2_lp"),
-     lambda lps, d: _reduce([(x + 1.0) ** 2 for x in lps], "seq_mean")),
-    (R.l2(weight=1.1, target="probs", center=0.25, name="l2_p"),
-     lambda lps, d: _reduce([(np.exp(x) - 0.25) ** 2 for x in lps], "sum")),
-    (R.kl(weight=0.5, estimator="k1", name="kl_k1"),
-     lambda lps, d: _reduce([x - r for x, r in zip(lps, _key(d, "reference_logprobs"), strict=True)], "sum")),
+    (
+        R.l1(weight=0.3, center=-0.5, name="l1_lp"),
+        lambda lps, d: _reduce([np.abs(x + 0.5) for x in lps], "sum"),
+    ),
+    (
+        R.l1(weight=-0.2, target="probs", reduction="mean", name="l1_p"),
+        lambda lps, d: _reduce([np.exp(x) for x in lps], "mean"),
+    ),
+    (
+        R.l2(weight=0.7, center=-1.0, reduction="seq_mean", name="l2_lp"),
+        lambda lps, d: _reduce([(x + 1.0) ** 2 for x in lps], "seq_mean"),
+    ),
+    (
+        R.l2(weight=1.1, target="probs", center=0.25, name="l2_p"),
+        lambda lps, d: _reduce([(np.exp(x) - 0.25) ** 2 for x in lps], "sum"),
+    ),
+    (
+        R.kl(weight=0.5, estimator="k1", name="kl_k1"),
+        lambda lps, d: _reduce(
+            [x - r for x, r in zip(lps, _key(d, "reference_logprobs"), strict=True)], "sum"
+        ),
+    ),
     (R.kl(weight=0.9, name="kl_k3"), lambda lps, d: _k3(lps, d, "sum")),
-    (R.kl(weight=0.4, reduction="seq_mean", name="kl_k3_seq"), lambda lps, d: _k3(lps, d, "seq_mean")),
+    (
+        R.kl(weight=0.4, reduction="seq_mean", name="kl_k3_seq"),
+        lambda lps, d: _k3(lps, d, "seq_mean"),
+    ),
     (R.entropy(weight=-0.1), lambda lps, d: _reduce([-x for x in lps], "mean")),
-    (R.consistency(weight=2.0),
-     lambda lps, d: _reduce([(x - p) ** 2 for x, p in zip(lps, _key(d, "paired_logprobs"), strict=True)], "sum")),
-    (R.consistency(weight=1.5, reduction="mean", name="consistency_mean"),
-     lambda lps, d: _reduce([(x - p) ** 2 for x, p in zip(lps, _key(d, "paired_logprobs"), strict=True)], "mean")),
+    (
+        R.consistency(weight=2.0),
+        lambda lps, d: _reduce(
+            [(x - p) ** 2 for x, p in zip(lps, _key(d, "paired_logprobs"), strict=True)], "sum"
+        ),
+    ),
+    (
+        R.consistency(weight=1.5, reduction="mean", name="consistency_mean"),
+        lambda lps, d: _reduce(
+            [(x - p) ** 2 for x, p in zip(lps, _key(d, "paired_logprobs"), strict=True)], "mean"
+        ),
+    ),
     (R.sequence_variance(weight=3.0), lambda lps, d: _seq_var(lps)),
 ]
 REGS = [reg for reg, _ in CASES]
@@ -99,14 +124,17 @@ def test_values_float32_match_numpy() -> None:
         out = result.regularizers[reg.name]
         assert out.value == pytest.approx(ref(lps64, inputs), rel=2e-5, abs=1e-6), reg.name
         assert out.contribution == pytest.approx(reg.weight * out.value), reg.name
-    assert result.loss_total == pytest.approx(sum(r.contribution for r in result.regularizers.values()), rel=1e-5)
+    assert result.loss_total == pytest.approx(
+        sum(r.contribution for r in result.regularizers.values()), rel=1e-5
+    )
 
 
 def test_gradients_and_norms_float64_finite_differences() -> None:
     with jax.enable_x64(True):
         inputs, lps = _data(np.float64)
-        result = compute_custom_loss(inputs, lps, None, regularizers=REGS, track_grad_norms=True,
-                                     dtype=np.float64)
+        result = compute_custom_loss(
+            inputs, lps, None, regularizers=REGS, track_grad_norms=True, dtype=np.float64
+        )
     flat = np.concatenate(lps)
     total = np.zeros_like(flat)
     for reg, ref in CASES:

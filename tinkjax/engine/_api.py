@@ -80,9 +80,16 @@ def compute_custom_loss(
         except RuntimeError:
             return asyncio.run(
                 compute_custom_loss_async(
-                    inputs, logprobs, loss, regularizers=regularizers,
-                    loss_fn_config=loss_fn_config, track_grad_norms=track_grad_norms,
-                    norm_method=norm_method, data=data, emit=emit, dtype=dtype,
+                    inputs,
+                    logprobs,
+                    loss,
+                    regularizers=regularizers,
+                    loss_fn_config=loss_fn_config,
+                    track_grad_norms=track_grad_norms,
+                    norm_method=norm_method,
+                    data=data,
+                    emit=emit,
+                    dtype=dtype,
                     bucketing=bucketing,
                 )
             )
@@ -91,9 +98,17 @@ def compute_custom_loss(
             "event loop; await compute_custom_loss_async instead"
         )
     return _compute(
-        inputs, logprobs, loss, regularizers=regularizers, loss_fn_config=loss_fn_config,
-        track_grad_norms=track_grad_norms, norm_method=norm_method, emit=emit, dtype=dtype,
-        bucketing=bucketing, prepared={},
+        inputs,
+        logprobs,
+        loss,
+        regularizers=regularizers,
+        loss_fn_config=loss_fn_config,
+        track_grad_norms=track_grad_norms,
+        norm_method=norm_method,
+        emit=emit,
+        dtype=dtype,
+        bucketing=bucketing,
+        prepared={},
     )
 
 
@@ -122,9 +137,19 @@ async def compute_custom_loss_async(
         _exception(emit, exc, started)
         raise
     return await asyncio.to_thread(
-        _compute, inputs, logprobs, loss, regularizers=regs, loss_fn_config=loss_fn_config,
-        track_grad_norms=track_grad_norms, norm_method=norm_method, emit=emit, dtype=dtype,
-        bucketing=bucketing, prepared=prepared, started=started,
+        _compute,
+        inputs,
+        logprobs,
+        loss,
+        regularizers=regs,
+        loss_fn_config=loss_fn_config,
+        track_grad_norms=track_grad_norms,
+        norm_method=norm_method,
+        emit=emit,
+        dtype=dtype,
+        bucketing=bucketing,
+        prepared=prepared,
+        started=started,
     )
 
 
@@ -147,16 +172,27 @@ def lower_custom_loss(
     if any(r.prepare is not None for r in regularizers):
         raise EngineInputError("lower_custom_loss does not run prepare steps")
     step = _build_step(
-        inputs, logprobs, loss, regularizers=regularizers, loss_fn_config=loss_fn_config,
-        track_grad_norms=track_grad_norms, norm_method=norm_method, dtype=dtype,
-        bucketing=bucketing, prepared={},
+        inputs,
+        logprobs,
+        loss,
+        regularizers=regularizers,
+        loss_fn_config=loss_fn_config,
+        track_grad_norms=track_grad_norms,
+        norm_method=norm_method,
+        dtype=dtype,
+        bucketing=bucketing,
+        prepared={},
     )
     return program.lower(*step.args, plan=step.plan)
 
 
 def _emit_start(emit: EmitFn | None, regularizers: Sequence[Any], track: bool) -> None:
-    _emit(emit, "custom_loss.start", {"system_time": time.time()},
-          {"regularizer_count": len(regularizers), "track_grad_norms": track})
+    _emit(
+        emit,
+        "custom_loss.start",
+        {"system_time": time.time()},
+        {"regularizer_count": len(regularizers), "track_grad_norms": track},
+    )
 
 
 def _compute(
@@ -179,11 +215,18 @@ def _compute(
         _emit_start(emit, regularizers, track_grad_norms)
     try:
         step = _build_step(
-            inputs, logprobs, loss, regularizers=regularizers, loss_fn_config=loss_fn_config,
-            track_grad_norms=track_grad_norms, norm_method=norm_method, dtype=dtype,
-            bucketing=bucketing, prepared=prepared,
+            inputs,
+            logprobs,
+            loss,
+            regularizers=regularizers,
+            loss_fn_config=loss_fn_config,
+            track_grad_norms=track_grad_norms,
+            norm_method=norm_method,
+            dtype=dtype,
+            bucketing=bucketing,
+            prepared=prepared,
         )
-        result = _finish(step, emit)
+        result = _finish(step)
     except Exception as exc:
         _exception(emit, exc, started)
         raise

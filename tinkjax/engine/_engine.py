@@ -60,7 +60,9 @@ class _Step:
         return fetched
 
 
-def _emit(emit: EmitFn | None, name: str, measurements: dict[str, float], metadata: dict[str, Any]) -> None:
+def _emit(
+    emit: EmitFn | None, name: str, measurements: dict[str, float], metadata: dict[str, Any]
+) -> None:
     if emit is None:
         return
     try:
@@ -174,7 +176,10 @@ def _build_step(
         )
         weights.append(np.asarray([regs[i].weight for i in idx], dt))
         params.append(
-            {k: np.stack([np.asarray(regs[i].params[k], dt) for i in idx]) for k in first.param_names}
+            {
+                k: np.stack([np.asarray(regs[i].params[k], dt) for i in idx])
+                for k in first.param_names
+            }
         )
         prep.append(pre)
         for j, i in enumerate(idx):
@@ -260,7 +265,7 @@ def _raise_non_finite(step: _Step, out: dict[str, Any]) -> None:
     )
 
 
-def _finish(step: _Step, emit: EmitFn | None) -> CustomLossResult:
+def _finish(step: _Step) -> CustomLossResult:
     out = step.run()
     scalars = [out["total"], out["base"], *out["values"]]
     if not all(np.isfinite(s).all() for s in scalars) or not np.isfinite(out["grad"]).all():
@@ -299,8 +304,12 @@ def _report(emit: EmitFn | None, result: CustomLossResult, started: float) -> No
         measurements = {"value": reg.value, "contribution": reg.contribution}
         if reg.grad_norm is not None:
             measurements["grad_norm"] = reg.grad_norm
-        _emit(emit, "regularizer.compute", measurements,
-              {"regularizer_name": reg.name, "weight": reg.weight})
+        _emit(
+            emit,
+            "regularizer.compute",
+            measurements,
+            {"regularizer_name": reg.name, "weight": reg.weight},
+        )
     _emit(
         emit,
         "custom_loss.stop",

@@ -123,12 +123,8 @@ def pack_inputs(
     shapes = tuple(tuple(int(d) for d in lp.shape) for lp in lps)
     padded = [-(-s[0] // chunk) * chunk for s in shapes]
     offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(padded)[:-1]]))
-    total = bucket_size(
-        sum(padded), minimum=bucketing.min_tokens, growth=bucketing.token_growth
-    )
-    n_seq = bucket_size(
-        len(lps), minimum=bucketing.min_sequences, growth=bucketing.sequence_growth
-    )
+    total = bucket_size(sum(padded), minimum=bucketing.min_tokens, growth=bucketing.token_growth)
+    n_seq = bucket_size(len(lps), minimum=bucketing.min_sequences, growth=bucketing.sequence_growth)
     layout = DatumLayout(offsets=offsets, shapes=shapes, present=tuple(sorted(keys)))
     float_dtype = np.dtype(dtype)
 
@@ -194,18 +190,14 @@ def pack_per_datum(
     """
     layout = like.layout
     if len(values) != len(layout.shapes):
-        raise EngineInputError(
-            f"{what}: got {len(values)} values for {len(layout.shapes)} datums"
-        )
+        raise EngineInputError(f"{what}: got {len(values)} values for {len(layout.shapes)} datums")
     arrays = [np.asarray(v, dtype=dtype) for v in values]
     if all(a.ndim == 0 for a in arrays):
         out = np.zeros(like.batch.seq_valid.shape, dtype=dtype)
         out[: len(arrays)] = arrays
         return out
     out = np.zeros(like.logprobs.shape, dtype=dtype)
-    for i, (arr, off, shape) in enumerate(
-        zip(arrays, layout.offsets, layout.shapes, strict=True)
-    ):
+    for i, (arr, off, shape) in enumerate(zip(arrays, layout.offsets, layout.shapes, strict=True)):
         if arr.shape != shape:
             raise EngineInputError(
                 f"{what}: value of datum {i} has shape {arr.shape}; expected a scalar for "

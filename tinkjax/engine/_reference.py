@@ -25,7 +25,9 @@ from tinkjax.engine._terms import group_values
 Array = jax.Array
 
 
-def _term_vector(lp: Array, batch: Any, base_params: Any, params: Any, prepared: Any, plan: Plan) -> Array:
+def _term_vector(
+    lp: Array, batch: Any, base_params: Any, params: Any, prepared: Any, plan: Plan
+) -> Array:
     base, _ = _base_eval(plan, lp, batch, base_params)
     parts = [base[None]]
     for term, p, pre in zip(plan.groups, params, prepared, strict=True):
@@ -59,8 +61,15 @@ def reference_grad_norms(
     Regularizers with a ``prepare`` step are not supported.
     """
     step = _build_step(
-        inputs, logprobs, loss, regularizers=regularizers, loss_fn_config=loss_fn_config,
-        track_grad_norms=False, norm_method="grads", dtype=dtype, bucketing=bucketing,
+        inputs,
+        logprobs,
+        loss,
+        regularizers=regularizers,
+        loss_fn_config=loss_fn_config,
+        track_grad_norms=False,
+        norm_method="grads",
+        dtype=dtype,
+        bucketing=bucketing,
         prepared={},
     )
     lp, batch, base_params, _weights, params, prepared = step.args

@@ -80,10 +80,23 @@ def eval_term(
     params: Mapping[str, Array],
     prepared: Mapping[str, Array],
 ) -> tuple[Array, Metrics]:
-    """One instance: ``term.fn(batch, lp, **params, **prepared, **static)``."""
-    out = term.fn(batch, lp, **params, **prepared, **dict(term.static_key))
-    value, metrics = _split_output(out, term.label)
-    return value.astype(lp.dtype), metrics
+    """One instance: ``term.fn(batch, lp, **params, **prepared, **static)``.
+
+    The term is rematerialised (``jax.checkpoint``): its backward pass recomputes the cheap
+    elementwise forward instead of keeping every intermediate alive. On XLA:CPU at 1M tokens
+    and 16 regularizers this cut the temporary memory 4× and the time of value-and-grad 2×
+    (``bench/engine_bench.py``).
+    """
+
+    def run(
+        x: Array, batch: LossBatch, params: Mapping[str, Array], prepared: Mapping[str, Array]
+    ) -> tuple[Array, Metrics]:
+        out = term.fn(batch, x, **params, **prepared, **dict(term.static_key))
+        value, metrics = _split_output(out, term.label)
+        return value.astype(x.dtype), metrics
+
+    result: tuple[Array, Metrics] = jax.checkpoint(run)(lp, batch, params, prepared)
+    return result
 
 
 def eval_datum_loss(plan: DatumPlan, lp: Array, batch: LossBatch) -> tuple[Array, Metrics]:
@@ -136,7 +149,9 @@ def group_values_and_grads(
     return values, metrics, grads
 
 
-def builtin_loss(batch: LossBatch, lp: Array, *, loss: str, **config: Array) -> tuple[Array, Metrics]:
+def builtin_loss(
+    batch: LossBatch, lp: Array, *, loss: str, **config: Array
+) -> tuple[Array, Metrics]:
     """Tinker's built-in loss ``loss`` on the packed batch: Σ over tokens and datums, no mean.
 
     Uses ``tinkjax.losses``; config values are traced. Returns ``(value, {"loss:sum": value})``.

@@ -96,6 +96,8 @@ _optim_jit = jax.jit(
 _sample_jit = jax.jit(
     _counted("sample", sample_core), static_argnames=("config", "n_rows", "gen_len")
 )
+_init_base_jit = jax.jit(init_base_params, static_argnums=(0, 1))
+_init_lora_jit = jax.jit(init_lora_weights, static_argnums=(0, 1, 2))
 _HYPER_KEYS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
 
 
@@ -108,6 +110,28 @@ def _pad_rank(tree: LoraStack, rank: int) -> LoraStack:
         return jnp.pad(x, widths)
 
     return {t: (pad(a, a.ndim - 1), pad(b, b.ndim - 2)) for t, (a, b) in tree.items()}
+
+
+def _install_core(
+    stack: LoraStack, acc: LoraStack, slot: jax.Array, weights: LoraStack
+) -> tuple[LoraStack, LoraStack, optax.OptState]:
+    """Writes one adapter's weights (rank ``r``, trained targets only) into ``slot`` of the
+    stack (padded to rank ``R``; other targets zero), zeroes its gradient, and returns a
+    fresh AdamW state of the slot's shape. ``stack`` and ``acc`` are donated."""
+    rank = next(iter(stack.values()))[0].shape[-1]
+    padded = _pad_rank(weights, rank)
+    put = jax.lax.dynamic_update_index_in_dim
+    new_stack, new_acc, params = {}, {}, {}
+    for t, (a, b) in stack.items():
+        pa, pb = padded.get(t, (jnp.zeros_like(a[0]), jnp.zeros_like(b[0])))
+        new_stack[t] = (put(a, pa.astype(a.dtype), slot, 0), put(b, pb.astype(b.dtype), slot, 0))
+        new_acc[t] = (put(acc[t][0], jnp.zeros_like(a[0]), slot, 0),
+                      put(acc[t][1], jnp.zeros_like(b[0]), slot, 0))  # fmt: skip
+        params[t] = (pa, pb)
+    return new_stack, new_acc, optax.adamw(1e-4).init(params)
+
+
+_install_jit = jax.jit(_install_core, donate_argnames=("stack", "acc"))
 
 
 def _fresh_seed() -> int:
@@ -140,7 +164,7 @@ class ModelRuntime:
             raise ValueError("dtype: float64 needs x64 (use `with jax.enable_x64(True):`)")
         self.max_lora_rank = max_lora_rank
         self._np_dtype = np.dtype(self.dtype.name)
-        self._base = init_base_params(self.config, self.dtype)
+        self._base = _init_base_jit(self.config, self.dtype)
         self._rank = 0  # R, the stack's padded rank (0: no stack yet)
         self._stack: LoraStack = {}
         self._acc: LoraStack = {}
@@ -148,6 +172,11 @@ class ModelRuntime:
         self._slots: dict[str, int] = {}
         self._infos: dict[str, AdapterInfo] = {}
         self._opt: dict[str, optax.OptState] = {}
+
+    @property
+    def base_params(self) -> dict[str, jax.Array]:
+        """The frozen base weights (a copy of the dict; arrays are immutable)."""
+        return dict(self._base)
 
     # ----------------------------------------------------------------- adapters
 
@@ -173,18 +202,16 @@ class ModelRuntime:
             train_attn=train_attn, train_mlp=train_mlp, train_unembed=train_unembed,
         )  # fmt: skip
         self._check_info(info)
-        self._install(adapter_id, info, init_lora_weights(self.config, info, self.dtype), None)
+        self._install(adapter_id, info, _init_lora_jit(self.config, info, self.dtype), None)
 
     def has_adapter(self, adapter_id: str) -> bool:
         """Whether ``adapter_id`` is loaded."""
         return adapter_id in self._slots
 
     def remove_adapter(self, adapter_id: str) -> None:
-        """Drops an adapter and frees its slot (its weights and gradients are zeroed)."""
+        """Drops an adapter and frees its slot (``_install`` overwrites a slot entirely, and
+        no batch reads a free slot, so nothing needs clearing)."""
         slot = self._slot(adapter_id)
-        for tree in (self._stack, self._acc):
-            for t, (a, b) in tree.items():
-                tree[t] = (a.at[slot].set(0), b.at[slot].set(0))
         self._scale[slot] = 0.0
         del self._slots[adapter_id], self._infos[adapter_id], self._opt[adapter_id]
 
@@ -254,17 +281,12 @@ class ModelRuntime:
         self._grow(info.rank)
         used = set(self._slots.values())
         slot = next(s for s in range(self._scale.shape[0]) if s not in used)
-        padded = _pad_rank(dict(weights), self._rank)
-        for t, (a, b) in self._stack.items():
-            new_a, new_b = padded.get(t, (jnp.zeros_like(a[0]), jnp.zeros_like(b[0])))
-            self._stack[t] = (a.at[slot].set(new_a), b.at[slot].set(new_b))
-            acc_a, acc_b = self._acc[t]
-            self._acc[t] = (acc_a.at[slot].set(0), acc_b.at[slot].set(0))
+        self._stack, self._acc, fresh = _install_jit(
+            self._stack, self._acc, np.int32(slot), dict(weights)
+        )
         self._scale[slot] = LORA_ALPHA / info.rank
         self._slots[adapter_id] = slot
         self._infos[adapter_id] = info
-        params = {t: (a[slot], b[slot]) for t, (a, b) in self._stack.items()}
-        fresh = optax.adamw(1e-4).init(params)
         if moments is not None:
             count, mu, nu = moments
             adam = fresh[0]

@@ -55,7 +55,9 @@ def kl(
     check_option(owner, "estimator", estimator, ("k1", "k3"))
     check_reduction(owner, reduction)
     return Regularizer(
-        name, kl_value, weight=weight,
+        name,
+        kl_value,
+        weight=weight,
         static={"estimator": estimator, "reduction": reduction},
         requires=("reference_logprobs",),
     )
@@ -72,6 +74,9 @@ def consistency(
     """
     check_reduction(f"regularizer {name!r}", reduction)
     return Regularizer(
-        name, consistency_value, weight=weight, static={"reduction": reduction},
+        name,
+        consistency_value,
+        weight=weight,
+        static={"reduction": reduction},
         requires=("paired_logprobs",),
     )

@@ -18,16 +18,12 @@ from tinkjax.regularizers._common import (
 Array = jax.Array
 
 
-def l1_value(
-    batch: LossBatch, lp: Array, *, center: Array, target: str, reduction: str
-) -> Array:
+def l1_value(batch: LossBatch, lp: Array, *, center: Array, target: str, reduction: str) -> Array:
     """``reduce(|x − center|)`` with ``x = lp`` or ``exp(lp)``."""
     return reduce_tokens(batch, jnp.abs(on_target(lp, target) - center), reduction)
 
 
-def l2_value(
-    batch: LossBatch, lp: Array, *, center: Array, target: str, reduction: str
-) -> Array:
+def l2_value(batch: LossBatch, lp: Array, *, center: Array, target: str, reduction: str) -> Array:
     """``reduce((x − center)²)`` with ``x = lp`` or ``exp(lp)``."""
     d = on_target(lp, target) - center
     return reduce_tokens(batch, d * d, reduction)
@@ -51,7 +47,10 @@ def l1(
     check_target(owner, target)
     check_reduction(owner, reduction)
     return Regularizer(
-        name, l1_value, weight=weight, params={"center": center},
+        name,
+        l1_value,
+        weight=weight,
+        params={"center": center},
         static={"target": target, "reduction": reduction},
     )
 
@@ -69,6 +68,9 @@ def l2(
     check_target(owner, target)
     check_reduction(owner, reduction)
     return Regularizer(
-        name, l2_value, weight=weight, params={"center": center},
+        name,
+        l2_value,
+        weight=weight,
+        params={"center": center},
         static={"target": target, "reduction": reduction},
     )
