@@ -172,7 +172,7 @@ def optim_core(
     """
     params = _slice(stack, slot)
     grads = _slice(acc, slot)
-    norm = optax.global_norm(grads)
+    norm = optax.tree.norm(grads)
     clip = hyper["grad_clip_norm"]
     factor = jnp.where((clip > 0) & (norm > clip), clip / jnp.maximum(norm, 1e-30), 1.0)
     grads = jax.tree.map(lambda g: g * factor.astype(g.dtype), grads)
