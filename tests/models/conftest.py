@@ -40,12 +40,12 @@ def random_tokens() -> Callable[[int, int], np.ndarray]:
 @pytest.fixture(scope="session")
 def runtime() -> ModelRuntime:
     """A float32 micro runtime shared by the tests (each test uses its own adapter ids)."""
-    return ModelRuntime(MICRO, max_lora_rank=8)
+    return ModelRuntime(MICRO, max_lora_rank=8, adapter_slots=16)
 
 
 @pytest.fixture(scope="session")
 def runtime64() -> Iterator[ModelRuntime]:
     """A float64 micro runtime; use it inside ``with jax.enable_x64(True):``."""
     with jax.enable_x64(True):
-        rt = ModelRuntime(MICRO, dtype=jnp.float64, max_lora_rank=8)
+        rt = ModelRuntime(MICRO, dtype=jnp.float64, max_lora_rank=8, adapter_slots=8)
     yield rt

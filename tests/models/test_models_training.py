@@ -190,8 +190,8 @@ def test_no_retrace_over_varied_batches(
         if len(datums) > 1:
             items.append(_item("t-rt2", datums[1:]))
         runtime.forward_backward(items, forward_only=False)
-    # Length bucket 32 only; rows in {1, 2, 4} x adapters-per-batch in {1, 2}: at most 4 shapes.
-    assert trace_counts()["forward_backward"] - before <= 4
+    # Length bucket 32, row bucket 4, adapters-per-batch in {1, 2}: at most 2 programs.
+    assert trace_counts()["forward_backward"] - before <= 2
 
 
 def test_training_lowers_loss_and_sampling_reproduces_text(
@@ -199,7 +199,7 @@ def test_training_lowers_loss_and_sampling_reproduces_text(
     ce_datum: Callable[..., DatumArrays],
     random_tokens: Callable[[int, int], np.ndarray],
 ) -> None:
-    text = b"the cat sat on the mat. " * 2
+    text = b"abcdefghijklmnopqrstuvwxyz" * 2
     toks = np.frombuffer(text, np.uint8).astype(np.int64)
     datum = ce_datum(toks)
     runtime.create_adapter("t-fit", rank=4, seed=0)

@@ -1,7 +1,8 @@
 """Host-side validation of datums and their packing into bucketed, padded arrays.
 
 Shapes are bucketed so that varied requests reuse a handful of compiled programs: sequence
-length on ``32 * 2**j``, rows, target width ``K`` and adapters-per-batch on powers of two.
+length on ``32 * 2**j``, rows on powers of two from 4, target width ``K`` and
+adapters-per-batch on powers of two.
 """
 
 from __future__ import annotations
@@ -24,12 +25,19 @@ __all__ = [
 ]
 
 MIN_LENGTH_BUCKET = 32
+MIN_ROW_BUCKET = 4
 MAX_TOKENS_PER_BATCH = 16384  # rows x length x K of one compiled call
 
 
 def bucket_pow2(n: int) -> int:
     """Smallest power of two ``>= max(n, 1)``."""
     return 1 << max(n - 1, 0).bit_length()
+
+
+def bucket_rows(n: int) -> int:
+    """Row bucket: a power of two, at least ``MIN_ROW_BUCKET`` (small batches share one
+    program; a few padded rows cost less than a compile)."""
+    return max(MIN_ROW_BUCKET, bucket_pow2(n))
 
 
 def bucket_length(n: int) -> int:
@@ -144,7 +152,7 @@ def pack_rows(
             used.append(slot)
     k = bucket_pow2(len(used))
     batch_slots = np.array(used + [used[0]] * (k - len(used)), np.int32)
-    n_rows = bucket_pow2(len(rows))
+    n_rows = bucket_rows(len(rows))
     tokens = np.zeros((n_rows, length), np.int32)
     targets = np.zeros((n_rows, length, width), np.int32)
     valid = np.zeros((n_rows, length, width), bool)

@@ -37,6 +37,7 @@ from tinkjax.models._batching import (
     ValidDatum,
     bucket_length,
     bucket_pow2,
+    bucket_rows,
     pack_rows,
     validate_datum,
 )
@@ -151,10 +152,17 @@ class ModelRuntime:
         base_model: preset name, e.g. ``"tinkjax/bytelm-1m"``.
         dtype: parameter and activation dtype (``jnp.float64`` needs x64 enabled).
         max_lora_rank: the largest rank ``create_adapter`` accepts.
+        adapter_slots: initial capacity of the adapter stack (it doubles when full; each
+            growth recompiles the programs once).
     """
 
     def __init__(
-        self, base_model: str, *, dtype: jnp.dtype = jnp.float32, max_lora_rank: int = 64
+        self,
+        base_model: str,
+        *,
+        dtype: jnp.dtype = jnp.float32,
+        max_lora_rank: int = 64,
+        adapter_slots: int = 8,
     ) -> None:
         self.config: ModelConfig = get_model_config(base_model)
         self.base_model = base_model
@@ -163,6 +171,9 @@ class ModelRuntime:
         if self.dtype == jnp.float64 and not jax.config.jax_enable_x64:
             raise ValueError("dtype: float64 needs x64 (use `with jax.enable_x64(True):`)")
         self.max_lora_rank = max_lora_rank
+        if adapter_slots < 1:
+            raise ValueError(f"adapter_slots: expected >= 1, got {adapter_slots}")
+        self._initial_slots = adapter_slots
         self._np_dtype = np.dtype(self.dtype.name)
         self._base = _init_base_jit(self.config, self.dtype)
         self._rank = 0  # R, the stack's padded rank (0: no stack yet)
@@ -243,12 +254,13 @@ class ModelRuntime:
             self._rank = new_rank
             for t in TARGETS:
                 n_l, d_in, d_out = target_shape(self.config, t)
-                a = jnp.zeros((1, n_l, d_in, new_rank), self.dtype)
-                self._stack[t] = (a, jnp.zeros((1, n_l, new_rank, d_out), self.dtype))
+                n_s = self._initial_slots
+                a = jnp.zeros((n_s, n_l, d_in, new_rank), self.dtype)
+                self._stack[t] = (a, jnp.zeros((n_s, n_l, new_rank, d_out), self.dtype))
             self._acc = {
                 t: (jnp.zeros_like(a), jnp.zeros_like(b)) for t, (a, b) in self._stack.items()
             }
-            self._scale = np.zeros((1,), self._np_dtype)
+            self._scale = np.zeros((self._initial_slots,), self._np_dtype)
             return
         if new_rank > self._rank:
             self._rank = new_rank
@@ -328,10 +340,14 @@ class ModelRuntime:
                 )  # fmt: skip
                 groups.setdefault(item.loss_fn, []).append((valid, slot, config, i, j))
         outputs: list[list[dict[str, np.ndarray]]] = [[{} for _ in item.datums] for item in items]
+        # loss:sum is summed from the runtime-precision losses (the outputs are float32 on the
+        # wire), so a float64 runtime reports a float64-exact metric.
+        totals = [0.0] * len(items)
         for loss_fn, rows in groups.items():
             length = bucket_length(max(r[0].tokens.shape[0] for r in rows))
             width = bucket_pow2(max(r[0].targets.shape[1] for r in rows))
-            per_call = 1 << (max(MAX_TOKENS_PER_BATCH // (length * width), 1).bit_length() - 1)
+            fit = MAX_TOKENS_PER_BATCH // (length * width)
+            per_call = 1 << (max(fit, 1).bit_length() - 1)
             for start in range(0, len(rows), per_call):
                 chunk = rows[start : start + per_call]
                 lp, el = self._run_batch(loss_fn, chunk, length, width, forward_only)
@@ -342,11 +358,11 @@ class ModelRuntime:
                         "logprobs": lp[r, :n, :kk].reshape(shape).astype(np.float32),
                         "elementwise_loss": el[r, :n, :kk].reshape(shape).astype(np.float32),
                     }
-        results = []
-        for i in range(len(items)):
-            total = sum(float(np.sum(o["elementwise_loss"], dtype=np.float64)) for o in outputs[i])
-            results.append(FwdBwdResult(outputs=outputs[i], metrics={LOSS_SUM_METRIC: total}))
-        return results
+                    totals[i] += float(np.sum(el[r, :n, :kk], dtype=np.float64))
+        return [
+            FwdBwdResult(outputs=outputs[i], metrics={LOSS_SUM_METRIC: totals[i]})
+            for i in range(len(items))
+        ]
 
     def _resolve_config(
         self, loss_fn: str, config: Mapping[str, float] | None, where: str
@@ -586,7 +602,7 @@ class ModelRuntime:
         seed = _fresh_seed() if request.seed is None else request.seed
         tokens, logprobs, lengths, stopped, prompt_lp = _sample_jit(
             config=self.config,
-            n_rows=bucket_pow2(request.num_samples),
+            n_rows=bucket_rows(request.num_samples),
             gen_len=gen_len,
             base=self._base,
             lora=None if snap is None else dict(snap.weights),
