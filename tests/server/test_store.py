@@ -1,0 +1,475 @@
+"""CheckpointStore: round trips, pagination, atomic overwrite, restart, archives, concurrency."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import tarfile
+import threading
+from collections.abc import Iterator
+from datetime import datetime
+from pathlib import Path
+
+import msgspec
+import pytest
+
+from tinkjax.errors import WireFormatError
+from tinkjax.server._archive import safe_members
+from tinkjax.server._store import (
+    CheckpointStore,
+    DuplicateIdError,
+    InvalidNameError,
+    StoreError,
+    UnknownCheckpointError,
+    UnknownSamplerError,
+    UnknownSessionError,
+    UnknownTrainingRunError,
+)
+from tinkjax.types import (
+    Checkpoint,
+    CheckpointsListResponse,
+    GetSessionResponse,
+    TrainingRun,
+    TrainingRunsResponse,
+    WeightsInfoResponse,
+)
+
+SID = "3f2a9c1e-0000-4000-8000-000000000001"
+MID = f"{SID}:train:0"
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Iterator[CheckpointStore]:
+    s = CheckpointStore(tmp_path)
+    s.add_session(SID, tags=["t"], user_metadata={"k": "v"}, sdk_version="0.38.0")
+    s.add_training_run(MID, base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4,
+                       session_id=SID)
+    yield s
+    s.close()
+
+
+def _files(tag: bytes) -> dict[str, bytes]:
+    return {"adapter_model.safetensors": b"W" * 10 + tag, "adapter_config.json": b"{}",
+            "optim/state.bin": tag * 3}
+
+
+def _tar_contents(path: Path) -> dict[str, bytes]:
+    with tarfile.open(path, "r:gz") as tar:
+        members = safe_members(tar)
+        out = {}
+        for m in members:
+            f = tar.extractfile(m)
+            assert f is not None
+            out[m.name] = f.read()
+        return out
+
+
+# -- sessions ----------------------------------------------------------------------------------
+
+
+def test_session_round_trip_and_seqs(store: CheckpointStore) -> None:
+    store.add_sampler(f"{SID}:sample:0", base_model="tinkjax/bytelm-micro", session_id=SID)
+    got = store.get_session(SID)
+    assert got == GetSessionResponse(training_run_ids=[MID], sampler_ids=[f"{SID}:sample:0"],
+                                     user_metadata={"k": "v"})
+    assert [store.next_model_seq(SID) for _ in range(3)] == [0, 1, 2]
+    assert [store.next_sampler_seq(SID) for _ in range(2)] == [0, 1]
+    store.heartbeat(SID)
+    store.finish_session(SID, reason="success")
+    status = store.session_status(SID)
+    assert status["finish_reason"] == "success"
+    assert isinstance(status["finished_at"], datetime)
+    assert status["finished_at"].tzinfo is not None
+
+
+def test_unknown_session_errors_name_the_id(store: CheckpointStore) -> None:
+    for call in (store.heartbeat, store.finish_session, store.get_session, store.next_model_seq):
+        with pytest.raises(UnknownSessionError, match="nope") as info:
+            call("nope")
+        assert isinstance(info.value, KeyError)
+        assert isinstance(info.value, StoreError)
+        assert str(info.value) == "unknown session_id 'nope'"
+    with pytest.raises(UnknownSessionError):
+        store.add_training_run("x:train:0", base_model="b", is_lora=False, lora_rank=None,
+                               session_id="nope")
+    with pytest.raises(DuplicateIdError, match="session_id"):
+        store.add_session(SID, tags=[], user_metadata=None, sdk_version="x")
+
+
+def test_list_sessions_pagination(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    s = CheckpointStore(tmp_path)
+    request.addfinalizer(s.close)
+    ids = [f"s{i}" for i in range(5)]
+    for sid in ids:
+        s.add_session(sid, tags=[], user_metadata=None, sdk_version="x")
+    assert s.list_sessions(limit=2).sessions == ["s4", "s3"]
+    assert s.list_sessions(limit=2, offset=2).sessions == ["s2", "s1"]
+    assert s.list_sessions(limit=10, offset=4).sessions == ["s0"]
+    with pytest.raises(InvalidNameError, match="limit"):
+        s.list_sessions(limit=-1)
+
+
+# -- training runs -----------------------------------------------------------------------------
+
+
+def test_training_runs_round_trip_and_pagination(store: CheckpointStore) -> None:
+    for i in range(1, 5):
+        store.add_training_run(f"{SID}:train:{i}", base_model="b", is_lora=False, lora_rank=None,
+                               session_id=SID, user_metadata={"i": str(i)})
+    run = store.get_training_run(MID)
+    assert isinstance(run, TrainingRun)
+    assert (run.training_run_id, run.base_model, run.is_lora, run.lora_rank) == (
+        MID, "tinkjax/bytelm-micro", True, 4)
+    assert run.last_checkpoint is None
+    assert run.last_sampler_checkpoint is None
+    page = store.list_training_runs(limit=2, offset=1)
+    assert isinstance(page, TrainingRunsResponse)
+    assert [r.training_run_id for r in page.training_runs] == [f"{SID}:train:3",
+                                                               f"{SID}:train:2"]
+    assert (page.cursor.offset, page.cursor.limit, page.cursor.total_count) == (1, 2, 5)
+    assert page.training_runs[0].user_metadata == {"i": "3"}
+    before = store.get_training_run(MID).last_request_time
+    store.touch_training_run(MID)
+    assert store.get_training_run(MID).last_request_time >= before
+    with pytest.raises(UnknownTrainingRunError, match="missing"):
+        store.get_training_run("missing")
+    with pytest.raises(DuplicateIdError):
+        store.add_training_run(MID, base_model="b", is_lora=False, lora_rank=None, session_id=None)
+    # The wire encoding carries ISO 8601 datetimes.
+    wire = msgspec.json.decode(msgspec.json.encode(page))
+    datetime.fromisoformat(wire["training_runs"][0]["last_request_time"])
+
+
+# -- checkpoints -------------------------------------------------------------------------------
+
+
+def test_save_list_load_round_trip(store: CheckpointStore) -> None:
+    ck = store.save_checkpoint(MID, "weights", "step-1", _files(b"a"), meta={"step": 1},
+                               user_metadata={"note": "x"})
+    assert isinstance(ck, Checkpoint)
+    assert ck.checkpoint_id == "weights/step-1"
+    assert ck.checkpoint_type == "training"
+    assert ck.tinker_path == f"tinker://{MID}/weights/step-1"
+    assert ck.size_bytes == sum(len(v) for v in _files(b"a").values())
+    assert ck.user_metadata == {"note": "x"}
+    sck = store.save_checkpoint(MID, "sampler_weights", "s1", {"a.bin": b"123"}, meta={})
+    assert sck.checkpoint_type == "sampler"
+    assert sck.tinker_path == f"tinker://{MID}/sampler_weights/s1"
+
+    folder, meta = store.checkpoint_dir(ck.tinker_path)
+    assert meta == {"step": 1}
+    assert {p.relative_to(folder).as_posix(): p.read_bytes()
+            for p in folder.rglob("*") if p.is_file()} == _files(b"a")
+    assert ":" not in folder.relative_to(store.data_dir).as_posix()
+
+    listed = store.list_checkpoints(MID)
+    assert isinstance(listed, CheckpointsListResponse)
+    assert [c.checkpoint_id for c in listed.checkpoints] == ["weights/step-1", "sampler_weights/s1"]
+    run = store.get_training_run(MID)
+    assert run.last_checkpoint == ck
+    assert run.last_sampler_checkpoint == sck
+    assert store.get_checkpoint(MID, "sampler_weights/s1") == sck
+    with pytest.raises(UnknownTrainingRunError):
+        store.list_checkpoints("nope:train:0")
+    with pytest.raises(UnknownTrainingRunError):
+        store.save_checkpoint("nope:train:0", "weights", "a", {"f": b""}, meta={})
+
+
+def test_user_checkpoints_pagination(store: CheckpointStore) -> None:
+    for i in range(5):
+        store.save_checkpoint(MID, "weights", f"c{i}", {"f": b"x"}, meta={})
+    page = store.list_user_checkpoints(limit=2, offset=1)
+    assert [c.checkpoint_id for c in page.checkpoints] == ["weights/c3", "weights/c2"]
+    assert page.cursor is not None
+    assert (page.cursor.offset, page.cursor.limit, page.cursor.total_count) == (1, 2, 5)
+
+
+def test_overwrite_replaces_atomically(store: CheckpointStore) -> None:
+    first = store.save_checkpoint(MID, "weights", "w", {"old.bin": b"1", "same": b"1"}, meta={"v": 1})
+    arch1 = store.archive_path(MID, "weights/w")
+    second = store.save_checkpoint(MID, "weights", "w", {"same": b"22"}, meta={"v": 2})
+    folder, meta = store.checkpoint_dir(second.tinker_path)
+    assert meta == {"v": 2}
+    assert sorted(p.name for p in folder.iterdir()) == ["same"]
+    assert (folder / "same").read_bytes() == b"22"
+    assert second.size_bytes == 2
+    assert first.size_bytes == 2
+    assert [c.checkpoint_id for c in store.list_checkpoints(MID).checkpoints] == ["weights/w"]
+    # No temp or old folders are left next to it; the cached archive was rebuilt.
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["w"]
+    arch2 = store.archive_path(MID, "weights/w")
+    assert arch2 != arch1
+    assert not arch1.exists()
+    assert _tar_contents(arch2) == {"same": b"22"}
+
+
+@pytest.mark.parametrize(
+    "name", ["", "..", "a/b", "../x", "a..b", ".hidden", "sp ace", "x" * 201, "é", "a\\b"])
+def test_invalid_names_rejected(store: CheckpointStore, name: str) -> None:
+    with pytest.raises(InvalidNameError, match="name") as info:
+        store.save_checkpoint(MID, "weights", name, {"f": b""}, meta={})
+    assert isinstance(info.value, ValueError)
+    assert isinstance(info.value, WireFormatError)
+    assert info.value.field == "name"
+    assert info.value.value == name
+
+
+def test_invalid_kind_and_file_names_rejected(store: CheckpointStore) -> None:
+    with pytest.raises(InvalidNameError, match="kind"):
+        store.save_checkpoint(MID, "external_weights", "a", {"f": b""}, meta={})  # type: ignore[arg-type]
+    for bad in ("../evil", "/abs", "a//b", "sub/../x"):
+        with pytest.raises(InvalidNameError, match="files"):
+            store.save_checkpoint(MID, "weights", "a", {bad: b""}, meta={})
+    with pytest.raises(InvalidNameError, match="which is a file"):
+        store.save_checkpoint(MID, "weights", "a", {"d": b"", "d/x": b""}, meta={})
+    with pytest.raises(InvalidNameError, match="not bytes"):
+        store.save_checkpoint(MID, "weights", "a", {"d": "text"}, meta={})  # type: ignore[dict-item]
+    with pytest.raises(InvalidNameError, match="checkpoint_id"):
+        store.delete_checkpoint(MID, "weights")
+    assert store.list_checkpoints(MID).checkpoints == []
+
+
+def test_tinker_paths_with_colons(store: CheckpointStore) -> None:
+    store.save_checkpoint(MID, "sampler_weights", "final", {"f": b"z"}, meta={})
+    folder, _ = store.checkpoint_dir(f"tinker://{MID}/sampler_weights/final")
+    assert (folder / "f").read_bytes() == b"z"
+    with pytest.raises(UnknownCheckpointError, match=r"tinker://.*:train:0/weights/final"):
+        store.checkpoint_dir(f"tinker://{MID}/weights/final")
+    with pytest.raises(UnknownCheckpointError):
+        store.checkpoint_dir(f"tinker://{SID}:train:1/sampler_weights/final")
+    with pytest.raises(UnknownCheckpointError):
+        store.checkpoint_dir(f"tinker://{MID}/external_weights/final")
+    for bad in ("http://x/weights/a", f"tinker://{MID}/weights", f"tinker://{MID}/bogus/a"):
+        with pytest.raises(WireFormatError, match="tinker_path"):
+            store.checkpoint_dir(bad)
+
+
+def test_delete(store: CheckpointStore) -> None:
+    ck = store.save_checkpoint(MID, "weights", "d", {"f": b"1"}, meta={})
+    folder, _ = store.checkpoint_dir(ck.tinker_path)
+    arch = store.archive_path(MID, "weights/d")
+    store.delete_checkpoint(MID, "weights/d")
+    assert not folder.exists()
+    assert not arch.exists()
+    assert store.list_checkpoints(MID).checkpoints == []
+    assert store.get_training_run(MID).last_checkpoint is None
+    with pytest.raises(UnknownCheckpointError, match="weights/d") as info:
+        store.delete_checkpoint(MID, "weights/d")
+    assert isinstance(info.value, KeyError)
+    with pytest.raises(UnknownCheckpointError):
+        store.checkpoint_dir(ck.tinker_path)
+
+
+def test_archive_contents_and_safety(store: CheckpointStore) -> None:
+    store.save_checkpoint(MID, "sampler_weights", "s", _files(b"q"), meta={})
+    path = store.archive_path(MID, "sampler_weights/s")
+    assert path.name.endswith(".tar.gz")
+    assert store.archive_path(MID, "sampler_weights/s") == path  # cached
+    mtime = path.stat().st_mtime_ns
+    assert store.archive_path(MID, "sampler_weights/s").stat().st_mtime_ns == mtime
+    assert _tar_contents(path) == _files(b"q")
+    with tarfile.open(path, "r:gz") as tar:
+        for m in tar.getmembers():
+            assert not m.name.startswith("/")
+            assert ".." not in m.name.split("/")
+            assert m.isfile()
+            assert m.uid == 0
+    with pytest.raises(UnknownCheckpointError):
+        store.archive_path(MID, "weights/none")
+
+
+def test_safe_members_rejects_unsafe_archives() -> None:
+    for name in ("/etc/passwd", "../up", "a/../../b"):
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            info = tarfile.TarInfo(name)
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+        buf.seek(0)
+        with tarfile.open(fileobj=buf, mode="r:gz") as tar, pytest.raises(ValueError, match="member"):
+            safe_members(tar)
+
+
+def test_weights_info(store: CheckpointStore) -> None:
+    store.save_checkpoint(MID, "weights", "a", {"f": b""}, meta={})
+    info = store.weights_info(f"tinker://{MID}/weights/a")
+    assert info == WeightsInfoResponse(base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4)
+    store.save_checkpoint(MID, "sampler_weights", "b", {"f": b""},
+                          meta={"train_mlp": False, "train_attn": True, "train_unembed": True,
+                                "optimizer_config": {"type": "adamw"}})
+    info = store.weights_info(f"tinker://{MID}/sampler_weights/b")
+    assert (info.train_mlp, info.train_attn, info.lora_rank) == (False, True, 4)
+    with pytest.raises(UnknownCheckpointError):
+        store.weights_info(f"tinker://{MID}/weights/zzz")
+
+
+# -- restart -----------------------------------------------------------------------------------
+
+
+def test_restart_sees_everything(store: CheckpointStore, request: pytest.FixtureRequest) -> None:
+    ck = store.save_checkpoint(MID, "weights", "keep", _files(b"r"), meta={"m": [1, 2]})
+    store.save_checkpoint(MID, "sampler_weights", "gone", {"f": b"1"}, meta={})
+    store.delete_checkpoint(MID, "sampler_weights/gone")
+    store.add_sampler("smp", base_model="b", model_path=ck.tinker_path, session_id=SID)
+    store.add_telemetry(SID, [{"event": "SESSION_START", "event_id": "e1"}])
+    assert store.next_model_seq(SID) == 0
+    runs = store.list_training_runs()
+    store.close()
+
+    again = CheckpointStore(store.data_dir)
+    request.addfinalizer(again.close)
+    assert again.list_training_runs() == runs
+    assert again.list_checkpoints(MID).checkpoints == [ck]
+    folder, meta = again.checkpoint_dir(ck.tinker_path)
+    assert meta == {"m": [1, 2]}
+    assert (folder / "optim" / "state.bin").read_bytes() == b"rrr"
+    assert again.get_sampler("smp").model_path == ck.tinker_path
+    assert again.get_session(SID).sampler_ids == ["smp"]
+    assert again.next_model_seq(SID) == 1
+    assert [e["event_id"] for e in again.query_telemetry(session_id=SID)] == ["e1"]
+    assert _tar_contents(again.archive_path(MID, "weights/keep")) == _files(b"r")
+
+
+def test_restart_repairs_interrupted_writes(store: CheckpointStore) -> None:
+    store.save_checkpoint(MID, "weights", "w", {"f": b"new"}, meta={})
+    folder, _ = store.checkpoint_dir(f"tinker://{MID}/weights/w")
+    kdir = folder.parent
+    store.close()
+    # A crash mid-overwrite: the committed folder was moved aside, a temp folder half written.
+    folder.rename(kdir / ".old-w-deadbeef")
+    (kdir / ".tmp-w-cafe").mkdir()
+    (kdir / ".tmp-w-cafe" / "f").write_bytes(b"torn")
+    (kdir / "orphan").mkdir()  # renamed into place, but the row was never committed
+    with CheckpointStore(store.data_dir) as again:
+        assert sorted(p.name for p in kdir.iterdir()) == ["w"]
+        folder2, _ = again.checkpoint_dir(f"tinker://{MID}/weights/w")
+        assert (folder2 / "f").read_bytes() == b"new"
+
+
+# -- samplers and telemetry --------------------------------------------------------------------
+
+
+def test_samplers(store: CheckpointStore) -> None:
+    a = store.add_sampler("s:a", base_model="b", session_id=SID)
+    store.add_sampler("s:b", base_model="b", model_path="tinker://m/sampler_weights/x",
+                      session_id=SID)
+    assert store.get_sampler("s:a") == a
+    assert [s.sampler_id for s in store.list_samplers(SID)] == ["s:a", "s:b"]
+    with pytest.raises(UnknownSamplerError, match="s:z"):
+        store.get_sampler("s:z")
+    with pytest.raises(DuplicateIdError, match="sampler_id"):
+        store.add_sampler("s:a", base_model="b", session_id=None)
+
+
+def test_telemetry_kept_and_queryable(tmp_path: Path, request: pytest.FixtureRequest) -> None:
+    s = CheckpointStore(tmp_path, max_telemetry_events=5)
+    request.addfinalizer(s.close)
+    s.add_telemetry("s1", [{"event": "SESSION_START", "event_id": "1"},
+                           {"event": "GENERIC_EVENT", "event_id": "2", "event_name": "user_error",
+                            "event_data": {"status": 400}}])
+    s.add_telemetry(None, [{"event": "GENERIC_EVENT", "event_id": "3", "event_name": "x"}])
+    assert [e["event_id"] for e in s.query_telemetry()] == ["1", "2", "3"]
+    assert [e["event_id"] for e in s.query_telemetry(session_id="s1")] == ["1", "2"]
+    got = s.query_telemetry(event_name="user_error")
+    assert got == [{"event": "GENERIC_EVENT", "event_id": "2", "event_name": "user_error",
+                    "event_data": {"status": 400}, "session_id": "s1"}]
+    assert [e["event_id"] for e in s.query_telemetry(event_name="SESSION_START")] == ["1"]
+    assert [e["event_id"] for e in s.query_telemetry(limit=2)] == ["2", "3"]
+    s.add_telemetry("s2", [{"event": "SESSION_START", "event_id": str(i)} for i in range(4, 10)])
+    assert [e["event_id"] for e in s.query_telemetry(limit=100)] == ["5", "6", "7", "8", "9"]
+
+
+# -- concurrency -------------------------------------------------------------------------------
+
+
+def test_concurrent_saves_and_reads(store: CheckpointStore) -> None:
+    errors: list[BaseException] = []
+    stop = threading.Event()
+
+    def writer(w: int) -> None:
+        try:
+            for i in range(15):
+                store.save_checkpoint(MID, "weights", f"w{w}-{i % 3}", {"f": bytes([i]) * 100},
+                                      meta={"i": i})
+                store.touch_training_run(MID)
+                store.add_telemetry(SID, [{"event": "GENERIC_EVENT", "event_id": f"{w}-{i}"}])
+        except BaseException as exc:
+            errors.append(exc)
+
+    def reader() -> None:
+        try:
+            while not stop.is_set():
+                for ck in store.list_checkpoints(MID).checkpoints:
+                    try:
+                        store.archive_path(MID, ck.checkpoint_id)
+                        store.checkpoint_dir(ck.tinker_path)
+                    except UnknownCheckpointError:
+                        pass  # deleted meanwhile
+                store.list_user_checkpoints()
+                store.get_training_run(MID)
+        except BaseException as exc:
+            errors.append(exc)
+
+    def deleter() -> None:
+        try:
+            for _ in range(10):
+                with contextlib.suppress(UnknownCheckpointError):
+                    store.delete_checkpoint(MID, "weights/w0-0")
+        except BaseException as exc:
+            errors.append(exc)
+
+    writers = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
+    others = [threading.Thread(target=reader) for _ in range(2)] + [threading.Thread(target=deleter)]
+    for t in writers + others:
+        t.start()
+    for t in writers:
+        t.join()
+    stop.set()
+    for t in others:
+        t.join()
+    assert errors == []
+    names = {c.checkpoint_id for c in store.list_checkpoints(MID).checkpoints}
+    assert {f"weights/w{w}-{i}" for w in (1, 2) for i in range(3)} <= names
+    for ck in store.list_checkpoints(MID).checkpoints:
+        folder, meta = store.checkpoint_dir(ck.tinker_path)
+        # Each folder holds exactly the bytes of the save its row describes.
+        assert (folder / "f").read_bytes() == bytes([meta["i"]]) * 100
+        assert _tar_contents(store.archive_path(MID, ck.checkpoint_id)) == {
+            "f": bytes([meta["i"]]) * 100}
+    assert len(store.query_telemetry(session_id=SID, limit=1000)) == 45
+
+
+def test_read_checkpoint_publish_ttl_and_purge(store: CheckpointStore) -> None:
+    ck = store.save_checkpoint(MID, "weights", "t", _files(b"p"), meta={"x": 1}, ttl_seconds=3600)
+    assert ck.expires_at is not None
+    assert 3590 < (ck.expires_at - ck.time).total_seconds() <= 3600
+    files, meta = store.read_checkpoint(ck.tinker_path)
+    assert files == _files(b"p")
+    assert meta == {"x": 1}
+    store.set_checkpoint_public(MID, "weights/t", True)
+    assert store.get_checkpoint(MID, "weights/t").public is True
+    store.save_checkpoint(MID, "weights", "keep", {"f": b""}, meta={})
+    assert store.purge_expired() == []
+    store.set_checkpoint_ttl(MID, "weights/t", 0)
+    assert store.purge_expired() == [ck.tinker_path]
+    assert [c.checkpoint_id for c in store.list_checkpoints(MID).checkpoints] == ["weights/keep"]
+    store.set_checkpoint_ttl(MID, "weights/keep", None)
+    assert store.get_checkpoint(MID, "weights/keep").expires_at is None
+    with pytest.raises(InvalidNameError, match="ttl_seconds"):
+        store.set_checkpoint_ttl(MID, "weights/keep", -5)
+    with pytest.raises(UnknownCheckpointError):
+        store.set_checkpoint_public(MID, "weights/t", False)
+
+
+def test_touch_is_visible_at_once_and_persisted_on_close(store: CheckpointStore) -> None:
+    store.touch_training_run(MID)  # written
+    first = store.get_training_run(MID).last_request_time
+    store.touch_training_run(MID)  # within a second: kept in memory
+    second = store.get_training_run(MID).last_request_time
+    assert second >= first
+    store.close()
+    store.close()  # idempotent
+    with CheckpointStore(store.data_dir) as again:
+        assert again.get_training_run(MID).last_request_time == second
+        with pytest.raises(UnknownTrainingRunError):
+            again.touch_training_run("nope")

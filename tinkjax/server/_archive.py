@@ -1,0 +1,111 @@
+"""Atomic file writes and safe tar.gz archives of checkpoint folders.
+
+Every file the server keeps is written to a temporary file in its final directory, flushed,
+``fsync``-ed and then ``os.replace``-d into place, so a crash leaves either the old or the new
+file, never a torn one. Archives hold regular files only, under relative names.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gzip
+import os
+import tarfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+__all__ = ["fsync_dir", "make_tar_gz", "safe_members", "write_atomic"]
+
+
+def fsync_dir(path: Path) -> None:
+    """``fsync`` a directory so renames inside it survive a crash (a no-op where unsupported)."""
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:  # Windows cannot open directories
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(path.parent)
+
+
+def _regular_files(root: Path) -> Iterator[tuple[Path, str]]:
+    """Every regular file under ``root`` with its ``/``-separated relative name, sorted."""
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+        dirnames.sort()
+        for fname in sorted(filenames):
+            full = Path(dirpath) / fname
+            if full.is_symlink() or not full.is_file():
+                continue
+            yield full, full.relative_to(root).as_posix()
+
+
+def make_tar_gz(src_dir: Path, dest: Path, *, mtime: float = 0.0) -> None:
+    """Archive the regular files under ``src_dir`` into ``dest`` (tar.gz), atomically.
+
+    Entries are relative (``adapter_config.json``, ``sub/x.bin``), owned by uid/gid 0 with mode
+    0644 and the given ``mtime``, so the same folder always gives the same bytes.
+
+    Raises:
+        FileNotFoundError: when ``src_dir`` disappears while it is read.
+    """
+    if not src_dir.is_dir():
+        raise FileNotFoundError(f"checkpoint folder {str(src_dir)!r} does not exist")
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex}"
+    try:
+        with open(tmp, "wb") as raw:
+            with (
+                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=int(mtime)) as gz,
+                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+            ):
+                for full, rel in _regular_files(src_dir):
+                    info = tarfile.TarInfo(rel)
+                    info.size = full.stat().st_size
+                    info.mode = 0o644
+                    info.mtime = int(mtime)
+                    with open(full, "rb") as f:
+                        tar.addfile(info, f)
+            raw.flush()
+            os.fsync(raw.fileno())
+        os.replace(tmp, dest)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    fsync_dir(dest.parent)
+
+
+def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:
+    """The members of ``tar``, after checking each is a regular file or folder with a relative name.
+
+    Raises:
+        ValueError: naming the member when one is absolute, contains ``..``, or is a link or
+            device.
+    """
+    members = tar.getmembers()
+    for m in members:
+        parts = m.name.split("/")
+        if m.name.startswith("/") or ".." in parts or not (m.isfile() or m.isdir()):
+            raise ValueError(f"archive member {m.name!r} is not a plain relative file")
+    return members
