@@ -19,6 +19,7 @@ import msgspec
 import numpy as np
 
 from tinkjax.errors import DecodeError, WireFormatError
+from tinkjax.types import TensorData
 
 __all__ = ["decode_json", "encode_json", "to_wire_builtins"]
 
@@ -39,6 +40,8 @@ def _struct_to_builtins(obj: msgspec.Struct) -> dict[str, Any]:
         if value is None and attr not in keep_none:
             continue
         out[wire_name] = to_wire_builtins(value)
+    if cls is TensorData:  # ``data`` is the flattened tensor on the wire; ``shape`` restores it
+        out["data"] = obj.data.reshape(-1).tolist()  # type: ignore[attr-defined]
     return out
 
 
@@ -63,7 +66,9 @@ def to_wire_builtins(value: Any) -> Any:
     if isinstance(value, _dt.datetime):
         if value.tzinfo is None:
             value = value.replace(tzinfo=_dt.UTC)
-        return value.isoformat()
+        text = value.isoformat()
+        # UTC as ``Z``, as pydantic (the official SDK) writes it.
+        return text[:-6] + "Z" if text.endswith("+00:00") else text
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, enum.Enum):
@@ -92,6 +97,10 @@ def decode_json(data: bytes | str, tp: type[T]) -> T:
         return _decoder(tp).decode(data)  # type: ignore[arg-type, no-any-return]
     except msgspec.ValidationError as exc:
         field = _path_of(str(exc))
+        cause = exc.__cause__
+        if isinstance(cause, WireFormatError):  # raised by a type's __post_init__ check
+            inner = cause.field
+            field = f"{field or '$'}.{inner}" if inner else field
         raise DecodeError(f"invalid {getattr(tp, '__name__', tp)}: {exc}", field=field) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(f"malformed JSON: {exc}") from None

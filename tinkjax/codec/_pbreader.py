@@ -14,7 +14,7 @@ from typing import Any
 
 from tinkjax.errors import DecodeError
 
-__all__ = ["Field", "fields"]
+__all__ = ["Field", "fields", "only_bytes_field", "packed_varints"]
 
 Field = tuple[int, int, Any, memoryview]
 """``(field_number, wire_type, value, raw)``: ``value`` is an int for varint/fixed fields and a
@@ -47,19 +47,27 @@ def fields(buf: memoryview, what: str) -> Iterator[Field]:
     end = len(buf)
     while pos < end:
         start = pos
-        tag, pos = _varint(buf, pos, end, what)
+        tag = buf[pos]
+        if tag < 0x80:  # one-byte keys (fields 1-15) are the rule: skip the varint loop
+            pos += 1
+        else:
+            tag, pos = _varint(buf, pos, end, what)
         number, wire = tag >> 3, tag & 7
         if number == 0:
             raise DecodeError(f"malformed protobuf {what}: field number 0")
         value: int | memoryview
-        if wire == 0:
-            value, pos = _varint(buf, pos, end, what)
-        elif wire == 2:
-            size, pos = _varint(buf, pos, end, what)
+        if wire == 2:
+            if pos < end and buf[pos] < 0x80:
+                size = buf[pos]
+                pos += 1
+            else:
+                size, pos = _varint(buf, pos, end, what)
             if pos + size > end:
                 raise DecodeError(f"malformed protobuf {what}: field {number} overruns the message")
             value = buf[pos:pos + size]
             pos += size
+        elif wire == 0:
+            value, pos = _varint(buf, pos, end, what)
         elif wire == 1:
             if pos + 8 > end:
                 raise DecodeError(f"malformed protobuf {what}: truncated fixed64")
@@ -73,6 +81,27 @@ def fields(buf: memoryview, what: str) -> Iterator[Field]:
         else:
             raise DecodeError(f"malformed protobuf {what}: unsupported wire type {wire}")
         yield number, wire, value, buf[start:pos]
+
+
+def only_bytes_field(buf: memoryview, number: int, what: str) -> memoryview | None:
+    """The payload of ``buf`` when it is exactly one length-delimited field ``number``.
+
+    The fast path for wrapper messages (``Chunk{encoded_text}``, ``EncodedTextChunk{tokens}``);
+    ``None`` when ``buf`` holds anything else, so the caller falls back to :func:`fields`.
+    """
+    end = len(buf)
+    if end < 2 or buf[0] != (number << 3) | 2:
+        return None
+    size = buf[1]
+    pos = 2
+    if size >= 0x80:
+        try:
+            size, pos = _varint(buf, 1, end, what)
+        except DecodeError:  # the general path reports it
+            return None
+    if pos + size != end:
+        return None
+    return buf[pos:end]
 
 
 def packed_varints(buf: memoryview, what: str) -> list[int]:

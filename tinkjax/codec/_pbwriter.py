@@ -6,6 +6,8 @@ directly (tags, varint lengths, then the buffers themselves, joined once) is ~10
 Small or rare parts (config maps, image chunks, provenance spans) are serialized with the
 generated module and spliced in: protobuf parsers merge repeated occurrences of a message's
 fields, so the concatenation of serialized parts is itself a valid serialization.
+The request's hot path (``_proto._datum_parts``) skips :class:`Writer` and uses :func:`varint`
+and :func:`varint_size` to emit each field's nested headers as one ``bytes`` ahead of its buffer.
 Tests check every message written here parses with both the generated module and the official
 SDK's, to the same values.
 """
@@ -17,7 +19,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["Writer", "key", "varint"]
+__all__ = ["Writer", "byte_view", "key", "varint", "varint_size"]
 
 _VARINT_CACHE = [bytes([i]) for i in range(128)]
 # Keys of length-delimited fields 0..15 (one byte each).
@@ -38,6 +40,20 @@ def varint(value: int) -> bytes:
         value >>= 7
     out.append(value)
     return bytes(out)
+
+
+def byte_view(array: npt.NDArray[Any]) -> memoryview:
+    """The bytes of a C-contiguous array as a flat ``B`` memoryview (no copy, empty allowed)."""
+    return array.reshape(-1).view(np.uint8).data
+
+
+def varint_size(value: int) -> int:
+    """Number of bytes of the varint of a non-negative int."""
+    if value < 128:
+        return 1
+    if value < 16384:
+        return 2
+    return (value.bit_length() + 6) // 7
 
 
 def key(field_number: int, wire_type: int) -> bytes:
@@ -71,8 +87,8 @@ class Writer:
 
     def array_field(self, field_number: int, array: npt.NDArray[Any], dtype: str) -> None:
         """A bytes field holding ``array`` as little-endian ``dtype``, without a Python loop."""
-        arr = np.ascontiguousarray(array, dtype=dtype)
-        self.bytes_field(field_number, memoryview(arr.data).cast("B"))
+        arr = np.ascontiguousarray(array, dtype=dtype).reshape(-1)
+        self.bytes_field(field_number, byte_view(arr))
 
     def string_field(self, field_number: int, text: str) -> None:
         """A string field (omitted when empty, as proto3 does)."""

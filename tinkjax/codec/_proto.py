@@ -41,8 +41,10 @@ from tinkjax.types import (
 )
 
 from ._pb import tinkjax_wire_pb2 as pb
-from ._pbreader import fields, packed_varints
-from ._pbwriter import Writer
+from ._pbreader import _varint as _pb_varint
+from ._pbreader import fields, only_bytes_field, packed_varints
+from ._pbwriter import Writer, byte_view, varint
+from ._pbwriter import varint_size as _vlen
 
 __all__ = [
     "decode_forward_backward_output",
@@ -64,6 +66,10 @@ _PB_TO_DTYPE: dict[int, tuple[np.dtype[Any], TensorDtype]] = {
     pb.DTYPE_INT32: (np.dtype("<i4"), "int64"),
     pb.DTYPE_BFLOAT16: (np.dtype("<u2"), "float32"),
 }
+_I4 = np.dtype("<i4")
+_NP_OF: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8")}
+# Field 3 (dtype) of a ``Tensor``, per wire dtype.
+_DTYPE_TAILS = {name: bytes((0x18, value)) for name, value in _DTYPE_TO_PB.items()}
 _STOP_TO_PB = {"stop": pb.STOP_REASON_STOP, "length": pb.STOP_REASON_LENGTH}
 _PB_TO_STOP = {pb.STOP_REASON_STOP: "stop", pb.STOP_REASON_LENGTH: "length"}
 
@@ -105,9 +111,10 @@ def _buffer_dtype(pb_dtype: int, field: str) -> tuple[np.dtype[Any], TensorDtype
 
 # -- tensors ----------------------------------------------------------------------------------
 def _tensor_to_pb(td: TensorData, msg: Any) -> None:
+    # Response tensors always carry their shape: the official SDK's decoder reshapes to the
+    # written shape, and an absent one (``[]``) fails for anything but a single value.
     msg.dtype = _DTYPE_TO_PB[td.dtype]
-    if td.shape is not None:
-        msg.shape.extend(td.shape)
+    msg.shape.extend(td.dense_shape)
     np_dtype = np.dtype("<f4") if td.dtype == "float32" else np.dtype("<i8")
     if td.is_sparse:
         csr = msg.sparse_csr
@@ -206,52 +213,99 @@ def _spans_from_pb(container: Any) -> list[ProvenanceSpan] | None:
 
 
 # -- forward/backward request -----------------------------------------------------------------
-def _tensor_writer(td: TensorData) -> Writer:
+def _tensor_tail(dtype: str, shape: list[int] | None) -> bytes:
+    """Fields 3 (dtype) and 4 (packed shape) of a ``Tensor``."""
+    tail = _DTYPE_TAILS[dtype]
+    if shape:
+        packed = varint(shape[0]) if len(shape) == 1 else b"".join([varint(d) for d in shape])
+        tail += b"\x22" + varint(len(packed)) + packed
+    return tail
+
+
+def _sparse_tensor_writer(td: TensorData) -> Writer:
     w = Writer()
     np_dtype = "<f4" if td.dtype == "float32" else "<i8"
-    if td.is_sparse:
-        csr = Writer()
-        csr.array_field(1, td.data, np_dtype)
-        csr.array_field(2, np.asarray(td.sparse_crow_indices), "<i8")
-        csr.array_field(3, np.asarray(td.sparse_col_indices), "<i8")
-        w.message_field(2, csr)
-    else:
-        w.array_field(1, td.data, np_dtype)
-    w.varint_field(3, _DTYPE_TO_PB[td.dtype])
-    if td.shape is not None:
-        w.packed_varints(4, td.shape)
+    csr = Writer()
+    csr.array_field(1, td.data, np_dtype)
+    csr.array_field(2, np.asarray(td.sparse_crow_indices), "<i8")
+    csr.array_field(3, np.asarray(td.sparse_col_indices), "<i8")
+    w.message_field(2, csr)
+    w.raw(_tensor_tail(td.dtype, td.shape))
     return w
 
 
-def _datum_writer(datum: Datum, index: int) -> Writer:
-    w = Writer()
+def _datum_parts(datum: Datum, index: int, parts: list[bytes | memoryview]) -> int:
+    """Append the serialized fields of ``datum`` to ``parts``; return their total length.
+
+    The hot path (text chunks, dense tensors) writes each field as one header (keys and varint
+    lengths of the nested messages, computed up front) followed by the raw little-endian
+    buffer, so a datum costs a few Python operations whatever its size.
+    """
+    length = 0
     for j, chunk in enumerate(datum.model_input.chunks):
-        field = f"data[{index}].model_input[{j}]"
         if isinstance(chunk, EncodedTextChunk):
             toks = chunk.tokens
             if toks.size and (toks.max() > _INT32_MAX or toks.min() < _INT32_MIN):
-                raise TensorError("token id does not fit in int32", field=f"{field}.tokens")
-            text = Writer()
+                raise TensorError(
+                    "token id does not fit in int32",
+                    field=f"data[{index}].model_input[{j}].tokens",
+                )
             if toks.size:
-                text.array_field(1, toks, "<i4")
-            chunk_w = Writer()
-            chunk_w.message_field(1, text)
-            w.message_field(1, chunk_w)
+                data = byte_view(toks.astype("<i4"))
+                n = len(data)
+                text_len = 1 + _vlen(n) + n  # EncodedTextChunk {1: tokens}
+                chunk_len = 1 + _vlen(text_len) + text_len  # Chunk {1: encoded_text}
+                head = (b"\x0a" + varint(chunk_len) + b"\x0a" + varint(text_len)
+                        + b"\x0a" + varint(n))
+                parts.append(head)
+                parts.append(data)
+                length += len(head) + n
+            else:  # an empty encoded_text arm
+                parts.append(b"\x0a\x02\x0a\x00")
+                length += 4
         else:
             cmsg = pb.Chunk()
-            _chunk_to_pb(chunk, cmsg, field)
-            w.bytes_field(1, cmsg.SerializeToString())
+            _chunk_to_pb(chunk, cmsg, f"data[{index}].model_input[{j}]")
+            body = cmsg.SerializeToString()
+            head = b"\x0a" + varint(len(body))
+            parts.append(head)
+            parts.append(body)
+            length += len(head) + len(body)
     for name, td in datum.loss_fn_inputs.items():
-        entry = Writer()
-        entry.string_field(1, name)
-        entry.message_field(2, _tensor_writer(td))
-        w.message_field(2, entry)
+        name_b = name.encode("utf-8")
+        name_field = b"\x0a" + varint(len(name_b)) + name_b
+        if td.is_sparse:
+            tw = _sparse_tensor_writer(td)
+            entry = Writer()
+            entry.raw(name_field)
+            entry.message_field(2, tw)
+            head = b"\x12" + varint(entry.length)
+            parts.append(head)
+            parts.extend(entry.parts)
+            length += len(head) + entry.length
+            continue
+        arr = td.data
+        if arr.dtype != _NP_OF[td.dtype] or not arr.flags.c_contiguous:
+            arr = np.ascontiguousarray(arr, dtype=_NP_OF[td.dtype])
+        data = byte_view(arr)
+        n = len(data)
+        tail = _tensor_tail(td.dtype, td.shape)
+        tensor_len = 1 + _vlen(n) + n + len(tail)
+        entry_len = len(name_field) + 1 + _vlen(tensor_len) + tensor_len
+        head = (b"\x12" + varint(entry_len) + name_field + b"\x12" + varint(tensor_len)
+                + b"\x0a" + varint(n))
+        parts.append(head)
+        parts.append(data)
+        parts.append(tail)
+        length += len(head) + n + len(tail)
     if datum.model_input_spans is not None or datum.loss_fn_input_spans is not None:
         spans = pb.Datum()
         _spans_to_pb(datum.model_input_spans or (), spans.model_input_spans)
         _spans_to_pb(datum.loss_fn_input_spans or (), spans.loss_fn_input_spans)
-        w.raw(spans.SerializeToString())
-    return w
+        body = spans.SerializeToString()
+        parts.append(body)
+        length += len(body)
+    return length
 
 
 def encode_forward_backward_request(request: ForwardBackwardRequest | ForwardRequest) -> bytes:
@@ -276,11 +330,13 @@ def encode_forward_backward_request(request: ForwardBackwardRequest | ForwardReq
         else:
             head.loss_fn_config[cfg_key] = float(value)
             head.loss_fn_config_v2[cfg_key].number = float(value)
-    out = Writer()
-    out.raw(head.SerializeToString())
+    parts: list[bytes | memoryview] = [head.SerializeToString()]
     for i, datum in enumerate(fb_input.data):
-        out.message_field(3, _datum_writer(datum, i))
-    return out.getvalue()
+        slot = len(parts)
+        parts.append(b"")
+        size = _datum_parts(datum, i, parts)
+        parts[slot] = b"\x1a" + varint(size)
+    return b"".join(parts)
 
 
 def _utf8(buf: memoryview, field: str) -> str:
@@ -290,7 +346,78 @@ def _utf8(buf: memoryview, field: str) -> str:
         raise DecodeError("string is not valid UTF-8", field=field) from None
 
 
+def _within(exc: WireFormatError, field: str) -> WireFormatError:
+    """``exc`` (raised by a type's own check) re-anchored under the tensor's ``field`` path."""
+    if exc.field and exc.field.startswith(field):
+        return exc
+    inner = str(exc).split(": ", 1)[-1] if exc.field else str(exc)
+    return TensorError(inner, field=f"{field}.{exc.field}" if exc.field else field)
+
+
+def _dense_layout(buf: memoryview) -> tuple[memoryview, int, list[int] | None] | None:
+    """``(dense, dtype, shape)`` of a ``Tensor`` laid out as writers emit it, else ``None``.
+
+    The common layout is ``dense`` (1), ``dtype`` (3, one byte), then an optional packed
+    ``shape`` (4); anything else (CSR, other field orders, repeats, malformed bytes) returns
+    ``None`` and goes through the general field loop, which reports errors with their path.
+    """
+    try:
+        return _dense_layout_or_raise(buf)
+    except DecodeError:
+        return None
+
+
+def _dense_layout_or_raise(buf: memoryview) -> tuple[memoryview, int, list[int] | None] | None:
+    end = len(buf)
+    if end < 2 or buf[0] != 0x0A:
+        return None
+    size = buf[1]
+    pos = 2
+    if size >= 0x80:
+        size, pos = _pb_varint(buf, 1, end, "Tensor")
+    stop = pos + size
+    if stop + 2 > end or buf[stop] != 0x18 or buf[stop + 1] >= 0x80:
+        return None
+    dense = buf[pos:stop]
+    pb_dtype = buf[stop + 1]
+    pos = stop + 2
+    if pos == end:
+        return dense, pb_dtype, None
+    if buf[pos] != 0x22:
+        return None
+    size, pos = _pb_varint(buf, pos + 1, end, "Tensor")
+    if pos + size != end:
+        return None
+    return dense, pb_dtype, packed_varints(buf[pos:end], "Tensor.shape")
+
+
+def _entry_layout(buf: memoryview) -> tuple[memoryview, memoryview] | None:
+    """``(key, value)`` of a map entry laid out as writers emit it (key 1, then value 2)."""
+    end = len(buf)
+    if end < 2 or buf[0] != 0x0A or buf[1] >= 0x80:
+        return None
+    stop = 2 + buf[1]
+    if stop >= end or buf[stop] != 0x12:
+        return None
+    try:
+        size, pos = _pb_varint(buf, stop + 1, end, "map entry")
+    except DecodeError:
+        return None
+    if pos + size != end:
+        return None
+    return buf[2:stop], buf[pos:end]
+
+
 def _read_tensor(buf: memoryview, field: str) -> TensorData:
+    layout = _dense_layout(buf)
+    if layout is not None:
+        dense_buf, pb_type, dims = layout
+        np_dtype, dtype = _buffer_dtype(pb_type, f"{field}.dtype")
+        try:
+            values = _widen(_frombuffer(dense_buf, np_dtype, field), pb_type)
+            return TensorData(data=values, dtype=dtype, shape=dims or None)
+        except WireFormatError as exc:
+            raise _within(exc, field) from None
     dense: memoryview | None = None
     csr: memoryview | None = None
     pb_dtype = 0
@@ -330,14 +457,17 @@ def _read_tensor(buf: memoryview, field: str) -> TensorData:
                                     field), pb_dtype)
         return TensorData(data=values, dtype=dtype, shape=shape or None)
     except WireFormatError as exc:
-        if exc.field and exc.field.startswith(field):
-            raise
-        inner = str(exc).split(": ", 1)[-1] if exc.field else str(exc)
-        raise TensorError(inner, field=f"{field}.{exc.field}" if exc.field else field) from None
+        raise _within(exc, field) from None
 
 
 def _read_chunk(buf: memoryview, field: str) -> ModelInputChunk:
-    text: memoryview | None = None
+    text = only_bytes_field(buf, 1, field)
+    if text is not None:  # the hot path: Chunk{encoded_text{tokens}}
+        tokens = only_bytes_field(text, 1, field) if len(text) else memoryview(b"")
+        if tokens is not None:
+            # int32 → a new int64 array, which the chunk keeps without another copy
+            return EncodedTextChunk(tokens=_frombuffer(tokens, _I4, f"{field}.tokens"))
+    text = None
     other = False
     for number, wire, value, _ in fields(buf, field):
         if number == 1 and wire == 2:
@@ -346,12 +476,11 @@ def _read_chunk(buf: memoryview, field: str) -> ModelInputChunk:
             text, other = None, True
     if other or text is None:
         return _chunk_from_pb(_parse(pb.Chunk(), bytes(buf), field), field)
-    tokens: memoryview = memoryview(b"")
+    tokens_buf: memoryview = memoryview(b"")
     for number, wire, value, _ in fields(text, f"{field}.encoded_text"):
         if number == 1 and wire == 2:
-            tokens = value
-    toks = _frombuffer(tokens, np.dtype("<i4"), f"{field}.tokens")
-    return EncodedTextChunk(tokens=toks.astype(np.int64))
+            tokens_buf = value
+    return EncodedTextChunk(tokens=_frombuffer(tokens_buf, _I4, f"{field}.tokens"))
 
 
 def _read_datum(buf: memoryview, index: int) -> Datum:
@@ -365,11 +494,16 @@ def _read_datum(buf: memoryview, index: int) -> Datum:
         elif number == 2 and wire == 2:
             name = ""
             tensor_buf: memoryview = memoryview(b"")
-            for n, w, v, _ in fields(value, f"{where}.loss_fn_inputs"):
-                if n == 1 and w == 2:
-                    name = _utf8(v, f"{where}.loss_fn_inputs")
-                elif n == 2 and w == 2:
-                    tensor_buf = v
+            entry = _entry_layout(value)
+            if entry is not None:
+                name = _utf8(entry[0], f"{where}.loss_fn_inputs")
+                tensor_buf = entry[1]
+            else:
+                for n, w, v, _ in fields(value, f"{where}.loss_fn_inputs"):
+                    if n == 1 and w == 2:
+                        name = _utf8(v, f"{where}.loss_fn_inputs")
+                    elif n == 2 and w == 2:
+                        tensor_buf = v
             inputs[name] = _read_tensor(tensor_buf, f"{where}.loss_fn_inputs.{name}")
         else:
             rest.append(raw)

@@ -8,7 +8,7 @@ import msgspec
 import numpy as np
 import numpy.typing as npt
 
-from tinkjax.errors import TensorError
+from tinkjax.errors import TensorError, WireFormatError
 
 from ._base import StrictWire, Wire
 from ._model_input import ModelInput
@@ -54,10 +54,23 @@ class SamplingParams(Wire, frozen=True, kw_only=True):
 
     max_tokens: int | None = None
     seed: int | None = None
-    stop: str | list[str] | list[int] | None = None
+    # ``list[str] | list[int]`` is not a union msgspec can decode; the element type is checked
+    # in ``__post_init__`` instead, so a list is all strings or all token ids.
+    stop: str | list[str | int] | None = None
     temperature: float = 1.0
     top_k: int = -1
     top_p: float = 1.0
+
+    def __post_init__(self) -> None:
+        stop = self.stop
+        if not isinstance(stop, list) or not stop:
+            return
+        if not (all(isinstance(x, str) for x in stop)
+                or all(isinstance(x, int) and not isinstance(x, bool) for x in stop)):
+            raise WireFormatError(
+                f"stop must be a string, a list of strings or a list of token ids, got {stop!r}",
+                field="stop",
+            )
 
 
 class SampleRequest(StrictWire, frozen=True, kw_only=True):

@@ -56,8 +56,10 @@ class ClientDynamicConfigResponse(Wire, frozen=True, kw_only=True):
 
 class CreateSessionRequest(StrictWire, frozen=True, kw_only=True):
     tags: list[str]
-    user_metadata: dict[str, Any] | None
     sdk_version: str
+    # Required (nullable) in the SDK's model, but ``None`` is omitted on the wire
+    # (``exclude_none``), so decoding must accept its absence.
+    user_metadata: dict[str, Any] | None = None
     project_id: str | None = None
     display_name: str | None = None
     type: Literal["create_session"] = "create_session"

@@ -7,7 +7,7 @@ from typing import Any, Literal
 
 import msgspec
 
-from ._base import Wire
+from ._base import StrictWire, Wire
 
 __all__ = [
     "EventType",
@@ -64,7 +64,7 @@ class GenericEvent(Wire, frozen=True, kw_only=True, tag="GENERIC_EVENT", tag_fie
 TelemetryEvent = SessionStartEvent | SessionEndEvent | UnhandledExceptionEvent | GenericEvent
 
 
-class TelemetrySendRequest(Wire, frozen=True, kw_only=True):
+class TelemetrySendRequest(StrictWire, frozen=True, kw_only=True):
     events: list[TelemetryEvent]
     platform: str
     sdk_version: str

@@ -6,6 +6,8 @@ from typing import Literal
 
 import msgspec
 
+from tinkjax.errors import WireFormatError
+
 from ._base import StrictWire, Wire
 from ._datum import Datum
 from ._tensor import TensorData
@@ -117,6 +119,15 @@ class OptimStepRequest(StrictWire, frozen=True, kw_only=True):
     adam_params: AdamParams | None = None
     optimizer_params: DimuonParams | None = None
     type: Literal["optim_step"] = "optim_step"
+
+    def __post_init__(self) -> None:
+        # The SDK's model holds one ``optim_params`` and writes it under one of the two keys.
+        if self.adam_params is not None and self.optimizer_params is not None:
+            raise WireFormatError(
+                "set adam_params or optimizer_params, not both", field="optimizer_params"
+            )
+        if self.adam_params is None and self.optimizer_params is None:
+            msgspec.structs.force_setattr(self, "adam_params", AdamParams())
 
     @property
     def optim_params(self) -> OptimParams:
