@@ -12,6 +12,7 @@ Names follow the official ``tinker`` SDK so code written against it keeps workin
     │   │   ├── NotFoundError            404
     │   │   ├── ConflictError            409
     │   │   ├── UnprocessableEntityError 422
+    │   │   ├── FutureExpiredError       410 from retrieve_future: the promise expired
     │   │   ├── RateLimitError           429
     │   │   └── InternalServerError      >= 500
     │   ├── APIConnectionError           no answer (reset, refused, DNS, ...)
@@ -50,6 +51,7 @@ __all__ = [
     "CustomLossError",
     "DecodeError",
     "EngineInputError",
+    "FutureExpiredError",
     "InternalServerError",
     "LossInputKeyError",
     "NonFiniteError",
@@ -128,6 +130,10 @@ class UnprocessableEntityError(APIStatusError):
 
 class RateLimitError(APIStatusError):
     """HTTP 429."""
+
+
+class FutureExpiredError(APIStatusError):
+    """HTTP 410 while polling a future: the server no longer holds it (resubmit the request)."""
 
 
 class InternalServerError(APIStatusError):

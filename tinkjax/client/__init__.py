@@ -1,1 +1,41 @@
-"""tinkjax.client."""
+"""The client SDK: service, training, sampling and REST clients, futures, retries, downloads."""
+
+from ._backoff import Backoff, backoff_delay, retry_after_seconds
+from ._chunking import chunk_data, combine_outputs, estimate_datum_bytes
+from ._config import DEFAULT_BASE_URL, ClientConfig, WireMode, mask_secrets, resolve_config
+from ._download import CheckpointDownload, UnsafeArchiveError, safe_extract
+from ._futures import APIFuture
+from ._ratelimit import TenantRateLimiter, limiter_for
+from ._rest import RestClient, apaginate, paginate
+from ._sampling import SamplingClient, SamplingRetryConfig
+from ._service import ServiceClient
+from ._training import TrainingClient
+from ._transport import Transport
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "APIFuture",
+    "Backoff",
+    "CheckpointDownload",
+    "ClientConfig",
+    "RestClient",
+    "SamplingClient",
+    "SamplingRetryConfig",
+    "ServiceClient",
+    "TenantRateLimiter",
+    "TrainingClient",
+    "Transport",
+    "UnsafeArchiveError",
+    "WireMode",
+    "apaginate",
+    "backoff_delay",
+    "chunk_data",
+    "combine_outputs",
+    "estimate_datum_bytes",
+    "limiter_for",
+    "mask_secrets",
+    "paginate",
+    "resolve_config",
+    "retry_after_seconds",
+    "safe_extract",
+]

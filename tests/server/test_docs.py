@@ -1,0 +1,20 @@
+"""Every Python code block of docs/server.md runs."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+
+DOC = Path(__file__).resolve().parents[2] / "docs" / "server.md"
+BLOCKS = re.findall(r"```python\n(.*?)```", DOC.read_text(), flags=re.S)
+
+
+def test_doc_has_examples() -> None:
+    assert len(BLOCKS) >= 2
+
+
+@pytest.mark.parametrize("index", range(len(BLOCKS)))
+def test_doc_block_runs(index: int) -> None:
+    exec(compile(BLOCKS[index], f"{DOC}:block{index}", "exec"), {})

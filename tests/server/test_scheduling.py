@@ -1,0 +1,152 @@
+"""Per-model seq ordering, duplicates, gaps, long-polls and fusion, over raw HTTP."""
+
+from __future__ import annotations
+
+import threading
+
+import httpx
+import numpy as np
+import pytest
+
+from tinkjax.server import ServerHandle, start
+from tinkjax.server._scheduler import Job
+
+from .conftest import ce_datum, fwdbwd_body, new_model, new_session, post, result
+
+TOKENS = list(b"ordering matters here")
+
+
+@pytest.fixture(scope="module")
+def model(http: httpx.Client) -> str:
+    return new_model(http, new_session(http))
+
+
+def _seq(server: ServerHandle, model_id: str) -> int:
+    nxt = server.scheduler.next_seq(model_id)
+    assert nxt is not None
+    return int(nxt)
+
+
+def test_duplicate_seq_same_body_is_applied_once(
+    http: httpx.Client, server: ServerHandle, model: str
+) -> None:
+    seq = _seq(server, model)
+    body = fwdbwd_body(model, seq, [ce_datum(TOKENS)])
+    first = post(http, "forward_backward", body)
+    second = post(http, "forward_backward", body)
+    assert first.status_code == second.status_code == 200
+    assert first.json()["request_id"] == second.json()["request_id"]
+    out = result(http, first.json()["request_id"])
+    assert out.status_code == 200
+    assert "loss:sum" in out.json()["metrics"]
+    # A retry after completion is still answered from the first submission.
+    third = post(http, "forward_backward", body)
+    assert third.json()["request_id"] == first.json()["request_id"]
+    assert server.applied_count(model, seq) == 1
+    # Pending gradient equals one application: an optim step now sees one datum's gradient.
+
+
+def test_duplicate_seq_different_body_is_rejected(
+    http: httpx.Client, server: ServerHandle, model: str
+) -> None:
+    seq = _seq(server, model)
+    ok = post(http, "forward_backward", fwdbwd_body(model, seq, [ce_datum(TOKENS)]))
+    assert ok.status_code == 200
+    clash = post(http, "forward_backward", fwdbwd_body(model, seq, [ce_datum(TOKENS, 2.0)]))
+    assert clash.status_code == 400
+    detail = clash.json()["detail"]
+    assert f"seq_id {seq}" in detail
+    assert "different body" in detail
+    result(http, ok.json()["request_id"])
+    assert server.applied_count(model, seq) == 1
+
+
+def test_reused_create_seq_is_rejected(http: httpx.Client, model: str) -> None:
+    r = post(http, "optim_step", {"model_id": model, "seq_id": 0, "type": "optim_step"})
+    assert r.status_code == 400
+    assert "seq_id 0" in r.json()["detail"]
+
+
+def test_early_arrivals_wait_for_the_gap(server: ServerHandle) -> None:
+    with (
+        start(seq_gap_timeout_s=60.0, long_poll_s=0.2) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+    ):
+        model = new_model(http, new_session(http))
+        lr = {"learning_rate": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
+              "weight_decay": 0.0, "grad_clip_norm": 0.0}  # fmt: skip
+        # seq 3 (forward) and 2 (optim) arrive before 1 (forward_backward).
+        fwd3 = post(http, "forward", fwdbwd_body(model, 3, [ce_datum(TOKENS)], forward=True))
+        opt2 = post(http, "optim_step", {"model_id": model, "seq_id": 2, "adam_params": lr})
+        poll = post(http, "retrieve_future", {"request_id": fwd3.json()["request_id"]})
+        assert poll.status_code == 408
+        assert poll.json() == {
+            "type": "try_again", "request_id": fwd3.json()["request_id"], "queue_state": "active"
+        }  # fmt: skip
+        fwd1 = post(http, "forward_backward", fwdbwd_body(model, 1, [ce_datum(TOKENS)]))
+        r1 = result(http, fwd1.json()["request_id"]).json()
+        r2 = result(http, opt2.json()["request_id"]).json()
+        r3 = result(http, fwd3.json()["request_id"]).json()
+        assert r2["metrics"]["grad_norm:mean"] > 0  # the optim step saw seq 1's gradient
+        # seq 3 ran after the update: its loss is lower than seq 1's.
+        assert r3["metrics"]["loss:sum"] < r1["metrics"]["loss:sum"]
+        assert [srv.applied_count(model, s) for s in (1, 2, 3)] == [1, 1, 1]
+
+
+def test_gap_never_filled_fails_with_clear_error() -> None:
+    with (
+        start(seq_gap_timeout_s=0.5, long_poll_s=5.0) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+    ):
+        model = new_model(http, new_session(http))
+        late = post(http, "forward", fwdbwd_body(model, 2, [ce_datum(TOKENS)], forward=True))
+        out = result(http, late.json()["request_id"])
+        body = out.json()
+        assert out.status_code == 200
+        assert body["category"] == "user"
+        assert "seq_id 1" in body["error"]
+        assert "never arrived" in body["error"]
+        assert srv.applied_count(model, 2) == 0
+        # The model keeps serving: the next seq after the dropped ones runs normally.
+        nxt = post(http, "forward", fwdbwd_body(model, 3, [ce_datum(TOKENS)], forward=True))
+        assert "loss:sum" in result(http, nxt.json()["request_id"]).json()["metrics"]
+        # The missing seq id arriving late is behind the order now: a clear 400.
+        stale = post(http, "forward", fwdbwd_body(model, 1, [ce_datum(TOKENS)], forward=True))
+        assert stale.status_code == 400
+        assert "behind" in stale.json()["detail"]
+
+
+def test_retrieve_future_unknown_id_is_404(http: httpx.Client) -> None:
+    r = post(http, "retrieve_future", {"request_id": "nope"})
+    assert r.status_code == 404
+    assert "nope" in r.json()["detail"]
+
+
+def test_fusion_across_models_matches_separate_calls(
+    http: httpx.Client, server: ServerHandle
+) -> None:
+    session = new_session(http)
+    models = [new_model(http, session, seq=i, rank=4) for i in range(2)]
+    gate = threading.Event()
+    blocker = Job("blocker-" + session, "test", run=lambda: gate.wait(30))
+    server.scheduler.submit(blocker)
+    seqs = [_seq(server, m) for m in models]
+    subs = [
+        post(http, "forward", fwdbwd_body(m, s, [ce_datum(TOKENS[: 8 + 3 * i])], forward=True))
+        for i, (m, s) in enumerate(zip(models, seqs, strict=True))
+    ]
+    calls_before = len(server.scheduler.fused_calls)
+    gate.set()
+    fused = [result(http, r.json()["request_id"]).json() for r in subs]
+    assert 2 in server.scheduler.fused_calls[calls_before:]
+    for i, (m, out) in enumerate(zip(models, fused, strict=True)):
+        alone = post(
+            http, "forward",
+            fwdbwd_body(m, _seq(server, m), [ce_datum(TOKENS[: 8 + 3 * i])], forward=True),
+        )  # fmt: skip
+        single = result(http, alone.json()["request_id"]).json()
+        np.testing.assert_allclose(
+            out["loss_fn_outputs"][0]["logprobs"]["data"],
+            single["loss_fn_outputs"][0]["logprobs"]["data"],
+            rtol=1e-5,
+        )

@@ -1,0 +1,202 @@
+"""Client configuration: arguments, then ``TINKER_*`` environment variables, then defaults.
+
+The API key is a secret: :class:`ClientConfig` masks it in ``repr`` and :func:`mask_secrets`
+scrubs it from any text the client logs or puts in an exception message.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+from collections.abc import Mapping
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import msgspec
+
+from tinkjax.errors import ConfigurationError
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "ClientConfig",
+    "WireMode",
+    "is_loopback_url",
+    "mask_secrets",
+    "resolve_config",
+]
+
+logger = logging.getLogger("tinkjax.client")
+
+DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
+#: The key sent to the embedded backend, which accepts any ``tml-`` key.
+LOCAL_API_KEY = "tml-local-embedded"
+
+WireMode = Literal["protobuf", "json"]
+
+_FALSE = {"0", "false", "no", "off"}
+
+# Every key the process has used, so log/exception text can be scrubbed of all of them.
+_known_secrets: set[str] = set()
+
+
+def mask_secrets(text: str) -> str:
+    """``text`` with every API key this process has configured replaced by ``***``."""
+    for secret in _known_secrets:
+        if secret and secret in text:
+            text = text.replace(secret, "***")
+    return text
+
+
+def _mask(key: str | None) -> str:
+    if key is None:
+        return "None"
+    prefix = "tml-" if key.startswith("tml-") else ""
+    return f"'{prefix}***'"
+
+
+class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """Resolved client settings (see :func:`resolve_config`).
+
+    Attributes:
+        base_url: service root; paths are appended as ``{base_url}/api/v1/...``.
+        api_key: sent as ``X-API-Key``; masked in ``repr``.
+        timeout: read/write timeout of one HTTP request, seconds.
+        connect_timeout: connection timeout, seconds.
+        max_retries: transport-level retries of one HTTP call (0 disables).
+        project_id: sent with ``create_session``.
+        tags: sent with ``create_session``.
+        user_metadata: sent with ``create_session``.
+        telemetry: whether the (later) backend telemetry reporter may send events.
+        wire_mode: ``"protobuf"`` (SDK ≥ 0.25, default) or ``"json"`` (JSON-era servers).
+        embedded: the base URL is the in-process local backend.
+    """
+
+    base_url: str
+    api_key: str | None = None
+    timeout: float = 60.0
+    connect_timeout: float = 5.0
+    max_retries: int = 10
+    project_id: str | None = None
+    tags: tuple[str, ...] = ()
+    user_metadata: dict[str, Any] | None = None
+    telemetry: bool = True
+    wire_mode: WireMode = "protobuf"
+    embedded: bool = False
+
+    def __repr__(self) -> str:
+        fields = ", ".join(
+            f"{name}={_mask(self.api_key) if name == 'api_key' else repr(getattr(self, name))}"
+            for name in self.__struct_fields__
+        )
+        return f"ClientConfig({fields})"
+
+    __str__ = __repr__
+
+    def __rich_repr__(self) -> Any:  # pragma: no cover - only for rich users
+        for name in self.__struct_fields__:
+            yield name, _mask(self.api_key) if name == "api_key" else getattr(self, name)
+
+
+def is_loopback_url(url: str) -> bool:
+    """Whether ``url`` points at this machine (localhost, 127.0.0.0/8, ::1)."""
+    host = urlsplit(url).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _env(environ: Mapping[str, str], name: str) -> str | None:
+    value = environ.get(name)
+    return value if value else None
+
+
+def resolve_config(
+    *,
+    api_key: str | None = None,
+    base_url: str | None = None,
+    timeout: float | None = None,
+    connect_timeout: float | None = None,
+    max_retries: int | None = None,
+    project_id: str | None = None,
+    tags: list[str] | tuple[str, ...] | None = None,
+    user_metadata: Mapping[str, Any] | None = None,
+    telemetry: bool | None = None,
+    wire_mode: WireMode | None = None,
+    environ: Mapping[str, str] | None = None,
+    start_embedded: bool = True,
+) -> ClientConfig:
+    """Resolve settings: argument > environment > default.
+
+    Environment: ``TINKER_API_KEY``, ``TINKER_BASE_URL``, ``TINKER_PROJECT_ID``, ``TINKER_TAGS``
+    (comma-separated), ``TINKER_TELEMETRY`` (``0/false/no/off`` disable), ``TINKJAX_WIRE_MODE``.
+
+    With neither a base URL nor an API key anywhere, or with ``base_url="local"``, the embedded
+    local backend is started in-process (once per process) and used.
+
+    Raises:
+        ConfigurationError: the remote service is configured without an API key, or with a key
+            that does not start with ``tml-`` (nor is a JWT); or a value is out of range.
+    """
+    env = os.environ if environ is None else environ
+    key = api_key or _env(env, "TINKER_API_KEY")
+    url = base_url or _env(env, "TINKER_BASE_URL")
+    embedded = url == "local" or (url is None and key is None)
+    if embedded:
+        if start_embedded:
+            from ._embedded import embedded_base_url
+
+            url = embedded_base_url()
+        else:
+            url = "http://127.0.0.1:0"
+        key = key or LOCAL_API_KEY
+    elif url is None:
+        url = DEFAULT_BASE_URL
+    assert url is not None
+    url = url.rstrip("/")
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"base_url {url!r} must start with http:// or https://")
+    if key is not None:
+        _known_secrets.add(key)
+    if not embedded and not is_loopback_url(url):
+        if key is None:
+            raise ConfigurationError(
+                f"no API key for {url}: pass api_key=... or set TINKER_API_KEY "
+                "(or leave both base_url and api_key unset to use the embedded local backend)"
+            )
+        if not key.startswith(("tml-", "eyJ")):
+            raise ConfigurationError(
+                f"api_key {_mask(key)} is malformed: Tinker API keys start with 'tml-'"
+            )
+    env_tags = _env(env, "TINKER_TAGS")
+    resolved_tags = (
+        tuple(tags)
+        if tags is not None
+        else tuple(t.strip() for t in env_tags.split(",") if t.strip()) if env_tags else ()
+    )
+    tele_env = _env(env, "TINKER_TELEMETRY")
+    tele = telemetry if telemetry is not None else not (tele_env and tele_env.lower() in _FALSE)
+    mode = wire_mode or _env(env, "TINKJAX_WIRE_MODE") or "protobuf"
+    if mode not in ("protobuf", "json"):
+        raise ConfigurationError(f"wire_mode {mode!r} must be 'protobuf' or 'json'")
+    cfg = ClientConfig(
+        base_url=url,
+        api_key=key,
+        timeout=60.0 if timeout is None else float(timeout),
+        connect_timeout=5.0 if connect_timeout is None else float(connect_timeout),
+        max_retries=10 if max_retries is None else int(max_retries),
+        project_id=project_id or _env(env, "TINKER_PROJECT_ID"),
+        tags=resolved_tags,
+        user_metadata=dict(user_metadata) if user_metadata else None,
+        telemetry=bool(tele),
+        wire_mode=mode,  # type: ignore[arg-type]
+        embedded=embedded,
+    )
+    if cfg.timeout <= 0 or cfg.connect_timeout <= 0:
+        raise ConfigurationError(f"timeout {cfg.timeout} and connect_timeout must be > 0")
+    if cfg.max_retries < 0:
+        raise ConfigurationError(f"max_retries {cfg.max_retries} must be >= 0")
+    return cfg

@@ -1,0 +1,276 @@
+"""``TrainingClient.forward_backward_custom``: the engine wired into training.
+
+The linearisation trick (``../shared/DESIGN.md``): for a loss ``C(logprobs)`` that the server
+cannot compute,
+
+1. a forward-only ``cross_entropy`` pass returns every datum's target-token logprobs;
+2. the engine computes ``C = base + Σ wᵢ·regᵢ``, its per-term breakdown and ``g = ∂C/∂logprobs``
+   in one compiled program;
+3. a second ``cross_entropy`` pass over the same chunks with ``weights = −g`` accumulates
+   ``∂C/∂θ`` on the server (its loss ``Σ −lp·w = Σ lp·g`` has that parameter gradient).
+
+The ``2N`` sequence ids of both passes are reserved when the call is made, so an ``optim_step``
+issued afterwards is ordered after the backward pass. When the engine fails (a non-finite value
+or gradient, a failing regularizer, bad input) no backward request is sent: the reserved
+backward ids are consumed by one-token *forward-only* requests, which accumulate nothing, so the
+model's queue does not stall on a gap; then the error is raised.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tinkjax.engine import (
+    Bucketing,
+    CustomLossResult,
+    LossSpec,
+    NormMethod,
+    Regularizer,
+    RegularizerOutput,
+    compute_custom_loss_async,
+)
+from tinkjax.engine._spec import validate_regularizers
+from tinkjax.errors import EngineInputError
+from tinkjax.types import Datum, ForwardBackwardOutput, ModelInput, TensorData
+
+if TYPE_CHECKING:
+    from tinkjax.client._training import TrainingClient
+
+__all__ = ["CustomForwardBackwardOutput", "forward_backward_custom_async_impl"]
+
+logger = logging.getLogger("tinkjax.client")
+
+#: Metric under which the server's own ``loss:sum`` of the backward pass is kept.
+SURROGATE_METRIC = "surrogate_loss:sum"
+
+
+@dataclasses.dataclass(frozen=True)
+class CustomForwardBackwardOutput:
+    """What ``forward_backward_custom`` returns: the backward pass's server output (same
+    attributes as :class:`~tinkjax.types.ForwardBackwardOutput`) plus the engine's breakdown.
+
+    Attributes:
+        loss_fn_output_type: as returned by the server for the backward pass.
+        loss_fn_outputs: per datum, the server's outputs of the backward pass (``logprobs``,
+            ``elementwise_loss``).
+        metrics: the server's metrics with ``loss:sum`` replaced by the custom loss (the
+            server's value moves to ``surrogate_loss:sum``), plus the loss's own metrics.
+        breakdown: the engine's :class:`~tinkjax.engine.CustomLossResult` (values,
+            contributions, gradient norms, per-datum gradients).
+    """
+
+    loss_fn_output_type: str
+    loss_fn_outputs: list[Any]
+    metrics: dict[str, float]
+    breakdown: CustomLossResult
+
+    @property
+    def loss_total(self) -> float:
+        """``base_loss + regularizer_total``."""
+        return self.breakdown.loss_total
+
+    @property
+    def base_loss(self) -> float:
+        """The base loss's value (0 without one)."""
+        return self.breakdown.base_loss
+
+    @property
+    def regularizer_total(self) -> float:
+        """``Σ weightᵢ·valueᵢ``."""
+        return self.breakdown.regularizer_total
+
+    @property
+    def regularizers(self) -> Mapping[str, RegularizerOutput]:
+        """Per regularizer: ``value``, ``weight``, ``contribution``, ``grad_norm``, metrics."""
+        return self.breakdown.regularizers
+
+    @property
+    def base_grad_norm(self) -> float | None:
+        """Norm of ∂base/∂logprobs (``None`` unless ``track_grad_norms``)."""
+        return self.breakdown.base_grad_norm
+
+    @property
+    def total_grad_norm(self) -> float:
+        """Norm of ∂loss_total/∂logprobs over every real token."""
+        return self.breakdown.total_grad_norm
+
+
+def _as_datum(item: Any, index: int) -> Datum:
+    if not isinstance(item, Datum):
+        raise EngineInputError(f"data[{index}]: expected a tinkjax.types.Datum, got {item!r:.80}")
+    if "target_tokens" not in item.loss_fn_inputs:
+        raise EngineInputError(
+            f"data[{index}].loss_fn_inputs: forward_backward_custom needs 'target_tokens' "
+            f"(got keys {sorted(item.loss_fn_inputs)})"
+        )
+    return item
+
+
+def _forward_datum(datum: Datum) -> Datum:
+    """The datum as the forward pass sends it: only ``target_tokens`` and zero ``weights``."""
+    targets = datum.loss_fn_inputs["target_tokens"]
+    zeros = np.zeros(targets.to_numpy().shape, np.float32)
+    return Datum(
+        model_input=datum.model_input,
+        loss_fn_inputs={"target_tokens": targets, "weights": TensorData.from_numpy(zeros)},
+    )
+
+
+def _backward_datum(datum: Datum, grad: npt.NDArray[Any]) -> Datum:
+    weights = (-np.asarray(grad)).astype(np.float32)
+    tensor = (
+        TensorData.from_numpy_sparse(weights) if weights.ndim == 2 else TensorData.from_numpy(weights)
+    )
+    return Datum(
+        model_input=datum.model_input,
+        loss_fn_inputs={"target_tokens": datum.loss_fn_inputs["target_tokens"], "weights": tensor},
+    )
+
+
+def _noop_datum() -> Datum:
+    """One token, zero weight: a forward-only request built from it changes nothing."""
+    return Datum(
+        model_input=ModelInput.from_ints([0]),
+        loss_fn_inputs={
+            "target_tokens": TensorData.from_numpy(np.zeros(1, np.int64)),
+            "weights": TensorData.from_numpy(np.zeros(1, np.float32)),
+        },
+    )
+
+
+async def _release(tc: TrainingClient, seq_ids: list[int]) -> None:
+    """Consume reserved ids with forward-only no-ops so later requests are not blocked."""
+    try:
+        await tc._send_fwdbwd_chunks(
+            [[_noop_datum()] for _ in seq_ids],
+            seq_ids,
+            loss_fn="cross_entropy",
+            loss_fn_config=None,
+            forward_only=True,
+        )
+    except Exception:  # the original error is what the user needs to see
+        logger.warning("could not release reserved seq ids %s", seq_ids, exc_info=True)
+
+
+def _emitter(model_id: str) -> Callable[[str, dict[str, float], dict[str, Any]], None]:
+    """Engine events (``custom_loss.start|stop|exception``, ``regularizer.compute``) go out
+    as ``tinkjax.<name>`` through :mod:`tinkjax.events`, tagged with the model id."""
+    from tinkjax import events
+
+    def emit(name: str, measurements: dict[str, float], metadata: dict[str, Any]) -> None:
+        events.emit(f"tinkjax.{name}", measurements, {**metadata, "model_id": model_id})
+
+    return emit
+
+
+def forward_backward_custom_async_impl(
+    tc: TrainingClient,
+    data: Sequence[Datum],
+    loss_fn: LossSpec,
+    *,
+    regularizers: Sequence[Regularizer] = (),
+    track_grad_norms: bool = False,
+    loss_fn_config: Mapping[str, float] | None = None,
+    norm_method: NormMethod = "grads",
+    dtype: npt.DTypeLike = np.float32,
+    bucketing: Bucketing | None = None,
+) -> Coroutine[Any, Any, CustomForwardBackwardOutput]:
+    """Forward pass → engine → backward pass with ``weights = −∂C/∂logprobs``.
+
+    See :meth:`TrainingClient.forward_backward_custom` for the arguments. The data are
+    checked, chunked and the ``2N`` sequence ids reserved *now*, at call time (so a call made
+    after this one, e.g. ``optim_step``, is ordered after both passes); the returned coroutine
+    does the rest.
+    """
+    regularizers = validate_regularizers(regularizers)
+    datums = [_as_datum(d, i) for i, d in enumerate(data)]
+    if not datums:
+        raise EngineInputError("data: forward_backward_custom needs at least one datum")
+    chunks = tc._chunk_data([_forward_datum(d) for d in datums])
+    n = len(chunks)
+    ids = tc._reserve_seq_ids(2 * n)
+    forward_ids, backward_ids = ids[:n], ids[n:]
+    return _run(
+        tc, datums, chunks, forward_ids, backward_ids, loss_fn,
+        regularizers=regularizers, track_grad_norms=track_grad_norms,
+        loss_fn_config=loss_fn_config, norm_method=norm_method, dtype=dtype, bucketing=bucketing,
+    )  # fmt: skip
+
+
+async def _run(
+    tc: TrainingClient,
+    datums: list[Datum],
+    chunks: list[list[Datum]],
+    forward_ids: list[int],
+    backward_ids: list[int],
+    loss_fn: LossSpec,
+    *,
+    regularizers: Sequence[Regularizer],
+    track_grad_norms: bool,
+    loss_fn_config: Mapping[str, float] | None,
+    norm_method: NormMethod,
+    dtype: npt.DTypeLike,
+    bucketing: Bucketing | None,
+) -> CustomForwardBackwardOutput:
+    try:
+        forward = await tc._send_fwdbwd_chunks(
+            chunks, forward_ids, loss_fn="cross_entropy", loss_fn_config=None, forward_only=True
+        )
+    except BaseException:
+        await _release(tc, backward_ids)
+        raise
+    outputs = [out for chunk in forward for out in chunk.loss_fn_outputs]
+    if len(outputs) != len(datums):
+        await _release(tc, backward_ids)
+        raise EngineInputError(
+            f"forward pass returned {len(outputs)} outputs for {len(datums)} datums"
+        )
+    logprobs = [out["logprobs"].to_numpy() for out in outputs]
+    inputs = [{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()} for d in datums]
+    extra: dict[str, Any] = {} if bucketing is None else {"bucketing": bucketing}
+    try:
+        result = await compute_custom_loss_async(
+            inputs,
+            logprobs,
+            loss_fn,
+            regularizers=regularizers,
+            loss_fn_config=loss_fn_config,
+            track_grad_norms=track_grad_norms,
+            norm_method=norm_method,
+            data=datums,
+            emit=_emitter(tc.model_id),
+            dtype=dtype,
+            **extra,
+        )
+    except BaseException:
+        await _release(tc, backward_ids)
+        raise
+    backward_data = [_backward_datum(d, g) for d, g in zip(datums, result.gradients, strict=True)]
+    # Same chunk boundaries as the forward pass.
+    sizes = [len(c) for c in chunks]
+    backward_chunks, start = [], 0
+    for size in sizes:
+        backward_chunks.append(backward_data[start : start + size])
+        start += size
+    backward = await tc._send_fwdbwd_chunks(
+        backward_chunks, backward_ids, loss_fn="cross_entropy", loss_fn_config=None,
+        forward_only=False,
+    )  # fmt: skip
+    combined: ForwardBackwardOutput = tc._combine_outputs(backward)
+    metrics = dict(combined.metrics)
+    if "loss:sum" in metrics:
+        metrics[SURROGATE_METRIC] = metrics.pop("loss:sum")
+    metrics.update(result.metrics)
+    metrics["loss:sum"] = result.loss_total
+    return CustomForwardBackwardOutput(
+        loss_fn_output_type=combined.loss_fn_output_type,
+        loss_fn_outputs=list(combined.loss_fn_outputs),
+        metrics=metrics,
+        breakdown=result,
+    )

@@ -1,0 +1,224 @@
+"""``CheckpointDownload``: stream a checkpoint archive to a temporary file, extract it safely.
+
+Safety rules of the extraction (any violation raises :class:`UnsafeArchiveError` and leaves
+nothing behind — the archive is extracted into a temporary folder next to the output folder
+and only moved into place once every member passed):
+
+* member names must be relative, without ``..`` components;
+* only regular files and folders; symlinks and hard links are allowed only when their target
+  stays inside the output folder; devices, FIFOs and other special files are refused;
+* at most ``max_members`` members and ``max_extracted_bytes`` bytes in total; the download
+  itself stops past ``max_archive_bytes``.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import shutil
+import sys
+import tarfile
+import tempfile
+import uuid
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tinkjax.errors import TinkerError
+
+from ._futures import APIFuture
+from ._loop import submit
+
+if TYPE_CHECKING:
+    from ._rest import RestClient
+
+__all__ = ["CheckpointDownload", "UnsafeArchiveError", "safe_extract"]
+
+ProgressCallback = Callable[[int, int | None], None]
+
+
+class UnsafeArchiveError(TinkerError, ValueError):
+    """An archive member would escape the output folder, is a special file, or the archive
+    exceeds a size limit. Nothing was extracted."""
+
+
+def _check_member(member: tarfile.TarInfo, root: str) -> None:
+    name = member.name
+    if name.startswith(("/", "\\")) or (len(name) > 1 and name[1] == ":"):
+        raise UnsafeArchiveError(f"archive member {name!r} has an absolute path")
+    norm = posixpath.normpath(name)
+    if norm == ".." or norm.startswith("../") or "/../" in f"/{name}/".replace("\\", "/"):
+        raise UnsafeArchiveError(f"archive member {name!r} escapes the output folder (..)")
+    if member.isdev() or member.isfifo() or not (
+        member.isfile() or member.isdir() or member.issym() or member.islnk()
+    ):
+        raise UnsafeArchiveError(f"archive member {name!r} is a special file")
+    if member.issym() or member.islnk():
+        target = member.linkname
+        if target.startswith("/") or os.path.isabs(target):
+            raise UnsafeArchiveError(f"link {name!r} points to the absolute path {target!r}")
+        base = posixpath.dirname(norm) if member.issym() else ""
+        resolved = posixpath.normpath(posixpath.join(base, target))
+        if resolved == ".." or resolved.startswith("../"):
+            raise UnsafeArchiveError(f"link {name!r} points outside the output folder")
+    dest = os.path.realpath(os.path.join(root, norm))
+    if not (dest == root or dest.startswith(root + os.sep)):
+        raise UnsafeArchiveError(f"archive member {name!r} resolves outside the output folder")
+
+
+def safe_extract(
+    archive: str | Path,
+    output_dir: str | Path,
+    *,
+    max_members: int = 10_000,
+    max_extracted_bytes: int = 64 * 2**30,
+) -> Path:
+    """Extract the tar(.gz) ``archive`` into the new folder ``output_dir`` (must not exist).
+
+    Raises:
+        UnsafeArchiveError: a member breaks a rule (see the module docstring); nothing is left
+            behind.
+        FileExistsError: ``output_dir`` exists.
+    """
+    out = Path(output_dir)
+    if out.exists():
+        raise FileExistsError(f"output folder {str(out)!r} exists")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.extract-", dir=out.parent))
+    root = os.path.realpath(staging)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = []
+            total = 0
+            for member in tar:
+                members.append(member)
+                if len(members) > max_members:
+                    raise UnsafeArchiveError(f"archive has more than {max_members} members")
+                _check_member(member, root)
+                total += max(member.size, 0)
+                if total > max_extracted_bytes:
+                    raise UnsafeArchiveError(
+                        f"archive expands to more than {max_extracted_bytes} bytes"
+                    )
+            for member in members:
+                if member.isdir():
+                    (staging / member.name).mkdir(parents=True, exist_ok=True)
+                    continue
+                dest = staging / posixpath.normpath(member.name)
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                if member.issym():
+                    os.symlink(member.linkname, dest)
+                    continue
+                if member.islnk():
+                    os.link(staging / posixpath.normpath(member.linkname), dest)
+                    continue
+                src = tar.extractfile(member)
+                if src is None:
+                    raise UnsafeArchiveError(f"archive member {member.name!r} has no data")
+                with src, open(dest, "wb") as f:
+                    shutil.copyfileobj(src, f, 1 << 20)
+                os.chmod(dest, 0o644)
+        os.replace(staging, out)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return out
+
+
+class CheckpointDownload:
+    """Download one checkpoint archive and extract it into ``output_dir``.
+
+    Args:
+        rest: the :class:`RestClient` to ask for the archive URL.
+        tinker_path: ``tinker://{run}/{kind}/{name}``.
+        output_dir: the folder to create with the checkpoint's files.
+        force: replace ``output_dir`` if it exists (otherwise ``FileExistsError``).
+        progress: called as ``progress(bytes_done, bytes_total_or_None)`` while downloading.
+        progress_bar: show a tqdm bar; ``None`` shows one when stderr is a terminal.
+        max_archive_bytes / max_extracted_bytes / max_members: safety limits.
+    """
+
+    def __init__(
+        self,
+        rest: RestClient,
+        tinker_path: str,
+        output_dir: str | Path,
+        *,
+        force: bool = False,
+        progress: ProgressCallback | None = None,
+        progress_bar: bool | None = None,
+        max_archive_bytes: int = 32 * 2**30,
+        max_extracted_bytes: int = 64 * 2**30,
+        max_members: int = 10_000,
+    ) -> None:
+        self.rest = rest
+        self.tinker_path = tinker_path
+        self.output_dir = Path(output_dir)
+        self.force = force
+        self.progress = progress
+        self.progress_bar = sys.stderr.isatty() if progress_bar is None else progress_bar
+        self.max_archive_bytes = max_archive_bytes
+        self.max_extracted_bytes = max_extracted_bytes
+        self.max_members = max_members
+
+    def run(self) -> Path:
+        """Download and extract (blocks); returns the output folder."""
+        return APIFuture(submit(self.run_async())).result()
+
+    async def run_async(self) -> Path:
+        """Async twin of :meth:`run`."""
+        if self.output_dir.exists() and not self.force:
+            raise FileExistsError(
+                f"output folder {str(self.output_dir)!r} exists; pass force=True to replace it"
+            )
+        url = await self.rest.get_checkpoint_archive_url_from_tinker_path(self.tinker_path)
+        self.output_dir.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=".tinkjax-download-", suffix=".tar.gz",
+                                        dir=self.output_dir.parent)
+        tmp = Path(tmp_name)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                await self._stream(url, f)
+            fresh = self.output_dir.with_name(f".{self.output_dir.name}.new-{uuid.uuid4().hex}")
+            safe_extract(tmp, fresh, max_members=self.max_members,
+                         max_extracted_bytes=self.max_extracted_bytes)
+            if self.output_dir.exists():
+                old = self.output_dir.with_name(f".{self.output_dir.name}.old-{uuid.uuid4().hex}")
+                os.replace(self.output_dir, old)
+                os.replace(fresh, self.output_dir)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.replace(fresh, self.output_dir)
+        finally:
+            tmp.unlink(missing_ok=True)
+        return self.output_dir
+
+    async def _stream(self, url: str, f: Any) -> None:
+        bar = None
+        async with self.rest.transport.stream(url) as response:
+            length = response.headers.get("content-length")
+            total = int(length) if length and length.isdigit() else None
+            if total is not None and total > self.max_archive_bytes:
+                raise UnsafeArchiveError(
+                    f"archive is {total} bytes, over max_archive_bytes={self.max_archive_bytes}"
+                )
+            if self.progress_bar:
+                from tqdm import tqdm
+
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=self.tinker_path)
+            done = 0
+            try:
+                async for block in response.aiter_bytes(1 << 20):
+                    done += len(block)
+                    if done > self.max_archive_bytes:
+                        raise UnsafeArchiveError(
+                            f"archive exceeds max_archive_bytes={self.max_archive_bytes}"
+                        )
+                    f.write(block)
+                    if bar is not None:
+                        bar.update(len(block))
+                    if self.progress is not None:
+                        self.progress(done, total)
+            finally:
+                if bar is not None:
+                    bar.close()

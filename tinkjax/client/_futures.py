@@ -1,0 +1,82 @@
+"""``APIFuture``: the result of every client call, usable from sync and async code."""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from collections.abc import Callable, Generator
+from typing import Any, Generic, TypeVar
+
+from ._loop import warn_if_in_loop
+
+__all__ = ["APIFuture"]
+
+T = TypeVar("T")
+
+
+class APIFuture(Generic[T]):
+    """A result that will arrive: ``future.result(timeout)`` in sync code, ``await future``
+    in async code.
+
+    The work runs on the client's background loop; the future only observes it, so waiting
+    with a timeout (or abandoning the future) does not cancel the request.
+    """
+
+    __slots__ = ("_future",)
+
+    def __init__(self, future: concurrent.futures.Future[T]) -> None:
+        self._future = future
+
+    @classmethod
+    def completed(cls, value: T) -> APIFuture[T]:
+        """A future that already holds ``value``."""
+        f: concurrent.futures.Future[T] = concurrent.futures.Future()
+        f.set_result(value)
+        return cls(f)
+
+    def result(self, timeout: float | None = None) -> T:
+        """Block until the result arrives.
+
+        Args:
+            timeout: seconds to wait; ``None`` waits as long as it takes.
+
+        Raises:
+            TimeoutError: no result within ``timeout`` (the request keeps running).
+            Exception: whatever the call raised (see :mod:`tinkjax.errors`).
+        """
+        if not self._future.done():
+            warn_if_in_loop("APIFuture.result()", "`await future` (or result_async())")
+        return self._future.result(timeout)
+
+    async def result_async(self, timeout: float | None = None) -> T:
+        """Await the result; ``timeout`` as in :meth:`result`."""
+        wrapped = asyncio.wrap_future(self._future)
+        try:
+            return await asyncio.wait_for(asyncio.shield(wrapped), timeout)
+        except TimeoutError:
+            raise TimeoutError(f"no result within {timeout} s") from None
+
+    def __await__(self) -> Generator[Any, None, T]:
+        return self.result_async().__await__()
+
+    def done(self) -> bool:
+        """Whether the result (or an error) is available."""
+        return self._future.done()
+
+    def exception(self, timeout: float | None = None) -> BaseException | None:
+        """The error the call raised, ``None`` on success (blocks like :meth:`result`)."""
+        if not self._future.done():
+            warn_if_in_loop("APIFuture.exception()", "`await future`")
+        return self._future.exception(timeout)
+
+    def add_done_callback(self, fn: Callable[[APIFuture[T]], object]) -> None:
+        """Call ``fn(self)`` when done (on the thread that completes it)."""
+        self._future.add_done_callback(lambda _: fn(self))
+
+    def future(self) -> concurrent.futures.Future[T]:
+        """The underlying ``concurrent.futures.Future``."""
+        return self._future
+
+    def __repr__(self) -> str:
+        state = "done" if self._future.done() else "pending"
+        return f"<APIFuture {state}>"

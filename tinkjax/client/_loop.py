@@ -1,0 +1,109 @@
+"""The client's event loop, run on one background daemon thread per process.
+
+Every request coroutine runs there, so synchronous calls work from plain scripts and from
+notebooks (whose own loop is already running) alike. Calls are scheduled with the caller's
+``contextvars`` context, so per-call telemetry metadata travels with them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import contextvars
+import threading
+import warnings
+from collections.abc import Coroutine
+from typing import Any, TypeVar
+
+__all__ = ["get_loop", "in_running_loop", "on_loop_thread", "submit", "warn_if_in_loop"]
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_loop: asyncio.AbstractEventLoop | None = None
+_thread: threading.Thread | None = None
+
+
+def get_loop() -> asyncio.AbstractEventLoop:
+    """The background loop, started on first use."""
+    global _loop, _thread
+    loop = _loop
+    if loop is not None:
+        return loop
+    with _lock:
+        if _loop is None:
+            new_loop = asyncio.new_event_loop()
+            ready = threading.Event()
+
+            def run() -> None:
+                asyncio.set_event_loop(new_loop)
+                new_loop.call_soon(ready.set)
+                new_loop.run_forever()
+
+            _thread = threading.Thread(target=run, name="tinkjax-client-loop", daemon=True)
+            _thread.start()
+            ready.wait()
+            _loop = new_loop
+        return _loop
+
+
+def on_loop_thread() -> bool:
+    """Whether the caller runs on the client loop's thread."""
+    return _thread is not None and threading.current_thread() is _thread
+
+
+def in_running_loop() -> bool:
+    """Whether the caller runs inside some running asyncio loop."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True
+
+
+def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+    """Schedule ``coro`` on the client loop in the caller's context; return its future."""
+    loop = get_loop()
+    ctx = contextvars.copy_context()
+    result: concurrent.futures.Future[T] = concurrent.futures.Future()
+
+    def start() -> None:
+        if not result.set_running_or_notify_cancel():
+            coro.close()
+            return
+        task = loop.create_task(coro, context=ctx)
+
+        def done(t: asyncio.Task[T]) -> None:
+            if t.cancelled():
+                result.cancel()
+            elif (exc := t.exception()) is not None:
+                result.set_exception(exc)
+            else:
+                result.set_result(t.result())
+
+        task.add_done_callback(done)
+
+    if on_loop_thread():
+        start()
+    else:
+        loop.call_soon_threadsafe(start)
+    return result
+
+
+def warn_if_in_loop(sync_name: str, async_name: str) -> None:
+    """Refuse to block the client loop; warn when blocking some other running loop.
+
+    Raises:
+        RuntimeError: called on the client loop's own thread (it would deadlock).
+    """
+    if on_loop_thread():
+        raise RuntimeError(
+            f"{sync_name} blocks and cannot run on the tinkjax client loop; use {async_name}"
+        )
+    if in_running_loop():
+        warnings.warn(
+            f"{sync_name} was called inside a running event loop and blocks it; "
+            f"use {async_name} instead",
+            RuntimeWarning,
+            stacklevel=3,
+        )

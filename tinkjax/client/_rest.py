@@ -1,0 +1,350 @@
+"""``RestClient``: training runs, checkpoints, sessions and samplers (session-less)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import httpx
+
+from tinkjax.errors import APIResponseValidationError
+from tinkjax.types import (
+    Checkpoint,
+    CheckpointsListResponse,
+    GetSamplerResponse,
+    GetServerCapabilitiesResponse,
+    GetSessionResponse,
+    ListSessionsResponse,
+    TrainingRun,
+    TrainingRunsResponse,
+    WeightsInfoRequest,
+    WeightsInfoResponse,
+    parse_tinker_path,
+)
+
+from ._config import resolve_config
+from ._futures import APIFuture
+from ._loop import submit
+from ._transport import Transport, decode_response
+
+__all__ = ["RestClient", "apaginate", "paginate"]
+
+T = TypeVar("T")
+Item = TypeVar("Item")
+
+AccessScope = Literal["owned", "accessible"]
+
+
+def paginate(
+    fetch: Callable[[int, int], APIFuture[tuple[list[Item], int | None]]],
+    *,
+    page_size: int,
+    start: int = 0,
+) -> Iterator[Item]:
+    """Iterate a paginated listing page by page (blocking).
+
+    Args:
+        fetch: ``fetch(limit, offset)`` → future of ``(items, total_count or None)``.
+        page_size: items per request.
+        start: the first offset.
+
+    Iteration stops after the last item (by ``total_count`` when the server gives one, else at
+    the first short page).
+    """
+    offset = start
+    while True:
+        items, total = fetch(page_size, offset).result()
+        yield from items
+        offset += len(items)
+        if not items or len(items) < page_size or (total is not None and offset >= total):
+            return
+
+
+async def apaginate(
+    fetch: Callable[[int, int], Awaitable[tuple[list[Item], int | None]]],
+    *,
+    page_size: int,
+    start: int = 0,
+) -> AsyncIterator[Item]:
+    """Async twin of :func:`paginate`."""
+    offset = start
+    while True:
+        items, total = await fetch(page_size, offset)
+        for item in items:
+            yield item
+        offset += len(items)
+        if not items or len(items) < page_size or (total is not None and offset >= total):
+            return
+
+
+class RestClient:
+    """Read and manage stored resources. Every method returns an :class:`APIFuture`; the
+    ``*_async`` twins return the value.
+
+    Args:
+        base_url: as for :class:`ServiceClient` (``TINKER_BASE_URL``, or ``"local"``).
+        api_key: as for :class:`ServiceClient` (``TINKER_API_KEY``).
+        http_transport: an ``httpx.AsyncBaseTransport`` replacing the network (tests).
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        api_key: str | None = None,
+        *,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        config = resolve_config(base_url=base_url, api_key=api_key)
+        self.transport = Transport(config, http_transport=http_transport)
+
+    @classmethod
+    def _from_transport(cls, transport: Transport) -> RestClient:
+        self = cls.__new__(cls)
+        self.transport = transport
+        return self
+
+    def __repr__(self) -> str:
+        return f"RestClient(base_url={self.transport.config.base_url!r})"
+
+    def close(self) -> None:
+        """Close the connections (a client made by ``ServiceClient`` shares its connections;
+        closing the ``ServiceClient`` closes them)."""
+        if not self.transport.closed:
+            submit(self.transport.aclose()).result()
+
+    def __enter__(self) -> RestClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _call(self, coro: Awaitable[T]) -> APIFuture[T]:
+        async def run() -> T:
+            return await coro
+
+        return APIFuture(submit(run()))
+
+    async def _get(self, path: str, tp: type[T], params: dict[str, Any] | None = None) -> T:
+        resp = await self.transport.request("GET", path, params=params)
+        return decode_response(resp, tp)
+
+    # ------------------------------------------------------------ server
+    def get_server_capabilities(self) -> APIFuture[GetServerCapabilitiesResponse]:
+        """The models the server supports."""
+        return self._call(self._get("/api/v1/get_server_capabilities",
+                                    GetServerCapabilitiesResponse))
+
+    async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
+        return await self.get_server_capabilities()
+
+    # ------------------------------------------------------------ training runs
+    def get_training_run(
+        self, training_run_id: str, access_scope: AccessScope = "owned"
+    ) -> APIFuture[TrainingRun]:
+        """One training run (its base model, LoRA rank, last checkpoints)."""
+        return self._call(self._get(f"/api/v1/training_runs/{training_run_id}", TrainingRun,
+                                    {"access_scope": access_scope}))
+
+    async def get_training_run_async(
+        self, training_run_id: str, access_scope: AccessScope = "owned"
+    ) -> TrainingRun:
+        return await self.get_training_run(training_run_id, access_scope)
+
+    def get_training_run_by_tinker_path(self, tinker_path: str) -> APIFuture[TrainingRun]:
+        """The training run a ``tinker://`` checkpoint path belongs to."""
+        return self.get_training_run(parse_tinker_path(tinker_path).training_run_id)
+
+    async def get_training_run_by_tinker_path_async(self, tinker_path: str) -> TrainingRun:
+        return await self.get_training_run_by_tinker_path(tinker_path)
+
+    def list_training_runs(
+        self,
+        limit: int = 20,
+        offset: int = 0,
+        access_scope: AccessScope = "owned",
+        project_id: str | None = None,
+    ) -> APIFuture[TrainingRunsResponse]:
+        """One page of training runs (``cursor.total_count`` tells how many exist)."""
+        params = {"limit": limit, "offset": offset, "access_scope": access_scope,
+                  "project_id": project_id}
+        return self._call(self._get("/api/v1/training_runs", TrainingRunsResponse, params))
+
+    async def list_training_runs_async(
+        self,
+        limit: int = 20,
+        offset: int = 0,
+        access_scope: AccessScope = "owned",
+        project_id: str | None = None,
+    ) -> TrainingRunsResponse:
+        return await self.list_training_runs(limit, offset, access_scope, project_id)
+
+    def iter_training_runs(
+        self, page_size: int = 20, access_scope: AccessScope = "owned",
+        project_id: str | None = None,
+    ) -> Iterator[TrainingRun]:
+        """Every training run, fetched page by page."""
+
+        def fetch(limit: int, offset: int) -> APIFuture[tuple[list[TrainingRun], int | None]]:
+            async def run() -> tuple[list[TrainingRun], int | None]:
+                page = await self.list_training_runs(limit, offset, access_scope, project_id)
+                return page.training_runs, page.cursor.total_count
+
+            return self._call(run())
+
+        return paginate(fetch, page_size=page_size)
+
+    # ------------------------------------------------------------ checkpoints
+    def list_checkpoints(self, training_run_id: str) -> APIFuture[CheckpointsListResponse]:
+        """The checkpoints of one training run."""
+        return self._call(self._get(f"/api/v1/training_runs/{training_run_id}/checkpoints",
+                                    CheckpointsListResponse))
+
+    async def list_checkpoints_async(self, training_run_id: str) -> CheckpointsListResponse:
+        return await self.list_checkpoints(training_run_id)
+
+    def list_user_checkpoints(
+        self, limit: int = 100, offset: int = 0
+    ) -> APIFuture[CheckpointsListResponse]:
+        """One page of all the user's checkpoints."""
+        return self._call(self._get("/api/v1/checkpoints", CheckpointsListResponse,
+                                    {"limit": limit, "offset": offset}))
+
+    async def list_user_checkpoints_async(
+        self, limit: int = 100, offset: int = 0
+    ) -> CheckpointsListResponse:
+        return await self.list_user_checkpoints(limit, offset)
+
+    def iter_user_checkpoints(self, page_size: int = 100) -> Iterator[Checkpoint]:
+        """All the user's checkpoints, fetched page by page."""
+
+        def fetch(limit: int, offset: int) -> APIFuture[tuple[list[Checkpoint], int | None]]:
+            async def run() -> tuple[list[Checkpoint], int | None]:
+                page = await self.list_user_checkpoints(limit, offset)
+                return page.checkpoints, page.cursor.total_count if page.cursor else None
+
+            return self._call(run())
+
+        return paginate(fetch, page_size=page_size)
+
+    def delete_checkpoint(self, training_run_id: str, checkpoint_id: str) -> APIFuture[None]:
+        """Delete a checkpoint (``checkpoint_id`` like ``weights/final``)."""
+
+        async def run() -> None:
+            await self.transport.request(
+                "DELETE", f"/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_id}"
+            )
+
+        return self._call(run())
+
+    async def delete_checkpoint_async(self, training_run_id: str, checkpoint_id: str) -> None:
+        await self.delete_checkpoint(training_run_id, checkpoint_id)
+
+    def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
+        """Delete the checkpoint at a ``tinker://`` path."""
+        parsed = parse_tinker_path(tinker_path)
+        return self.delete_checkpoint(parsed.training_run_id, parsed.checkpoint_id)
+
+    async def delete_checkpoint_from_tinker_path_async(self, tinker_path: str) -> None:
+        await self.delete_checkpoint_from_tinker_path(tinker_path)
+
+    def get_weights_info_by_tinker_path(self, tinker_path: str) -> APIFuture[WeightsInfoResponse]:
+        """Base model, LoRA settings and optimizer family of a checkpoint."""
+
+        async def run() -> WeightsInfoResponse:
+            resp = await self.transport.request(
+                "POST", "/api/v1/weights_info", json=WeightsInfoRequest(tinker_path=tinker_path)
+            )
+            return decode_response(resp, WeightsInfoResponse)
+
+        return self._call(run())
+
+    async def get_weights_info_by_tinker_path_async(self, tinker_path: str) -> WeightsInfoResponse:
+        return await self.get_weights_info_by_tinker_path(tinker_path)
+
+    def get_checkpoint_archive_url(self, training_run_id: str, checkpoint_id: str) -> APIFuture[str]:
+        """A URL the checkpoint's ``tar.gz`` archive can be downloaded from (the ``Location``
+        of the service's redirect)."""
+
+        async def run() -> str:
+            path = f"/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_id}/archive"
+            resp = await self.transport.request("GET", path, headers={"Accept": "application/gzip"})
+            location = resp.headers.get("location")
+            if resp.status_code in (301, 302, 303, 307, 308) and location:
+                return str(resp.url.join(location))
+            if resp.status_code == 200:
+                return str(resp.url)
+            raise APIResponseValidationError(
+                f"archive of {training_run_id}/{checkpoint_id}: HTTP {resp.status_code} "
+                "without a Location"
+            )
+
+        return self._call(run())
+
+    async def get_checkpoint_archive_url_async(
+        self, training_run_id: str, checkpoint_id: str
+    ) -> str:
+        return await self.get_checkpoint_archive_url(training_run_id, checkpoint_id)
+
+    def get_checkpoint_archive_url_from_tinker_path(self, tinker_path: str) -> APIFuture[str]:
+        """:meth:`get_checkpoint_archive_url` for a ``tinker://`` path."""
+        parsed = parse_tinker_path(tinker_path)
+        return self.get_checkpoint_archive_url(parsed.training_run_id, parsed.checkpoint_id)
+
+    async def get_checkpoint_archive_url_from_tinker_path_async(self, tinker_path: str) -> str:
+        return await self.get_checkpoint_archive_url_from_tinker_path(tinker_path)
+
+    def download_checkpoint(
+        self,
+        tinker_path: str,
+        output_dir: str | Path,
+        *,
+        force: bool = False,
+        progress: Callable[[int, int | None], None] | None = None,
+        progress_bar: bool | None = None,
+    ) -> APIFuture[Path]:
+        """Download and safely extract a checkpoint (see :class:`CheckpointDownload`)."""
+        from ._download import CheckpointDownload
+
+        dl = CheckpointDownload(self, tinker_path, output_dir, force=force, progress=progress,
+                                progress_bar=progress_bar)
+        return self._call(dl.run_async())
+
+    # ------------------------------------------------------------ sessions, samplers
+    def get_session(self, session_id: str) -> APIFuture[GetSessionResponse]:
+        """The training runs and samplers of a session."""
+        return self._call(self._get(f"/api/v1/sessions/{session_id}", GetSessionResponse))
+
+    async def get_session_async(self, session_id: str) -> GetSessionResponse:
+        return await self.get_session(session_id)
+
+    def list_sessions(
+        self, limit: int = 20, offset: int = 0, access_scope: AccessScope = "owned"
+    ) -> APIFuture[ListSessionsResponse]:
+        """One page of session ids."""
+        return self._call(self._get("/api/v1/sessions", ListSessionsResponse,
+                                    {"limit": limit, "offset": offset,
+                                     "access_scope": access_scope}))
+
+    async def list_sessions_async(
+        self, limit: int = 20, offset: int = 0, access_scope: AccessScope = "owned"
+    ) -> ListSessionsResponse:
+        return await self.list_sessions(limit, offset, access_scope)
+
+    def iter_sessions(self, page_size: int = 20) -> Iterator[str]:
+        """Every session id, fetched page by page."""
+
+        def fetch(limit: int, offset: int) -> APIFuture[tuple[list[str], int | None]]:
+            async def run() -> tuple[list[str], int | None]:
+                return (await self.list_sessions(limit, offset)).sessions, None
+
+            return self._call(run())
+
+        return paginate(fetch, page_size=page_size)
+
+    def get_sampler(self, sampler_id: str) -> APIFuture[GetSamplerResponse]:
+        """A sampler's base model and weights path."""
+        return self._call(self._get(f"/api/v1/samplers/{sampler_id}", GetSamplerResponse))
+
+    async def get_sampler_async(self, sampler_id: str) -> GetSamplerResponse:
+        return await self.get_sampler(sampler_id)

@@ -1,0 +1,288 @@
+"""``SamplingClient``: text generation and prompt logprobs from a sampling session.
+
+HTTP-level retries are off for sampling; a retry handler above them resubmits a whole sample
+(submit + poll, with a new ``seq_id``) after connection errors, 408/409/5xx and expired futures,
+backing off with :class:`~._backoff.Backoff`. A 429 is not a failure: it opens the tenant's
+backoff window (:mod:`._ratelimit`), which every sampler of the same ``(base_url, api_key)``
+waits through, and the request is resent afterwards.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import threading
+from typing import TYPE_CHECKING, Any
+
+import msgspec
+
+from tinkjax.codec import decode_future_answer, decode_sample_response
+from tinkjax.errors import (
+    APIConnectionError,
+    APIResponseValidationError,
+    APIStatusError,
+    FutureExpiredError,
+    RateLimitError,
+)
+from tinkjax.types import (
+    GetSamplerResponse,
+    ModelInput,
+    SampleRequest,
+    SampleResponse,
+    SamplingParams,
+    TensorData,
+    UntypedAPIFuture,
+)
+
+from ._backoff import Backoff
+from ._futures import APIFuture
+from ._loop import submit, warn_if_in_loop
+from ._polling import poll_future
+from ._ratelimit import limiter_for
+from ._transport import decode_response, is_retryable_status
+
+if TYPE_CHECKING:
+    from ._service import ServiceClient
+
+__all__ = ["SamplingClient", "SamplingRetryConfig"]
+
+
+class SamplingRetryConfig(msgspec.Struct, frozen=True, kw_only=True):
+    """How the sampling retry handler behaves.
+
+    Attributes:
+        max_retries: resubmissions after failures (connection, 408/409/5xx, expired future).
+        base_delay: first backoff delay, seconds (doubles per retry).
+        max_delay: backoff cap, seconds.
+        max_rate_limit_waits: 429 answers tolerated for one sample before ``RateLimitError``.
+        max_concurrent: samples in flight per client.
+        poll_timeout: overall seconds one attempt may wait for its result (``None``: no bound).
+    """
+
+    max_retries: int = 10
+    base_delay: float = 0.5
+    max_delay: float = 10.0
+    max_rate_limit_waits: int = 200
+    max_concurrent: int = 400
+    poll_timeout: float | None = None
+
+
+def _retryable(exc: BaseException) -> bool:
+    if isinstance(exc, FutureExpiredError | APIConnectionError):
+        return True
+    return isinstance(exc, APIStatusError) and is_retryable_status(exc.status_code)
+
+
+class SamplingClient:
+    """Samples from one sampling session (base model or saved sampler weights).
+
+    Create it with :meth:`ServiceClient.create_sampling_client` or
+    :meth:`TrainingClient.save_weights_and_get_sampling_client`. Safe to fan out many
+    concurrent ``sample`` calls.
+    """
+
+    def __init__(
+        self,
+        service: ServiceClient,
+        sampling_session_id: str,
+        *,
+        base_model: str | None = None,
+        model_path: str | None = None,
+        retry_config: SamplingRetryConfig | None = None,
+        record_stability_info: bool = False,
+    ) -> None:
+        self.service = service
+        self.sampling_session_id = sampling_session_id
+        self.model_path = model_path
+        self._base_model = base_model
+        self.retry_config = retry_config or SamplingRetryConfig()
+        self.record_stability_info = record_stability_info
+        cfg = service.config
+        self._limiter = limiter_for(cfg.base_url, cfg.api_key)
+        self._seq_lock = threading.Lock()
+        self._next_seq = 0
+        self._semaphore: asyncio.Semaphore | None = None
+
+    def __repr__(self) -> str:
+        return f"SamplingClient(sampling_session_id={self.sampling_session_id!r})"
+
+    def _reserve_seq(self) -> int:
+        with self._seq_lock:
+            seq = self._next_seq
+            self._next_seq += 1
+            return seq
+
+    @property
+    def _ids(self) -> dict[str, str | None]:
+        return {
+            "session_id": self.service.session_id_if_ready,
+            "sampling_session_id": self.sampling_session_id,
+        }
+
+    def sample(
+        self,
+        prompt: ModelInput,
+        num_samples: int,
+        sampling_params: SamplingParams,
+        include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: TensorData | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
+    ) -> APIFuture[SampleResponse]:
+        """Sample ``num_samples`` continuations of ``prompt``.
+
+        Raises (from the future):
+            RateLimitError: more than ``max_rate_limit_waits`` 429s for this sample.
+            RequestFailedError: the server failed the request.
+            APIStatusError / APIConnectionError: retries exhausted.
+        """
+        if num_samples < 1:
+            raise ValueError(f"num_samples must be >= 1, got {num_samples}")
+        fields: dict[str, Any] = {
+            "prompt": prompt,
+            "sampling_params": sampling_params,
+            "num_samples": num_samples,
+            "sampling_session_id": self.sampling_session_id,
+            "prompt_logprobs": include_prompt_logprobs,
+            "topk_prompt_logprobs": topk_prompt_logprobs,
+            "topk_sample_logprobs": topk_sample_logprobs,
+            "target_prompt_logprobs": target_prompt_logprobs,
+            "prompt_alt_tokens_k": prompt_alt_tokens_k,
+            "prompt_logprobs_last_n": prompt_logprobs_last_n,
+            "record_stability_info": self.record_stability_info,
+        }
+        return APIFuture(submit(self._sample(fields)))
+
+    async def sample_async(
+        self,
+        prompt: ModelInput,
+        num_samples: int,
+        sampling_params: SamplingParams,
+        include_prompt_logprobs: bool = False,
+        topk_prompt_logprobs: int = 0,
+        topk_sample_logprobs: int = 0,
+        target_prompt_logprobs: TensorData | None = None,
+        prompt_alt_tokens_k: int = 0,
+        prompt_logprobs_last_n: int | None = None,
+    ) -> SampleResponse:
+        """Async twin of :meth:`sample` (returns the response)."""
+        return await self.sample(
+            prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs,
+            topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k,
+            prompt_logprobs_last_n,
+        )
+
+    def compute_logprobs(
+        self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None
+    ) -> APIFuture[list[float | None]]:
+        """Logprob of each prompt token given the previous ones (``None`` at position 0)."""
+        fut = self.sample(
+            prompt, 1, SamplingParams(max_tokens=1), include_prompt_logprobs=True,
+            prompt_logprobs_last_n=prompt_logprobs_last_n,
+        )
+
+        async def run() -> list[float | None]:
+            resp = await fut
+            if resp.prompt_logprobs is None:
+                raise APIResponseValidationError("compute_logprobs: no prompt_logprobs returned")
+            return resp.prompt_logprobs
+
+        return APIFuture(submit(run()))
+
+    async def compute_logprobs_async(
+        self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None
+    ) -> list[float | None]:
+        """Async twin of :meth:`compute_logprobs`."""
+        return await self.compute_logprobs(prompt, prompt_logprobs_last_n)
+
+    async def _sample(self, fields: dict[str, Any]) -> SampleResponse:
+        rc = self.retry_config
+        if self._semaphore is None:
+            self._semaphore = asyncio.Semaphore(rc.max_concurrent)
+        backoff = Backoff(base=rc.base_delay, cap=rc.max_delay)
+        failures = 0
+        rate_limited = 0
+        transport = self.service.transport
+        async with self._semaphore:
+            while True:
+                await self._limiter.wait()
+                request = SampleRequest(seq_id=self._reserve_seq(), **fields)
+                try:
+                    resp = await transport.request(
+                        "POST", "/api/v1/asample", json=request, max_retries=0,
+                        headers={"X-Tinker-Sampling-Backpressure": "1"}, ids=self._ids,
+                    )
+                    ack = decode_response(resp, UntypedAPIFuture)
+                    seq_ids = ack.sample_sequence_ids
+                    if seq_ids is not None and len(seq_ids) != fields["num_samples"]:
+                        raise APIResponseValidationError(
+                            f"asample answered {len(seq_ids)} sample_sequence_ids for "
+                            f"num_samples={fields['num_samples']}"
+                        )
+                    result = await poll_future(
+                        transport, ack.request_id, SampleResponse, request_type="Sample",
+                        ids=self._ids, timeout=rc.poll_timeout,
+                        decode=functools.partial(_decode_sample, seq_ids=seq_ids),
+                    )
+                except RateLimitError as exc:
+                    rate_limited += 1
+                    if rate_limited > rc.max_rate_limit_waits:
+                        raise
+                    self._limiter.open_window(getattr(exc, "retry_after", None))
+                    continue
+                except Exception as exc:
+                    if not _retryable(exc) or failures >= rc.max_retries:
+                        raise
+                    failures += 1
+                    await asyncio.sleep(backoff.next(getattr(exc, "retry_after", None)))
+                    continue
+                self._limiter.record_success()
+                return result
+
+    # ------------------------------------------------------------ info
+    async def _get_sampler(self) -> GetSamplerResponse:
+        resp = await self.service.transport.request(
+            "GET", f"/api/v1/samplers/{self.sampling_session_id}", ids=self._ids
+        )
+        info = decode_response(resp, GetSamplerResponse)
+        self._base_model = info.base_model
+        return info
+
+    def get_base_model(self) -> str:
+        """The base model's name (asks the server when not known yet). May block."""
+        if self._base_model is not None:
+            return self._base_model
+        warn_if_in_loop("SamplingClient.get_base_model()",
+                        "`await sampling_client.get_base_model_async()`")
+        return submit(self._get_sampler()).result().base_model
+
+    async def get_base_model_async(self) -> str:
+        """Async twin of :meth:`get_base_model`."""
+        if self._base_model is not None:
+            return self._base_model
+        return (await APIFuture(submit(self._get_sampler()))).base_model
+
+    def get_tokenizer(self) -> Any:
+        """The base model's tokenizer (see :meth:`TrainingClient.get_tokenizer`)."""
+        from ._tokenizer import load_tokenizer
+
+        return load_tokenizer(self.get_base_model())
+
+
+def _decode_sample(body: bytes, content_type: str, seq_ids: list[str] | None) -> Any:
+    if "application/x-protobuf" in content_type:
+        return decode_sample_response(body, seq_ids)
+    answer = decode_future_answer(body, SampleResponse, content_type=content_type)
+    if isinstance(answer, SampleResponse) and seq_ids is not None:
+        if len(seq_ids) != len(answer.sequences):
+            raise APIResponseValidationError(
+                f"{len(answer.sequences)} sequences but {len(seq_ids)} sample_sequence_ids"
+            )
+        sequences = [
+            msgspec.structs.replace(s, sequence_id=i)
+            for s, i in zip(answer.sequences, seq_ids, strict=True)
+        ]
+        answer = msgspec.structs.replace(answer, sequences=sequences)
+    return answer

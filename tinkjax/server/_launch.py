@@ -1,0 +1,195 @@
+"""Starting and stopping a server in-process: uvicorn on a background thread."""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import tempfile
+import threading
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from tinkjax.server._faults import FaultConfig, FaultMiddleware
+
+__all__ = ["ServerHandle", "start"]
+
+
+class ServerHandle:
+    """A running local backend.
+
+    Attributes:
+        base_url: ``http://host:port`` (give it to clients as ``TINKER_BASE_URL``).
+        host: the bound address.
+        port: the bound port.
+        data_dir: where checkpoints and metadata live.
+        faults: the live :class:`FaultConfig` (mutate ``faults.rules`` at run time).
+        backend: the server's state (models, samplers, futures, scheduler), for tests.
+    """
+
+    def __init__(
+        self,
+        *,
+        host: str,
+        port: int,
+        data_dir: Path,
+        faults: FaultConfig,
+        backend: Any,
+        server: Any,
+        thread: threading.Thread,
+        temp_dir: Path | None,
+    ) -> None:
+        self.host = host
+        self.port = port
+        self.data_dir = data_dir
+        self.faults = faults
+        self.backend = backend
+        self._server = server
+        self._thread = thread
+        self._temp_dir = temp_dir
+        self._stopped = False
+        shown = f"[{host}]" if ":" in host else host
+        self.base_url = f"http://{shown}:{port}"
+
+    @property
+    def app_state(self) -> Any:
+        """Alias of :attr:`backend`."""
+        return self.backend
+
+    @property
+    def scheduler(self) -> Any:
+        """The request scheduler (``applied`` counts executions per ``(model_id, seq_id)``)."""
+        return self.backend.scheduler
+
+    def applied_count(self, model_id: str, seq_id: int) -> int:
+        """How many times ``(model_id, seq_id)`` was executed (0 or 1 unless something broke)."""
+        return int(self.backend.scheduler.applied[(model_id, seq_id)])
+
+    @property
+    def running(self) -> bool:
+        """Whether the HTTP server thread is alive."""
+        return self._thread.is_alive() and not self._stopped
+
+    def stop(self) -> None:
+        """Stop serving, stop the worker, close the store; remove the data dir if temporary."""
+        if self._stopped:
+            return
+        self._stopped = True
+        self._server.should_exit = True
+        self.backend.futures.wake_all()
+        self._thread.join(10)
+        self.backend.stop()
+        self.backend.store.close()
+        if self._temp_dir is not None:
+            shutil.rmtree(self._temp_dir, ignore_errors=True)
+
+    def __enter__(self) -> ServerHandle:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def __repr__(self) -> str:
+        state = "running" if self.running else "stopped"
+        return f"ServerHandle({self.base_url!r}, data_dir={str(self.data_dir)!r}, {state})"
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError:
+        sock.close()
+        raise
+    sock.listen(2048)
+    sock.setblocking(False)
+    return sock
+
+
+def start(
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    data_dir: str | Path | None = None,
+    faults: FaultConfig | None = None,
+    max_body_bytes: int = 64 * 2**20,
+    seq_gap_timeout_s: float = 60.0,
+    long_poll_s: float = 25.0,
+    models: Sequence[str] | None = None,
+    log_level: str = "warning",
+) -> ServerHandle:
+    """Start a local Tinker-compatible backend on a background thread.
+
+    Args:
+        host: address to bind (loopback by default).
+        port: TCP port; 0 picks a free one (see ``handle.port``).
+        data_dir: checkpoints and metadata; ``None`` uses a temporary folder removed on stop.
+        faults: fault-injection rules (off by default); mutable later via ``handle.faults``.
+        max_body_bytes: larger request bodies are answered 413.
+        seq_gap_timeout_s: how long requests wait behind a missing ``seq_id`` before failing.
+        long_poll_s: how long ``retrieve_future`` holds a poll before answering 408.
+        models: base models served (``None``: every preset of ``tinkjax.models.PRESETS``).
+        log_level: uvicorn's log level.
+
+    Returns:
+        A :class:`ServerHandle`; use it as a context manager or call ``stop()``.
+    """
+    import uvicorn
+
+    from tinkjax.server._app import AppConfig, build_app
+    from tinkjax.server._backend import Backend
+    from tinkjax.server._futures import FutureTable
+    from tinkjax.server._store import CheckpointStore
+
+    if max_body_bytes < 1:
+        raise ValueError(f"max_body_bytes: expected >= 1, got {max_body_bytes}")
+    if seq_gap_timeout_s <= 0 or long_poll_s < 0:
+        raise ValueError("seq_gap_timeout_s must be > 0 and long_poll_s >= 0")
+    temp_dir = Path(tempfile.mkdtemp(prefix="tinkjax-server-")) if data_dir is None else None
+    root = temp_dir if temp_dir is not None else Path(data_dir)  # type: ignore[arg-type]
+    store = CheckpointStore(root)
+    backend = Backend(store, FutureTable(), seq_gap_timeout_s=seq_gap_timeout_s, models=models)
+    faults = faults if faults is not None else FaultConfig()
+    inner: Any = build_app(
+        backend, AppConfig(max_body_bytes=max_body_bytes, long_poll_s=long_poll_s)
+    )
+    app = FaultMiddleware(inner, faults)
+    try:
+        sock = _bind(host, port)
+    except OSError:
+        store.close()
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    config = uvicorn.Config(
+        app, log_level=log_level, lifespan="off", access_log=False,
+        timeout_graceful_shutdown=2, timeout_keep_alive=30,
+    )  # fmt: skip
+    server = uvicorn.Server(config)
+    thread = threading.Thread(
+        target=server.run, kwargs={"sockets": [sock]}, name="tinkjax-http", daemon=True
+    )
+    backend.start()
+    thread.start()
+    deadline = time.monotonic() + 30
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            backend.stop()
+            store.close()
+            sock.close()
+            raise RuntimeError("the tinkjax server failed to start (see the log above)")
+        time.sleep(0.005)
+    bound_port = int(sock.getsockname()[1])
+    return ServerHandle(
+        host=host, port=bound_port, data_dir=root, faults=faults, backend=backend,
+        server=server, thread=thread, temp_dir=temp_dir,
+    )  # fmt: skip
