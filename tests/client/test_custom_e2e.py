@@ -157,7 +157,8 @@ def test_breakdown_matches_the_engine_and_events_are_emitted(
         assert got.grad_norm == pytest.approx(want.grad_norm, rel=1e-4, abs=1e-7)
     assert out.regularizer_total == pytest.approx(sum(r.contribution for r in out.regularizers.values()), rel=1e-5)
     names = [s[0] for s in seen]
-    assert names[0] == "tinkjax.custom_loss.start" and names[-1] == "tinkjax.custom_loss.stop"
+    assert names[0] == "tinkjax.custom_loss.start"
+    assert names[-1] == "tinkjax.custom_loss.stop"
     computed = {md["regularizer_name"]: m for n, m, md in seen if n == "tinkjax.regularizer.compute"}
     assert set(computed) == {r.name for r in regs}
     assert computed["entropy"]["grad_norm"] == pytest.approx(out.regularizers["entropy"].grad_norm)
@@ -202,7 +203,7 @@ def reward_term(batch: LossBatch, lp: jax.Array, *, reward: jax.Array) -> jax.Ar
         (lambda d: ([Regularizer("bad_log", nan_value, weight=1.0)], d), NonFiniteError, "bad_log"),
         (lambda d: ([Regularizer("rm", reward_term, prepare=_failing_prepare)], d), RegularizerError, "'rm'.*unreachable"),
         (lambda d: ([Regularizer("slow", reward_term, prepare=_slow_prepare, prepare_timeout=0.2)], d), RegularizerError, "'slow'.*timed out"),
-        (lambda d: ([], [_with_bad_advantages(d[0])] + d[1:]), EngineInputError, "advantages"),
+        (lambda d: ([], [_with_bad_advantages(d[0]), *d[1:]]), EngineInputError, "advantages"),
     ],
     ids=["nan", "failing-async", "timeout-async", "shape-mismatch"],
 )

@@ -55,7 +55,8 @@ class SamplingRetryConfig(msgspec.Struct, frozen=True, kw_only=True):
         base_delay: first backoff delay, seconds (doubles per retry).
         max_delay: backoff cap, seconds.
         max_rate_limit_waits: 429 answers tolerated for one sample before ``RateLimitError``.
-        max_concurrent: samples in flight per client.
+        max_concurrent: samples in flight per client (the server's
+            ``sample_max_concurrent_requests`` lowers it).
         poll_timeout: overall seconds one attempt may wait for its result (``None``: no bound).
     """
 
@@ -200,7 +201,9 @@ class SamplingClient:
     async def _sample(self, fields: dict[str, Any]) -> SampleResponse:
         rc = self.retry_config
         if self._semaphore is None:
-            self._semaphore = asyncio.Semaphore(rc.max_concurrent)
+            limit = min(rc.max_concurrent,
+                        self.service.server_config.sample_max_concurrent_requests)
+            self._semaphore = asyncio.Semaphore(max(1, limit))
         backoff = Backoff(base=rc.base_delay, cap=rc.max_delay)
         failures = 0
         rate_limited = 0
