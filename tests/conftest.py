@@ -12,9 +12,9 @@ from pathlib import Path
 os.environ.setdefault("TINKJAX_JAX_CACHE", str(Path(__file__).resolve().parents[1] / ".jax_cache"))
 os.environ.setdefault("TINKER_TELEMETRY", "0")
 
-import jax  # noqa: E402
+import jax
 
-from tinkjax._jaxcfg import enable_compilation_cache  # noqa: E402
+from tinkjax._jaxcfg import enable_compilation_cache
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
 enable_compilation_cache()

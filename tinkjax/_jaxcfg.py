@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 _enabled_dir: str | None = None
 
@@ -34,13 +35,15 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> str 
         return _enabled_dir
     import jax
 
-    if jax.config.jax_compilation_cache_dir:  # the user configured it already
-        _enabled_dir = str(jax.config.jax_compilation_cache_dir)
+    configured = jax.config.read("jax_compilation_cache_dir")  # type: ignore[no-untyped-call]
+    if configured:  # the user configured it already
+        _enabled_dir = str(configured)
         return _enabled_dir
     cache = Path(path) if path is not None else default_cache_dir()
     cache.mkdir(parents=True, exist_ok=True)
-    jax.config.update("jax_compilation_cache_dir", str(cache))
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+    update: Any = jax.config.update  # untyped in jax's stubs
+    update("jax_compilation_cache_dir", str(cache))
+    update("jax_persistent_cache_min_compile_time_secs", 0.0)
+    update("jax_persistent_cache_min_entry_size_bytes", 0)
     _enabled_dir = str(cache)
     return _enabled_dir

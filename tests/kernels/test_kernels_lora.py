@@ -6,7 +6,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-
 from tinkjax.kernels import lora_delta, lora_delta_reference
 
 

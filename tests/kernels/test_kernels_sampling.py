@@ -5,7 +5,6 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from tinkjax.kernels import filter_logits, filter_logits_reference
 
 

@@ -48,4 +48,4 @@ def runtime64() -> Iterator[ModelRuntime]:
     """A float64 micro runtime; use it inside ``with jax.enable_x64(True):``."""
     with jax.enable_x64(True):
         rt = ModelRuntime(MICRO, dtype=jnp.float64, max_lora_rank=8, adapter_slots=8)
-    yield rt
+    return rt

@@ -8,7 +8,7 @@ from collections.abc import Callable
 import jax
 import numpy as np
 
-from tinkjax.models import AdamHyper, AdapterInfo, DatumArrays, FwdBwdItem, ModelRuntime
+from tinkjax.models import AdamHyper, DatumArrays, FwdBwdItem, ModelRuntime
 
 
 def _nonzero_b(rt: ModelRuntime, name: str, seed: int) -> None:

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 import pytest
 
-from collections.abc import Callable
 from tinkjax.models import (
     AdamHyper,
     DatumArrays,
@@ -44,8 +45,10 @@ def test_outputs_shapes_sums_and_forward_only(
     (res,) = runtime.forward_backward([_item("t-out", [ce_datum(toks), two_d])], forward_only=True)
     assert _zero(runtime.accumulated_gradients("t-out"))
     first, second = res.outputs
-    assert first["logprobs"].shape == (19,) and first["logprobs"].dtype == np.float32
-    assert second["logprobs"].shape == (19, 2) and second["elementwise_loss"].shape == (19, 2)
+    assert first["logprobs"].shape == (19,)
+    assert first["logprobs"].dtype == np.float32
+    assert second["logprobs"].shape == (19, 2)
+    assert second["elementwise_loss"].shape == (19, 2)
     np.testing.assert_allclose(second["logprobs"][:, 0], first["logprobs"], rtol=1e-5)
     np.testing.assert_allclose(first["elementwise_loss"], -first["logprobs"], rtol=1e-6)
     total = first["elementwise_loss"].sum() + second["elementwise_loss"].sum()
@@ -56,7 +59,8 @@ def test_outputs_shapes_sums_and_forward_only(
     out = runtime.sample(
         SampleJob(runtime.snapshot("t-out"), toks, max_tokens=0, include_prompt_logprobs=True)
     )
-    assert out.prompt_logprobs is not None and np.isnan(out.prompt_logprobs[0])
+    assert out.prompt_logprobs is not None
+    assert np.isnan(out.prompt_logprobs[0])
     np.testing.assert_allclose(out.prompt_logprobs[1:], first["logprobs"], rtol=1e-4, atol=1e-5)
 
 
@@ -107,13 +111,15 @@ def test_untrained_targets_stay_zero(
         )
         metrics = runtime.optim_step("t-attn", AdamHyper(learning_rate=1e-2, weight_decay=0.1))
     assert sorted(metrics) == ["grad_norm:mean", "learning_rate:mean", "step:max"]
-    assert metrics["step:max"] == 2.0 and metrics["grad_norm:mean"] > 0
+    assert metrics["step:max"] == 2.0
+    assert metrics["grad_norm:mean"] > 0
     state = runtime.export_state("t-attn", include_optimizer=False)
     assert sorted({k.split(".")[1] for k in state}) == ["k", "o", "q", "v"]
     assert np.any(state["lora.q.b"])
     stack_a, stack_b = runtime._stack["gate"]  # the shared stack keeps this slot's MLP at zero
     slot = runtime._slots["t-attn"]
-    assert not np.any(stack_a[slot]) and not np.any(stack_b[slot])
+    assert not np.any(stack_a[slot])
+    assert not np.any(stack_b[slot])
 
 
 def test_validation_errors(
@@ -218,4 +224,5 @@ def test_training_lowers_loss_and_sampling_reproduces_text(
         runtime.optim_step("t-fit", AdamHyper(learning_rate=2e-2))
     assert losses[-1] < 0.5 * losses[0]
     after = greedy_matches()
-    assert after > before and after >= 10
+    assert after > before
+    assert after >= 10

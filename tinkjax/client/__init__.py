@@ -4,7 +4,7 @@ from ._backoff import Backoff, backoff_delay, retry_after_seconds
 from ._chunking import chunk_data, combine_outputs, estimate_datum_bytes
 from ._config import DEFAULT_BASE_URL, ClientConfig, WireMode, mask_secrets, resolve_config
 from ._download import CheckpointDownload, UnsafeArchiveError, safe_extract
-from ._futures import APIFuture
+from ._futures import APIFuture, ClientFuture
 from ._ratelimit import TenantRateLimiter, limiter_for
 from ._rest import RestClient, apaginate, paginate
 from ._sampling import SamplingClient, SamplingRetryConfig
@@ -18,6 +18,7 @@ __all__ = [
     "Backoff",
     "CheckpointDownload",
     "ClientConfig",
+    "ClientFuture",
     "RestClient",
     "SamplingClient",
     "SamplingRetryConfig",

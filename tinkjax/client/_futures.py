@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import warnings
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from ._loop import warn_if_in_loop
 
-__all__ = ["APIFuture"]
+__all__ = ["APIFuture", "ClientFuture"]
 
 T = TypeVar("T")
 
@@ -80,3 +81,26 @@ class APIFuture(Generic[T]):
     def __repr__(self) -> str:
         state = "done" if self._future.done() else "pending"
         return f"<APIFuture {state}>"
+
+
+class ClientFuture(APIFuture[T]):
+    """The future of a client (``ServiceClient.create_*``).
+
+    As in the official SDK, it can still be used in place of the client it will hold
+    (``training = service.create_lora_training_client(...); training.forward_backward(...)``):
+    attribute access waits for the client and warns with a ``FutureWarning``. Prefer
+    ``.result()`` or ``await``.
+    """
+
+    __slots__ = ()
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("__"):
+            raise AttributeError(name)
+        warnings.warn(
+            "using the future of a client as the client is deprecated; call .result() (or "
+            "await it) first",
+            FutureWarning,
+            stacklevel=2,
+        )
+        return getattr(self.result(), name)

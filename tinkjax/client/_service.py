@@ -37,7 +37,7 @@ from tinkjax.types import (
 )
 
 from ._config import ClientConfig, WireMode, mask_secrets, resolve_config
-from ._futures import APIFuture
+from ._futures import APIFuture, ClientFuture
 from ._loop import submit, warn_if_in_loop
 from ._polling import poll_future
 from ._transport import Transport, decode_response
@@ -302,7 +302,7 @@ class ServiceClient:
         train_unembed: bool = True,
         user_metadata: dict[str, str] | None = None,
         optimizer: OptimizerConfig | None = None,
-    ) -> APIFuture[TrainingClient]:
+    ) -> ClientFuture[TrainingClient]:
         """Create a LoRA adapter on ``base_model`` and a ``TrainingClient`` for it.
 
         Raises:
@@ -316,7 +316,7 @@ class ServiceClient:
             raise ConfigurationError(f"rank must be >= 1, got {rank}")
         lora = LoraConfig(rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp,
                           train_attn=train_attn)
-        return APIFuture(submit(self._create_lora(base_model, lora, user_metadata, optimizer)))
+        return ClientFuture(submit(self._create_lora(base_model, lora, user_metadata, optimizer)))
 
     async def create_lora_training_client_async(
         self,
@@ -374,10 +374,10 @@ class ServiceClient:
         user_metadata: dict[str, str] | None = None,
         weights_access_token: str | None = None,
         optimizer: OptimizerConfig | None = None,
-    ) -> APIFuture[TrainingClient]:
+    ) -> ClientFuture[TrainingClient]:
         """A new model initialised from the checkpoint ``path`` (weights only, fresh optimizer)."""
         self._check_open()
-        return APIFuture(submit(self._create_from_state(
+        return ClientFuture(submit(self._create_from_state(
             path, False, base_model, user_metadata, weights_access_token, optimizer)))
 
     async def create_training_client_from_state_async(
@@ -399,10 +399,10 @@ class ServiceClient:
         user_metadata: dict[str, str] | None = None,
         weights_access_token: str | None = None,
         optimizer: OptimizerConfig | None = None,
-    ) -> APIFuture[TrainingClient]:
+    ) -> ClientFuture[TrainingClient]:
         """A new model resuming the checkpoint ``path`` with its optimizer state."""
         self._check_open()
-        return APIFuture(submit(self._create_from_state(
+        return ClientFuture(submit(self._create_from_state(
             path, True, base_model, user_metadata, weights_access_token, optimizer)))
 
     async def create_training_client_from_state_with_optimizer_async(
@@ -456,7 +456,7 @@ class ServiceClient:
         base_model: str | None = None,
         retry_config: SamplingRetryConfig | None = None,
         record_stability_info: bool = False,
-    ) -> APIFuture[SamplingClient]:
+    ) -> ClientFuture[SamplingClient]:
         """A ``SamplingClient`` for saved sampler weights (``model_path``) or a base model.
 
         Raises:
@@ -468,7 +468,7 @@ class ServiceClient:
             raise ConfigurationError("pass exactly one of model_path and base_model")
         if model_path is not None and not model_path.startswith("tinker://"):
             raise ConfigurationError(f"model_path {model_path!r} must start with 'tinker://'")
-        return APIFuture(submit(self._create_sampling(
+        return ClientFuture(submit(self._create_sampling(
             model_path, base_model, retry_config, record_stability_info)))
 
     async def create_sampling_client_async(

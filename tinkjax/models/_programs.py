@@ -286,5 +286,5 @@ def sample_core(
         jnp.zeros((n_rows,), bool), jnp.zeros((n_rows,), jnp.int32),
         jnp.full((n_rows, stops.shape[1]), -1, jnp.int32),
     )  # fmt: skip
-    final = jax.lax.while_loop(keep_going, step, init)
+    final = jax.lax.while_loop(keep_going, step, init)  # type: ignore[arg-type]
     return final[4], final[5], final[7], final[6], prompt_lp

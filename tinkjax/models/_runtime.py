@@ -168,7 +168,7 @@ class ModelRuntime:
         self.base_model = base_model
         self.tokenizer = ByteTokenizer()
         self.dtype = jnp.dtype(dtype)
-        if self.dtype == jnp.float64 and not jax.config.jax_enable_x64:
+        if self.dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):  # type: ignore[no-untyped-call]
             raise ValueError("dtype: float64 needs x64 (use `with jax.enable_x64(True):`)")
         self.max_lora_rank = max_lora_rank
         if adapter_slots < 1:
@@ -351,9 +351,9 @@ class ModelRuntime:
             for start in range(0, len(rows), per_call):
                 chunk = rows[start : start + per_call]
                 lp, el = self._run_batch(loss_fn, chunk, length, width, forward_only)
-                for r, (datum, _, _, i, j) in enumerate(chunk):
-                    n, kk = datum.targets.shape
-                    shape = (n,) if datum.one_dim else (n, kk)
+                for r, (row, _, _, i, j) in enumerate(chunk):
+                    n, kk = row.targets.shape
+                    shape = (n,) if row.one_dim else (n, kk)
                     outputs[i][j] = {
                         "logprobs": lp[r, :n, :kk].reshape(shape).astype(np.float32),
                         "elementwise_loss": el[r, :n, :kk].reshape(shape).astype(np.float32),

@@ -58,7 +58,8 @@ def init_base_params(config: ModelConfig, dtype: jnp.dtype) -> BaseParams:
 
     def normal(shape: tuple[int, ...], fan_in: int, gain: float = 1.0) -> jax.Array:
         w = jax.random.normal(next(keys), shape, jnp.float32) * (gain / fan_in**0.5)
-        return w.astype(dtype)
+        out: jax.Array = w.astype(dtype)
+        return out
 
     return {
         "embed": normal((v, d), 1),
@@ -161,7 +162,7 @@ def forward(
             new_cache = KVCache(keys, values)
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys) / jnp.sqrt(jnp.asarray(hd, q.dtype))
         visible = key_pos[None, :] <= positions[:, None]  # [T, Tk]
-        scores = jnp.where(visible[None, None], scores, jnp.finfo(scores.dtype).min)
+        scores = jnp.where(visible[None, None], scores, jnp.finfo(scores.dtype).min)  # type: ignore[no-untyped-call]
         attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), values)
         h = h + _project(attn.reshape(bsz, seq, n_h * hd), p["o"], "o", lw, lora)
         x = _rms_norm(h, p["mlp_norm"], config.norm_eps)
