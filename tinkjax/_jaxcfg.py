@@ -35,7 +35,7 @@ def enable_compilation_cache(path: str | os.PathLike[str] | None = None) -> str 
         return _enabled_dir
     import jax
 
-    configured = jax.config.read("jax_compilation_cache_dir")  # type: ignore[no-untyped-call]
+    configured = jax.config.jax_compilation_cache_dir  # type: ignore[attr-defined]
     if configured:  # the user configured it already
         _enabled_dir = str(configured)
         return _enabled_dir

@@ -168,7 +168,7 @@ class ModelRuntime:
         self.base_model = base_model
         self.tokenizer = ByteTokenizer()
         self.dtype = jnp.dtype(dtype)
-        if self.dtype == jnp.float64 and not jax.config.read("jax_enable_x64"):  # type: ignore[no-untyped-call]
+        if self.dtype == jnp.float64 and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
             raise ValueError("dtype: float64 needs x64 (use `with jax.enable_x64(True):`)")
         self.max_lora_rank = max_lora_rank
         if adapter_slots < 1:
