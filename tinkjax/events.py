@@ -27,6 +27,23 @@ event                                         measurements                      
 ``tinkjax.session.heartbeat_failed``          ``since_success_s``                ``session_id``
 ============================================  =================================  =================
 
+Events emitted by ``TrainingClient.forward_backward_custom`` (the engine), all with
+``model_id`` in their metadata:
+
+============================================  =================================  =================
+event                                         measurements                       metadata
+============================================  =================================  =================
+``tinkjax.custom_loss.start``                 ``system_time``                    ``regularizer_count``,
+                                                                                 ``track_grad_norms``
+``tinkjax.regularizer.compute``               ``value``, ``contribution``,       ``regularizer_name``,
+                                              ``grad_norm`` (when tracked)       ``weight``
+``tinkjax.custom_loss.stop``                  ``duration``, ``loss_total``,      ``regularizer_count``
+                                              ``regularizer_total``
+``tinkjax.custom_loss.exception``             ``duration``                       ``reason``, ``message``,
+                                                                                 ``term``/``datum``/``name``
+                                                                                 when known
+============================================  =================================  =================
+
 "ids" are ``session_id``, ``model_id`` and ``sampling_session_id`` (``None`` when not
 applicable); "telemetry" is ``telemetry_metadata``, the dict set by :func:`telemetry_metadata`
 around the call that made the request.
