@@ -206,7 +206,7 @@ FUZZ_ENDPOINTS = ["create_model", "optim_step", "asample", "forward_backward", "
                   "weights_info"]  # fmt: skip
 
 
-@settings(max_examples=160, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_fuzz_json_bodies(data: st.DataObject, http: httpx.Client, server: ServerHandle,
                           ctx: dict[str, str]) -> None:
@@ -226,7 +226,7 @@ def test_fuzz_json_bodies(data: st.DataObject, http: httpx.Client, server: Serve
         assert "detail" in r.json()
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=300, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
 def test_fuzz_protobuf_bodies(data: st.DataObject, http: httpx.Client, ctx: dict[str, str]) -> None:
     datum = Datum(

@@ -212,7 +212,7 @@ def test_gspo_and_two_d_targets(http: httpx.Client, server: ServerHandle) -> Non
     two_d = {
         "model_input": base["model_input"],
         "loss_fn_inputs": {
-            "target_tokens": {"data": sum(targets, []), "dtype": "int64", "shape": [n, 2]},
+            "target_tokens": {"data": [t for row in targets for t in row], "dtype": "int64", "shape": [n, 2]},
             "weights": {"data": [1.0, 0.0] * n, "dtype": "float32", "shape": [n, 2]},
         },
     }
@@ -224,3 +224,28 @@ def test_gspo_and_two_d_targets(http: httpx.Client, server: ServerHandle) -> Non
     lp1 = np.asarray(out["loss_fn_outputs"][1]["logprobs"]["data"])
     np.testing.assert_allclose(lp2_arr[:, 0], lp1, rtol=1e-5)
     np.testing.assert_allclose(lp2_arr[:, 1], lp1, rtol=1e-5)
+
+
+def test_old_snapshot_samplers_are_evicted(
+    http: httpx.Client, server: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import tinkjax.server._backend as backend_module
+
+    monkeypatch.setattr(backend_module, "MAX_SNAPSHOT_SAMPLERS", 1)
+    session = new_session(http)
+    model = new_model(http, session)
+    ids = [
+        _save(
+            http, server, "save_weights_for_sampler",
+            {"model_id": model, "sampling_session_seq_id": i},
+        )
+        for i in range(2)
+    ]
+    assert ids == [f"{session}:sample:0", f"{session}:sample:1"]
+    body = {"num_samples": 1, "sampling_params": {"max_tokens": 2},
+            "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1, 2]}]}}  # fmt: skip
+    gone = post(http, "asample", {**body, "sampling_session_id": ids[0]})
+    assert gone.status_code == 404
+    assert "snapshot" in gone.json()["detail"]
+    ok = post(http, "asample", {**body, "sampling_session_id": ids[1]})
+    assert len(result(http, ok.json()["request_id"]).json()["sequences"]) == 1

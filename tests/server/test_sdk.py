@@ -162,3 +162,37 @@ def test_sdk_two_d_targets_protobuf(service: object) -> None:
     assert lp2.shape == (n, 2)
     np.testing.assert_allclose(lp2[:, 0], lp1, rtol=1e-5)
     assert out.metrics["loss:sum"] == pytest.approx(float(-lp1.sum() * 2), rel=1e-4)
+
+
+def test_sdk_rest_client(service: object) -> None:
+    tc = service.create_lora_training_client(base_model=MICRO, rank=3).result()
+    state = tc.save_state("rest-1").result().path
+    sampler_path = tc.save_weights_for_sampler("rest-s").result().path
+    rest = tinker.RestClient()
+    caps = rest.get_server_capabilities().result()
+    assert MICRO in [m.model_name for m in caps.supported_models]
+    run = rest.get_training_run(tc.model_id).result()
+    assert (run.base_model, run.lora_rank, run.is_lora) == (MICRO, 3, True)
+    assert rest.get_training_run_by_tinker_path(state).result().training_run_id == tc.model_id
+    info = rest.get_weights_info_by_tinker_path(sampler_path).result()
+    assert (info.base_model, info.lora_rank) == (MICRO, 3)
+    runs = rest.list_training_runs(limit=100).result()
+    assert tc.model_id in [r.training_run_id for r in runs.training_runs]
+    users = rest.list_user_checkpoints().result()
+    assert state in [c.tinker_path for c in users.checkpoints]
+    rest.publish_checkpoint_from_tinker_path(state).result()
+    rest.set_checkpoint_ttl_from_tinker_path(state, 7200).result()
+    listed = rest.list_checkpoints(tc.model_id).result().checkpoints
+    assert [c.public for c in listed] == [True, False]
+    assert listed[0].expires_at is not None
+    rest.delete_checkpoint_from_tinker_path(sampler_path).result()
+    assert [c.tinker_path for c in rest.list_checkpoints(tc.model_id).result().checkpoints] == [
+        state
+    ]
+    session_id = tc.model_id.split(":train:")[0]
+    assert session_id in rest.list_sessions().result().sessions
+    assert tc.model_id in rest.get_session(session_id).result().training_run_ids
+    tc.save_weights_and_get_sampling_client().result()
+    sampler_id = rest.get_session(session_id).result().sampler_ids[-1]
+    sampler = rest.get_sampler(sampler_id).result()
+    assert (sampler.sampler_id, sampler.base_model) == (sampler_id, MICRO)

@@ -1,6 +1,6 @@
 """``tinkjax`` entry point: an argparse parser with one subcommand per action.
 
-Subcommands register themselves in :data:`SUBCOMMANDS` as ``name -> (add_arguments, run)``;
+Subcommands register themselves in :data:`SUBCOMMANDS` as ``name -> (help, add_arguments, run)``;
 add a module and an entry to add a command.
 """
 

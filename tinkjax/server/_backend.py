@@ -8,6 +8,7 @@ thread, the only thread that touches a ``ModelRuntime``.
 
 from __future__ import annotations
 
+import collections
 import json
 import math
 import threading
@@ -63,6 +64,9 @@ __all__ = ["Backend", "ModelRecord", "SamplerRecord"]
 
 #: ``max_tokens`` used when a sample request leaves it unset (capped by the context length).
 DEFAULT_MAX_TOKENS = 64
+#: In-memory weight snapshots kept for unnamed sampler saves (oldest evicted first; RL loops
+#: make one per iteration).
+MAX_SNAPSHOT_SAMPLERS = 256
 #: Most samples one request may ask for.
 MAX_NUM_SAMPLES = 1024
 STATE_FILE = "state.safetensors"
@@ -139,6 +143,7 @@ class Backend:
         self._lock = threading.RLock()
         self._models: dict[str, ModelRecord] = {}
         self._samplers: dict[str, SamplerRecord] = {}
+        self._snapshot_ids: collections.deque[str] = collections.deque()
         self._runtimes: dict[str, ModelRuntime] = {}
 
     # ----------------------------------------------------------------- lifecycle
@@ -558,6 +563,9 @@ class Backend:
                 self._samplers[sampler_id] = SamplerRecord(
                     sampler_id=sampler_id, base_model=record.base_model, snapshot=snapshot
                 )
+                self._snapshot_ids.append(sampler_id)
+                while len(self._snapshot_ids) > MAX_SNAPSHOT_SAMPLERS:
+                    self._samplers.pop(self._snapshot_ids.popleft(), None)
             return SaveWeightsForSamplerResponseInternal(
                 sampling_session_id=sampler_id, type="save_weights_for_sampler"
             )
@@ -761,8 +769,9 @@ class Backend:
             if info.model_path is None:
                 raise ApiError(
                     404,
-                    f"sampling_session_id: {req.sampling_session_id!r} sampled from in-memory "
-                    "weights, which do not survive a server restart; create a new sampling client",
+                    f"sampling_session_id: {req.sampling_session_id!r} sampled from an in-memory "
+                    f"weights snapshot, which is gone (only the last {MAX_SNAPSHOT_SAMPLERS} are "
+                    "kept, and none survive a restart); create a new sampling client",
                     field="sampling_session_id",
                 )
             record = SamplerRecord(
