@@ -42,12 +42,24 @@ def test_gradient_matches_finite_differences(
         _nonzero_b(rt, "fd", 0)
         toks = random_tokens(1, 21)
         rng = np.random.default_rng(2)
-        datum = DatumArrays(toks[:-1], {
-            "target_tokens": toks[1:], "logprobs": -rng.uniform(3, 7, size=20),
-            "advantages": rng.normal(size=20),
-        })  # fmt: skip
-        for loss, cfg in (("ppo", {"clip_low_threshold": 0.0, "clip_high_threshold": 1e9}), ("dro", {"beta": 0.1})):
+        sampler_lp = -rng.uniform(3, 7, size=20)
+        rl = {"target_tokens": toks[1:], "logprobs": sampler_lp, "advantages": rng.normal(size=20)}
+        # Losses whose gradient is defined with stop-gradients (cispo, gspo) equal the
+        # derivative of their value only where those do not matter: cispo with its ratio
+        # clipped to a constant, gspo with one advantage per sequence and no clipping.
+        cases = [
+            ("cross_entropy", {}, {"target_tokens": toks[1:], "weights": rng.normal(size=20)}),
+            ("importance_sampling", {}, rl),
+            ("ppo", {"clip_low_threshold": 0.0, "clip_high_threshold": 1e9}, rl),
+            ("cispo", {"clip_low_threshold": 0.9, "clip_high_threshold": 0.9}, rl),
+            ("dro", {"beta": 0.1}, rl),
+            ("gspo", {"clip_low_threshold": 0.0, "clip_high_threshold": 1e9},
+             {**rl, "advantages": np.full(20, 0.7), "sequence_ratio_mask": np.ones(20)}),
+        ]  # fmt: skip
+        for loss, cfg, inputs in cases:
+            datum = DatumArrays(toks[:-1], inputs)
             grads = _grad(rt, "fd", [datum], loss, **cfg)
+            assert any(np.any(g) for g in grads.values()), loss
             state = rt.export_state("fd", include_optimizer=False)
             info = rt.adapter_info("fd")
             for key, index in (("lora.q.a", (1, 3, 2)), ("lora.down.b", (0, 1, 5)), ("lora.lm_head.b", (0, 2, 7)), ("lora.up.a", (0, 0, 0))):
