@@ -975,5 +975,11 @@ def _load_state(folder: Any) -> dict[str, np.ndarray]:
 
 
 def _warmup() -> None:
-    """Import the model stack on the worker thread while the server starts answering."""
+    """Import the model stack on the worker thread while the server starts answering, and
+    turn on JAX's persistent compilation cache (``$TINKJAX_JAX_CACHE``, default
+    ``~/.cache/tinkjax/jax``; ``off`` disables it) so a restarted server does not recompile
+    the programs of the shapes it has seen."""
+    from tinkjax._jaxcfg import enable_compilation_cache
+
+    enable_compilation_cache()
     import tinkjax.models  # noqa: F401
