@@ -5,9 +5,10 @@ instance with its own parameter, so XLA cannot merge them) and T ∈ {4k, 64k, 1
 tokens:
 
 * kernel time (the jitted program on device-resident inputs) of: ``plain`` (value and
-  gradient of the total, no norms), ``grads`` (per-term gradient norms, one value_and_grad per
-  term), ``vmap`` (per-kind vmap over stacked parameters) and, up to 64k tokens, the ``jacrev``
-  test reference; medians over rounds, methods shuffled per round, 3 consecutive calls each;
+  gradient of the total, no norms), ``grads`` (per-term gradient norms: a scan over the
+  regularizers, one ``value_and_grad`` branch per regularizer), ``vmap`` (the same scan with
+  one branch per kind of regularizer, iterating over its stacked parameters) and, up to 64k
+  tokens, the ``jacrev`` test reference; medians over rounds, methods shuffled per round, 3 consecutive calls each;
   ratios are medians of per-round ratios;
 * end-to-end step time (pack + device_put + program + checks + split back to NumPy);
 * first-call time (trace + compile + run; persistent compilation cache off);

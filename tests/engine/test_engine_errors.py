@@ -169,6 +169,17 @@ def test_async_prepare_feeds_the_kernel() -> None:
     want = sum((i + 1) * lp.astype(np.float64).sum() for i, lp in enumerate(lps))
     assert result.regularizers["rm"].value == pytest.approx(want, rel=1e-5)
     np.testing.assert_allclose(result.gradients[2], np.full(LENGTHS[2], 2.0 * 3.0))
+    # with norms, next to a regularizer of another kind and one of the same function
+    regs = [R.l2(weight=1.0), reg, Regularizer("rm2", reward_term, weight=0.5, prepare=_rewards)]
+    want_norm = np.sqrt(sum((i + 1) ** 2 * n for i, n in enumerate(LENGTHS)))
+    for method in ("grads", "vmap"):
+        tracked = compute_custom_loss(
+            inputs, lps, None, regularizers=regs, track_grad_norms=True, norm_method=method
+        )
+        for name in ("rm", "rm2"):
+            assert tracked.regularizers[name].grad_norm == pytest.approx(want_norm, rel=1e-5)
+            assert tracked.regularizers[name].value == pytest.approx(want, rel=1e-5)
+        np.testing.assert_allclose(tracked.gradients[2], 2.0 * lps[2] + 2.5 * 3.0, rtol=1e-5)
 
 
 def test_async_prepare_failure_and_timeout_name_the_regularizer() -> None:

@@ -17,6 +17,8 @@ import pytest
 import tinkjax.regularizers as R
 from tinkjax.engine import (
     DatumLoss,
+    LossBatch,
+    Regularizer,
     compute_custom_loss,
     reference_grad_norms,
     trace_count,
@@ -160,6 +162,43 @@ def test_grad_norms_match_separate_grads_vmap_and_jacrev() -> None:
     assert by_grads.regularizers["l1b"].contribution == pytest.approx(
         0.2 * by_grads.regularizers["l1b"].value
     )
+
+
+def _shifted_max(batch: LossBatch, lp: jax.Array, *, shift: jax.Array) -> Any:
+    x = jnp.where(batch.mask > 0, lp + shift, -jnp.inf)
+    return batch.token_sum(lp * shift), {"max": jnp.max(x), "tokens": batch.num_tokens}
+
+
+def _counted(batch: LossBatch, lp: jax.Array) -> Any:
+    return batch.token_sum(lp * lp), {"positive": jnp.sum((lp > -0.5) & (batch.mask > 0))}
+
+
+def test_regularizer_metrics_agree_across_norm_methods() -> None:
+    """Metrics of several kinds and instances come back per regularizer, whatever the path."""
+    inputs, lps = rl_data(LENGTHS, seed=4)
+    regs = [
+        Regularizer("shift_a", _shifted_max, weight=0.5, params={"shift": 1.0}),
+        Regularizer("counted", _counted, weight=0.1),
+        Regularizer("shift_b", _shifted_max, weight=-0.5, params={"shift": 3.0}),
+        R.l1(weight=0.2),
+    ]
+    lp_all = np.concatenate(lps).ravel()
+    want = {
+        "shift_a/max": lp_all.max() + 1.0,
+        "shift_a/tokens": lp_all.size,
+        "counted/positive": (lp_all > -0.5).sum(),
+        "shift_b/max": lp_all.max() + 3.0,
+        "shift_b/tokens": lp_all.size,
+    }
+    for track, method in ((False, "grads"), (True, "grads"), (True, "vmap")):
+        out = compute_custom_loss(
+            inputs, lps, "ppo", regularizers=regs, track_grad_norms=track, norm_method=method
+        )
+        got = {k: v for k, v in out.metrics.items() if "/" in k}
+        assert got.keys() == want.keys(), (track, method)
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=1e-6), (track, method, key)
+        assert out.regularizers["shift_b"].metrics["max"] == pytest.approx(lp_all.max() + 3.0)
 
 
 def _tinker_style(data: list[dict[str, jax.Array]], logprobs: list[jax.Array]) -> Any:

@@ -39,7 +39,7 @@ def compute_custom_loss(
     regularizers: Sequence[Regularizer] = (),
     loss_fn_config: Mapping[str, float] | None = None,
     track_grad_norms: bool = False,
-    norm_method: NormMethod = "grads",
+    norm_method: NormMethod = "vmap",
     data: Sequence[Any] | None = None,
     emit: EmitFn | None = None,
     dtype: npt.DTypeLike = np.float32,
@@ -59,8 +59,12 @@ def compute_custom_loss(
         regularizers: terms added with their weights; names must be unique.
         loss_fn_config: config of a built-in loss (e.g. PPO clip thresholds); traced.
         track_grad_norms: also compute each term's gradient norm (same program).
-        norm_method: ``"grads"`` (one ``value_and_grad`` per regularizer) or ``"vmap"``
-            (one ``vmap`` per kind of regularizer over its stacked parameters).
+        norm_method: how regularizers are grouped in the program. ``"grads"``: every
+            regularizer is its own term with its own ``value_and_grad``; ``"vmap"``:
+            regularizers of one kind (same function, static options and parameter shapes)
+            share one term over their stacked parameters (``vmap``ped without norms, iterated
+            with them). Same numbers either way; ``"vmap"`` (the default) traces and
+            compiles a smaller program.
         data: what regularizers' ``prepare`` steps receive (default: ``inputs``).
         emit: ``emit(event, measurements, metadata)`` for ``custom_loss.start/stop/exception``
             and ``regularizer.compute``.
@@ -120,7 +124,7 @@ async def compute_custom_loss_async(
     regularizers: Sequence[Regularizer] = (),
     loss_fn_config: Mapping[str, float] | None = None,
     track_grad_norms: bool = False,
-    norm_method: NormMethod = "grads",
+    norm_method: NormMethod = "vmap",
     data: Sequence[Any] | None = None,
     emit: EmitFn | None = None,
     dtype: npt.DTypeLike = np.float32,
@@ -161,7 +165,7 @@ def lower_custom_loss(
     regularizers: Sequence[Regularizer] = (),
     loss_fn_config: Mapping[str, float] | None = None,
     track_grad_norms: bool = False,
-    norm_method: NormMethod = "grads",
+    norm_method: NormMethod = "vmap",
     dtype: npt.DTypeLike = np.float32,
     bucketing: Bucketing = _DEFAULT_BUCKETING,
 ) -> jax.stages.Lowered:

@@ -1,7 +1,9 @@
 """Evaluating one loss term inside the jitted program.
 
-A term is the base loss or a group of regularizers sharing one function ("kind"): a group of
-size ``n > 1`` is evaluated with ``vmap`` over its stacked parameters, size 1 directly.
+A term is the base loss or a group of regularizers sharing one function ("kind"). Without
+gradient norms a group of size ``n > 1`` is evaluated with ``vmap`` over its stacked
+parameters, size 1 directly; with them the kernel evaluates one member at a time
+(:mod:`tinkjax.engine._kernel`).
 """
 
 from __future__ import annotations
@@ -127,26 +129,6 @@ def group_values(
 
     values, metrics = jax.vmap(one)(params)
     return values, metrics
-
-
-def group_values_and_grads(
-    term: TermPlan,
-    lp: Array,
-    batch: LossBatch,
-    params: Mapping[str, Array],
-    prepared: Mapping[str, Array],
-) -> tuple[Array, Metrics, Array]:
-    """Values ``[n]``, metrics ``{key: [n]}`` and gradients ``[n, *lp.shape]`` of a group."""
-
-    def one(x: Array, p: Mapping[str, Array]) -> tuple[Array, Metrics]:
-        return eval_term(term, x, batch, p, prepared)
-
-    value_and_grad = jax.value_and_grad(one, has_aux=True)
-    if term.size == 1:
-        (value, metrics), grad = value_and_grad(lp, _first(params))
-        return value[None], {k: v[None] for k, v in metrics.items()}, grad[None]
-    (values, metrics), grads = jax.vmap(value_and_grad, in_axes=(None, 0))(lp, params)
-    return values, metrics, grads
 
 
 def builtin_loss(
