@@ -12,13 +12,8 @@ from the outside by wrapping functions, so the server code itself is unchanged:
 ``CLOCK_MONOTONIC`` is one clock for every process of the machine, so a client process can
 line these times up against its own ``time.monotonic()``. ``GET /_bench/timings`` answers the
 records collected since the last such call (and clears them). Prints the URL like
-``tinkjax serve``. Run ``python bench/timed_server.py [--nodelay] [--profile FILE]``.
-
-``--nodelay`` sets ``TCP_NODELAY`` on the listening socket (accepted sockets inherit it on
-Linux). ``tinkjax.server.start`` binds its socket with protocol 0, and asyncio only sets
-``TCP_NODELAY`` on sockets whose protocol is ``IPPROTO_TCP``, so without it every response
-whose headers and body go out in two writes waits ~40 ms for the client's delayed ACK (Nagle).
-With ``--profile`` the worker thread runs under cProfile; stats go to FILE at exit (SIGTERM).
+``tinkjax serve``. Run ``python bench/timed_server.py [--profile FILE]``; with ``--profile``
+the worker thread runs under cProfile and the stats go to FILE at exit (SIGTERM).
 """
 
 from __future__ import annotations
@@ -27,7 +22,6 @@ import argparse
 import cProfile
 import json
 import signal
-import socket
 import sys
 import threading
 import time
@@ -84,24 +78,13 @@ class Timing:
             _add("http", row)
 
 
-def _instrument(profile: cProfile.Profile | None, *, nodelay: bool) -> None:
+def _instrument(profile: cProfile.Profile | None) -> None:
     import tinkjax.server._launch as launch
     from tinkjax.models import ModelRuntime
     from tinkjax.server._scheduler import Scheduler
 
-    if nodelay:
-        bind = launch._bind
-
-        def bind_nodelay(host: str, port: int) -> socket.socket:
-            sock = bind(host, port)
-            # Linux copies TCP_NODELAY from the listening socket to accepted ones.
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            return sock
-
-        launch._bind = bind_nodelay
-
-    fault_middleware = launch.FaultMiddleware
-    launch.FaultMiddleware = lambda inner, faults: Timing(fault_middleware(inner, faults))  # type: ignore[assignment,misc]
+    fault_middleware = getattr(launch, "FaultMiddleware")  # noqa: B009
+    setattr(launch, "FaultMiddleware", lambda inner, faults: Timing(fault_middleware(inner, faults)))  # noqa: B010
 
     execute = Scheduler._execute
 
@@ -139,12 +122,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, default=0)
     parser.add_argument("--profile", default=None, help="cProfile the worker; stats to FILE")
-    parser.add_argument(
-        "--nodelay", action="store_true", help="set TCP_NODELAY on the listening socket"
-    )
     args = parser.parse_args()
     profile = cProfile.Profile() if args.profile else None
-    _instrument(profile, nodelay=args.nodelay)
+    _instrument(profile)
     from tinkjax.server import start
 
     handle = start(port=args.port)

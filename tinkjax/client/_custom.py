@@ -177,7 +177,7 @@ def forward_backward_custom_async_impl(
     regularizers: Sequence[Regularizer] = (),
     track_grad_norms: bool = False,
     loss_fn_config: Mapping[str, float] | None = None,
-    norm_method: NormMethod = "grads",
+    norm_method: NormMethod = "vmap",
     dtype: npt.DTypeLike = np.float32,
     bucketing: Bucketing | None = None,
 ) -> Coroutine[Any, Any, CustomForwardBackwardOutput]:
