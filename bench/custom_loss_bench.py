@@ -11,10 +11,11 @@ backward per term) before its own ``loss.backward()``.
 Measured per step, medians over warm steps, in one run:
 
 * ``step``: wall time of ``forward_backward_custom(...).result()``;
-* ``passes``: wall time of the same two server passes made plainly by the same client
-  (``forward`` then ``forward_backward`` with cross-entropy weights), i.e. the server work and
-  the transport of a step without the custom loss;
-* ``client = step − passes``: what the custom-loss path costs on the client;
+* ``client-side``: the part of the step during which nothing server-side was active for it
+  (no HTTP handler of a step endpoint, no worker job, no JAX call), from the timestamps of
+  ``bench/timed_server.py`` (the same server as ``tinkjax serve``) on the machine's one
+  monotonic clock: the client's own work, the loss, and the wire;
+* ``server``: the rest of the step (``step − client-side``);
 * ``loss``: the loss computation alone (tinkjax: the engine call, from its
   ``custom_loss.start/stop`` events; official: the user ``loss_fn`` with its per-term
   ``autograd.grad`` calls plus the SDK's ``loss.backward()``, timed with a tensor hook).
@@ -29,9 +30,7 @@ import argparse
 import json
 import os
 import platform
-import re
 import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -40,22 +39,11 @@ from typing import Any
 import numpy as np
 
 ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+
+import _harness as H  # noqa: E402
+
 WEIGHTS = {"l1": 0.01, "entropy": -0.02, "l2": 0.05, "sequence_variance": 0.5}
-
-
-def start_server() -> tuple[subprocess.Popen[str], str]:
-    exe = Path(sys.executable).with_name("tinkjax")
-    proc = subprocess.Popen(
-        [str(exe), "serve", "--port", "0"], stdout=subprocess.PIPE, text=True,
-        env={**os.environ, "TINKER_TELEMETRY": "0"},
-    )  # fmt: skip
-    assert proc.stdout is not None
-    line = proc.stdout.readline()
-    match = re.search(r"(http://\S+)", line)
-    if not match:
-        proc.kill()
-        raise RuntimeError(f"unexpected server output: {line!r}")
-    return proc, match.group(1)
 
 
 def make_data(n: int, length: int, seed: int) -> list[Any]:
@@ -147,25 +135,21 @@ def bench_tinkjax(url: str, model: str, data: list[Any], steps: int, warmup: int
     )
     service = ServiceClient(base_url=url, api_key="tml-bench-tinkjax")
     tc = service.create_lora_training_client(model, rank=16, seed=0).result()
-    step_s, pass_s = [], []
+    windows = []
     out = None
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         out = tc.forward_backward_custom(
             data, "cross_entropy", regularizers=regs, track_grad_norms=True
         ).result()
-        t1 = time.perf_counter()
-        tc.forward(data, "cross_entropy").result()
-        tc.forward_backward(data, "cross_entropy").result()
-        t2 = time.perf_counter()
+        t1 = time.monotonic()
         if i >= warmup:
-            step_s.append(t1 - t0)
-            pass_s.append(t2 - t1)
+            windows.append((t0, t1))
     events.detach("bench")
     service.close()
     assert out is not None
     norms = {"base": out.base_grad_norm} | {k: r.grad_norm for k, r in out.regularizers.items()}
-    return {"step_s": step_s, "passes_s": pass_s, "loss_s": engine_s[warmup:], "norms": norms}
+    return {"windows": windows, "loss_s": engine_s[warmup:], "norms": norms}
 
 
 def bench_official(url: str, model: str, data: list[Any], steps: int, warmup: int) -> dict[str, Any]:
@@ -176,28 +160,24 @@ def bench_official(url: str, model: str, data: list[Any], steps: int, warmup: in
     tc = service.create_lora_training_client(base_model=model, rank=16, seed=0).result()
     odata = to_official(data)
     loss = TorchLoss()
-    step_s, pass_s = [], []
+    windows = []
     for i in range(warmup + steps):
-        t0 = time.perf_counter()
+        t0 = time.monotonic()
         tc.forward_backward_custom(odata, loss).result()
-        t1 = time.perf_counter()
-        tc.forward(odata, "cross_entropy").result()
-        tc.forward_backward(odata, "cross_entropy").result()
-        t2 = time.perf_counter()
+        t1 = time.monotonic()
         if i >= warmup:
-            step_s.append(t1 - t0)
-            pass_s.append(t2 - t1)
-    return {"step_s": step_s, "passes_s": pass_s, "loss_s": loss.loss_s[warmup:], "norms": loss.norms}
+            windows.append((t0, t1))
+    return {"windows": windows, "loss_s": loss.loss_s[warmup:], "norms": loss.norms}
 
 
-def summarise(raw: dict[str, Any]) -> dict[str, float]:
-    med = {k: statistics.median(raw[k]) * 1e3 for k in ("step_s", "passes_s", "loss_s")}
-    client = [s - p for s, p in zip(raw["step_s"], raw["passes_s"], strict=True)]
+def summarise(raw: dict[str, Any], rec: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
+    steps = [(b - a) * 1e3 for a, b in raw["windows"]]
+    client = [H.breakdown(a, b, rec)["client_wire"] for a, b in raw["windows"]]
     return {
-        "step_ms": med["step_s"],
-        "passes_ms": med["passes_s"],
-        "client_ms": statistics.median(client) * 1e3,
-        "loss_ms": med["loss_s"],
+        "step_ms": statistics.median(steps),
+        "server_ms": statistics.median(s - c for s, c in zip(steps, client, strict=True)),
+        "client_ms": statistics.median(client),
+        "loss_ms": statistics.median(raw["loss_s"]) * 1e3,
     }
 
 
@@ -205,15 +185,15 @@ def write_markdown(result: dict[str, Any], command: str) -> None:
     t, o = result["tinkjax"], result["official"]
     rows = [
         ("step (wall)", "step_ms"),
-        ("two plain server passes", "passes_ms"),
-        ("client-side = step − passes", "client_ms"),
-        ("loss + per-term norms computation", "loss_ms"),
+        ("server-side (two passes)", "server_ms"),
+        ("client-side (nothing server-side active)", "client_ms"),
+        ("of which: loss + per-term norms", "loss_ms"),
     ]
     lines = [
         "## Custom loss (forward_backward_custom)",
         "",
         f"Command: `{command}` ({result['machine']}; load average at start {result['load']}). "
-        f"Server: `tinkjax serve` subprocess, model {result['model']}; batch {result['batch']} "
+        f"Server: `bench/timed_server.py` subprocess (`tinkjax serve` plus timestamps), model {result['model']}; batch {result['batch']} "
         f"datums × {result['length']} tokens; cross-entropy + 4 regularizers with per-term "
         f"gradient norms; medians over {result['steps']} warm steps (ms). Official SDK "
         f"{result['tinker']} with torch {result['torch']} (CPU), one `autograd.grad` per term "
@@ -260,13 +240,13 @@ def main() -> None:
     steps, warmup = (5, 2) if args.quick else (20, 3)
     data = make_data(args.batch, args.length, seed=0)
     load = os.getloadavg()[0]
-    proc, url = start_server()
+    server = H.launch("timed", H.timed_cmd(), timed=True)
     try:
-        raw_t = bench_tinkjax(url, model, data, steps, warmup)
-        raw_o = bench_official(url, model, data, steps, warmup)
+        raw_t = bench_tinkjax(server.url, model, data, steps, warmup)
+        raw_o = bench_official(server.url, model, data, steps, warmup)
+        rec = server.timings()
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        server.stop()
     rel = max(
         abs(raw_t["norms"][k] - raw_o["norms"][k]) / max(abs(raw_o["norms"][k]), 1e-12)
         for k in raw_o["norms"]
@@ -280,8 +260,8 @@ def main() -> None:
         "steps": steps,
         "tinker": tinker.__version__,
         "torch": torch.__version__,
-        "tinkjax": summarise(raw_t),
-        "official": summarise(raw_o),
+        "tinkjax": summarise(raw_t, rec),
+        "official": summarise(raw_o, rec),
         "norm_max_rel_diff": rel,
         "raw": {"tinkjax": raw_t, "official": raw_o},
     }
