@@ -83,12 +83,12 @@ def format_terms(out: object) -> str:
 
 def run_demo(
     *,
-    steps: int = 60,
+    steps: int = 240,
     batch_size: int = 8,
     seq_len: int = 64,
     rank: int = 16,
-    learning_rate: float = 3e-3,
-    report_every: int = 10,
+    learning_rate: float = 5e-3,
+    report_every: int = 40,
     base_model: str | None = None,
     base_url: str | None = None,
     seed: int = 0,
@@ -170,12 +170,12 @@ HELP = "run the main job: a custom-loss LoRA fine-tune on the embedded backend, 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """The ``tinkjax demo`` options."""
-    p.add_argument("--steps", type=int, default=60, help="optimizer steps (default 60)")
+    p.add_argument("--steps", type=int, default=240, help="optimizer steps (default 240)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--seq-len", type=int, default=64)
     p.add_argument("--rank", type=int, default=16, help="LoRA rank")
-    p.add_argument("--learning-rate", type=float, default=3e-3)
-    p.add_argument("--report-every", type=int, default=10, help="per-term table period")
+    p.add_argument("--learning-rate", type=float, default=5e-3)
+    p.add_argument("--report-every", type=int, default=40, help="per-term table period")
     p.add_argument("--base-model", default=None, help="default: the backend's default preset")
     p.add_argument("--base-url", default=None, help="a server URL (default: embedded backend)")
     p.add_argument("--seed", type=int, default=0)

@@ -29,8 +29,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Start the server, print its URL, serve until interrupted."""
+    import logging
+
     from tinkjax.server import start
 
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
     handle = start(host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level)
     print(f"tinkjax server listening on {handle.base_url}", flush=True)
     print(f"  data dir: {handle.data_dir}", flush=True)

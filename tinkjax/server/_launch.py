@@ -172,8 +172,10 @@ def start(
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
         raise
+    # log_config=None: uvicorn must not reconfigure the process's logging (the embedded
+    # backend runs inside the user's process); its loggers propagate to the root logger.
     config = uvicorn.Config(
-        app, log_level=log_level, lifespan="off", access_log=False,
+        app, log_level=log_level, log_config=None, lifespan="off", access_log=False,
         timeout_graceful_shutdown=2, timeout_keep_alive=30,
     )  # fmt: skip
     server = uvicorn.Server(config)
