@@ -45,7 +45,9 @@ def _data(seed: int, n: int = 3, *, rl: bool = False) -> list[Datum]:
                 "logprobs": TensorData.from_numpy(-rng.uniform(4, 7, length).astype(np.float32)),
                 "advantages": TensorData.from_numpy(rng.normal(size=length).astype(np.float32)),
             }
-        out.append(Datum(model_input=ModelInput.from_ints(toks[:-1].tolist()), loss_fn_inputs=inputs))
+        out.append(
+            Datum(model_input=ModelInput.from_ints(toks[:-1].tolist()), loss_fn_inputs=inputs)
+        )
     return out
 
 
@@ -88,17 +90,29 @@ def tinker_style_ce(data: list[dict[str, jax.Array]], logprobs: list[jax.Array])
 
 
 @pytest.mark.parametrize("loss", ["cross_entropy", tinker_style_ce], ids=["builtin", "callable"])
-def test_custom_cross_entropy_equals_builtin(local_server: Any, service: ServiceClient, loss: Any) -> None:
+def test_custom_cross_entropy_equals_builtin(
+    local_server: Any, service: ServiceClient, loss: Any
+) -> None:
     data = _data(1)
     builtin, custom = _pair(service, seed=11)
     assert _state(local_server, builtin.model_id).keys()
-    _close(_state(local_server, builtin.model_id), _state(local_server, custom.model_id), rtol=0, atol=0)
+    _close(
+        _state(local_server, builtin.model_id),
+        _state(local_server, custom.model_id),
+        rtol=0,
+        atol=0,
+    )
 
     ref = builtin.forward_backward(data, "cross_entropy").result()
     out = custom.forward_backward_custom(data, loss).result()
     # The engine's gradient of Σ −lp·w is −w exactly, so the backward pass sends the same
     # weights as the built-in call: identical accumulated gradients.
-    _close(_acc(local_server, builtin.model_id), _acc(local_server, custom.model_id), rtol=1e-6, atol=1e-9)
+    _close(
+        _acc(local_server, builtin.model_id),
+        _acc(local_server, custom.model_id),
+        rtol=1e-6,
+        atol=1e-9,
+    )
     assert out.metrics["loss:sum"] == pytest.approx(ref.metrics["loss:sum"], rel=1e-5)
     # surrogate = Σ −lp·(−g) with g = −w: the same number as the built-in loss here
     assert out.metrics["surrogate_loss:sum"] == pytest.approx(ref.metrics["loss:sum"], rel=1e-5)
@@ -111,18 +125,30 @@ def test_custom_cross_entropy_equals_builtin(local_server: Any, service: Service
     assert any(np.abs(after_b[k]).max() > 0 for k in after_b if k.endswith(".b"))  # it trained
 
 
-def test_custom_importance_sampling_equals_builtin(local_server: Any, service: ServiceClient) -> None:
+def test_custom_importance_sampling_equals_builtin(
+    local_server: Any, service: ServiceClient
+) -> None:
     data = _data(2, rl=True)
     builtin, custom = _pair(service, seed=12)
     ref = builtin.forward_backward(data, "importance_sampling").result()
     out = custom.forward_backward_custom(data, "importance_sampling").result()
     # Here the weights are ratio·A, rounded to float32 on the wire: tolerance 1e-5 relative.
-    _close(_acc(local_server, builtin.model_id), _acc(local_server, custom.model_id), rtol=1e-5, atol=1e-7)
+    _close(
+        _acc(local_server, builtin.model_id),
+        _acc(local_server, custom.model_id),
+        rtol=1e-5,
+        atol=1e-7,
+    )
     assert out.metrics["loss:sum"] == pytest.approx(ref.metrics["loss:sum"], rel=1e-5)
     builtin.optim_step(ADAM).result()
     custom.optim_step(ADAM).result()
     # First Adam step ≈ lr·sign(g): weights agree to well under one step (lr = 1e-2).
-    _close(_state(local_server, builtin.model_id), _state(local_server, custom.model_id), rtol=1e-5, atol=1e-6)
+    _close(
+        _state(local_server, builtin.model_id),
+        _state(local_server, custom.model_id),
+        rtol=1e-5,
+        atol=1e-6,
+    )
 
 
 def test_breakdown_matches_the_engine_and_events_are_emitted(
@@ -130,7 +156,11 @@ def test_breakdown_matches_the_engine_and_events_are_emitted(
 ) -> None:
     data = _data(3)
     tc = service.create_lora_training_client(MICRO, rank=4, seed=3).result()
-    regs = [R.entropy(weight=-0.1), R.l2(weight=0.3, target="probs", center=1.0), R.sequence_variance(weight=2.0)]
+    regs = [
+        R.entropy(weight=-0.1),
+        R.l2(weight=0.3, target="probs", center=1.0),
+        R.sequence_variance(weight=2.0),
+    ]
     seen: list[tuple[str, dict[str, Any], dict[str, Any]]] = []
     events.attach(
         "test-custom",
@@ -138,13 +168,17 @@ def test_breakdown_matches_the_engine_and_events_are_emitted(
         lambda name, m, md: seen.append((".".join(name), dict(m), dict(md))),
     )
     try:
-        out = tc.forward_backward_custom(data, "cross_entropy", regularizers=regs, track_grad_norms=True).result()
+        out = tc.forward_backward_custom(
+            data, "cross_entropy", regularizers=regs, track_grad_norms=True
+        ).result()
     finally:
         events.detach("test-custom")
     forward = tc.forward(data, "cross_entropy").result()  # nothing trained yet: same logprobs
     lps = [o["logprobs"].to_numpy() for o in forward.loss_fn_outputs]
     inputs = [{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()} for d in data]
-    ref = compute_custom_loss(inputs, lps, "cross_entropy", regularizers=regs, track_grad_norms=True)
+    ref = compute_custom_loss(
+        inputs, lps, "cross_entropy", regularizers=regs, track_grad_norms=True
+    )
     assert out.loss_total == pytest.approx(ref.loss_total, rel=1e-5)
     assert out.base_loss == pytest.approx(ref.base_loss, rel=1e-5)
     assert out.total_grad_norm == pytest.approx(ref.total_grad_norm, rel=1e-5)
@@ -155,11 +189,15 @@ def test_breakdown_matches_the_engine_and_events_are_emitted(
         assert got.value == pytest.approx(want.value, rel=1e-4, abs=1e-7)
         assert got.contribution == pytest.approx(reg.weight * got.value, rel=1e-6)
         assert got.grad_norm == pytest.approx(want.grad_norm, rel=1e-4, abs=1e-7)
-    assert out.regularizer_total == pytest.approx(sum(r.contribution for r in out.regularizers.values()), rel=1e-5)
+    assert out.regularizer_total == pytest.approx(
+        sum(r.contribution for r in out.regularizers.values()), rel=1e-5
+    )
     names = [s[0] for s in seen]
     assert names[0] == "tinkjax.custom_loss.start"
     assert names[-1] == "tinkjax.custom_loss.stop"
-    computed = {md["regularizer_name"]: m for n, m, md in seen if n == "tinkjax.regularizer.compute"}
+    computed = {
+        md["regularizer_name"]: m for n, m, md in seen if n == "tinkjax.regularizer.compute"
+    }
     assert set(computed) == {r.name for r in regs}
     assert computed["entropy"]["grad_norm"] == pytest.approx(out.regularizers["entropy"].grad_norm)
     assert all(md["model_id"] == tc.model_id for _, _, md in seen)
@@ -177,7 +215,12 @@ def test_optim_step_issued_right_after_is_ordered_after_both_passes(
     step = eager.optim_step(ADAM)
     step.result()
     fut.result()
-    _close(_state(local_server, waited.model_id), _state(local_server, eager.model_id), rtol=1e-6, atol=1e-8)
+    _close(
+        _state(local_server, waited.model_id),
+        _state(local_server, eager.model_id),
+        rtol=1e-6,
+        atol=1e-8,
+    )
 
 
 def nan_value(batch: LossBatch, lp: jax.Array) -> jax.Array:
@@ -201,8 +244,19 @@ def reward_term(batch: LossBatch, lp: jax.Array, *, reward: jax.Array) -> jax.Ar
     ("make", "error", "match"),
     [
         (lambda d: ([Regularizer("bad_log", nan_value, weight=1.0)], d), NonFiniteError, "bad_log"),
-        (lambda d: ([Regularizer("rm", reward_term, prepare=_failing_prepare)], d), RegularizerError, "'rm'.*unreachable"),
-        (lambda d: ([Regularizer("slow", reward_term, prepare=_slow_prepare, prepare_timeout=0.2)], d), RegularizerError, "'slow'.*timed out"),
+        (
+            lambda d: ([Regularizer("rm", reward_term, prepare=_failing_prepare)], d),
+            RegularizerError,
+            "'rm'.*unreachable",
+        ),
+        (
+            lambda d: (
+                [Regularizer("slow", reward_term, prepare=_slow_prepare, prepare_timeout=0.2)],
+                d,
+            ),
+            RegularizerError,
+            "'slow'.*timed out",
+        ),
         (lambda d: ([], [_with_bad_advantages(d[0]), *d[1:]]), EngineInputError, "advantages"),
     ],
     ids=["nan", "failing-async", "timeout-async", "shape-mismatch"],
@@ -240,17 +294,27 @@ def test_async_twin_and_two_dimensional_targets(local_server: Any, service: Serv
     weights = rng.uniform(0.1, 1.0, (11, 3)).astype(np.float32)
     datum = Datum(
         model_input=ModelInput.from_ints(toks[:-1].tolist()),
-        loss_fn_inputs={"target_tokens": TensorData.from_numpy(targets), "weights": TensorData.from_numpy(weights)},
+        loss_fn_inputs={
+            "target_tokens": TensorData.from_numpy(targets),
+            "weights": TensorData.from_numpy(weights),
+        },
     )
     builtin, custom = _pair(service, seed=17)
 
     async def run() -> Any:
-        fut = await custom.forward_backward_custom_async([datum], "cross_entropy", track_grad_norms=True)
+        fut = await custom.forward_backward_custom_async(
+            [datum], "cross_entropy", track_grad_norms=True
+        )
         return await fut
 
     out = asyncio.run(run())
     ref = builtin.forward_backward([datum], "cross_entropy").result()
     assert out.loss_fn_outputs[0]["logprobs"].to_numpy().shape == (11, 3)
     assert out.metrics["loss:sum"] == pytest.approx(ref.metrics["loss:sum"], rel=1e-5)
-    _close(_acc(local_server, builtin.model_id), _acc(local_server, custom.model_id), rtol=1e-5, atol=1e-8)
+    _close(
+        _acc(local_server, builtin.model_id),
+        _acc(local_server, custom.model_id),
+        rtol=1e-5,
+        atol=1e-8,
+    )
     assert out.base_grad_norm == pytest.approx(float(np.linalg.norm(weights)), rel=1e-5)

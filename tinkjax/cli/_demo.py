@@ -53,8 +53,7 @@ def build_batches(
     order = np.random.default_rng(seed).permutation(len(datums))
     shuffled = [datums[i] for i in order]
     return [
-        shuffled[i : i + batch_size]
-        for i in range(0, len(shuffled) - batch_size + 1, batch_size)
+        shuffled[i : i + batch_size] for i in range(0, len(shuffled) - batch_size + 1, batch_size)
     ]
 
 
@@ -76,7 +75,12 @@ def format_terms(out: object) -> str:
         )  # fmt: skip
     rows.append(("total", "", "", f"{out.loss_total:.4f}", f"{out.total_grad_norm:.4f}"))
     widths = [max(len(r[i]) for r in rows) for i in range(5)]
-    lines = ["  ".join(c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))) for r in rows]
+    lines = [
+        "  ".join(
+            c.rjust(w) if i else c.ljust(w) for i, (c, w) in enumerate(zip(r, widths, strict=True))
+        )
+        for r in rows
+    ]
     lines.insert(1, "-" * len(lines[0]))
     return "\n".join(lines)
 

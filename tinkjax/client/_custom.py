@@ -125,7 +125,9 @@ def _forward_datum(datum: Datum) -> Datum:
 def _backward_datum(datum: Datum, grad: npt.NDArray[Any]) -> Datum:
     weights = (-np.asarray(grad)).astype(np.float32)
     tensor = (
-        TensorData.from_numpy_sparse(weights) if weights.ndim == 2 else TensorData.from_numpy(weights)
+        TensorData.from_numpy_sparse(weights)
+        if weights.ndim == 2
+        else TensorData.from_numpy(weights)
     )
     return Datum(
         model_input=datum.model_input,
