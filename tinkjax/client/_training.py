@@ -134,12 +134,14 @@ class TrainingClient:
         ]
         acks = await self._submit_in_turn(seq_ids, posts)
         request_type = "Forward" if forward_only else "ForwardBackward"
-        results = await asyncio.gather(*(
+        polls = [
             poll_future(self.service.transport, ack.request_id, ForwardBackwardOutput,
                         request_type=request_type, ids=self._ids)
             for ack in acks
-        ))
-        return list(results)
+        ]
+        if len(polls) == 1:  # no task per poll for the common single-chunk call
+            return [await polls[0]]
+        return list(await asyncio.gather(*polls))
 
     def _combine_outputs(self, outputs: Sequence[ForwardBackwardOutput]) -> ForwardBackwardOutput:
         """Concatenate per-chunk outputs and reduce their metrics by suffix."""
@@ -167,7 +169,14 @@ class TrainingClient:
                     f"({type(self._poisoned).__name__}: {self._poisoned})"
                 ) from self._poisoned
         try:
-            results = await asyncio.gather(*(p() for p in posts), return_exceptions=True)
+            results: list[T | BaseException]
+            if len(posts) == 1:  # no task for the common single submission
+                try:
+                    results = [await posts[0]()]
+                except Exception as exc:
+                    results = [exc]
+            else:
+                results = await asyncio.gather(*(p() for p in posts), return_exceptions=True)
             for seq_id, r in zip(seq_ids, results, strict=True):
                 if isinstance(r, Exception):
                     await self._fill_gap(seq_id, r)

@@ -32,6 +32,7 @@ from tinkjax.errors import (
 
 from ._backoff import Backoff, retry_after_seconds
 from ._config import ClientConfig, mask_secrets
+from ._fasthttp import FastHTTP, fast_http_applicable
 
 __all__ = ["Transport", "decode_response", "is_retryable_status"]
 
@@ -85,18 +86,36 @@ def _body_of(response: httpx.Response) -> Any:
 class Transport:
     """HTTP access to one service with one configuration; shared by the clients of a session.
 
+    Plain ``http://`` services (the local backend) are spoken to with the lean HTTP/1.1 pool of
+    :mod:`._fasthttp` unless a custom ``http_transport`` is given or a proxy from the
+    environment applies; everything else (https, HTTP/2, proxies, streaming downloads) goes
+    through httpx. Both raise httpx's exceptions, mapped and retried here the same way.
+
     Args:
         config: the resolved configuration.
         http_transport: an ``httpx.AsyncBaseTransport`` to use instead of the network (tests use
             ``httpx.MockTransport``).
+        fast_http: whether the lean pool may serve plain ``http://`` URLs (``False`` forces
+            httpx everywhere).
     """
 
     def __init__(
-        self, config: ClientConfig, *, http_transport: httpx.AsyncBaseTransport | None = None
+        self,
+        config: ClientConfig,
+        *,
+        http_transport: httpx.AsyncBaseTransport | None = None,
+        fast_http: bool = True,
     ) -> None:
         self.config = config
         self._http_transport = http_transport
         self._client: httpx.AsyncClient | None = None
+        self._fast: FastHTTP | None = None
+        if fast_http and http_transport is None and fast_http_applicable(config.base_url):
+            self._fast = FastHTTP(
+                config.base_url,
+                connect_timeout=config.connect_timeout,
+                user_agent=f"tinkjax/{__version__}",
+            )
         self.closed = False
 
     def __repr__(self) -> str:
@@ -186,7 +205,9 @@ class Transport:
         backoff = Backoff(base=0.5, cap=10.0)
         attempt = 0
         empty_400 = 0
-        client = self._get_client()
+        fast = self._fast if self._fast is not None and self._fast.serves(url) else None
+        client = self._get_client() if fast is None else None
+        read_timeout = self.config.timeout if timeout is None else timeout
         while True:
             all_headers["x-tinkjax-retry-count"] = str(attempt)
             start_meta = {**meta, "retry_count": attempt}
@@ -194,10 +215,17 @@ class Transport:
             t0 = time.perf_counter()
             error: APIError
             try:
-                response = await client.request(
-                    method, url, content=body, params=query, headers=all_headers,
-                    timeout=req_timeout,
-                )
+                if fast is not None:
+                    response = await fast.request(
+                        method, url, headers=all_headers, content=body, params=query,
+                        timeout=read_timeout,
+                    )
+                else:
+                    assert client is not None
+                    response = await client.request(
+                        method, url, content=body, params=query, headers=all_headers,
+                        timeout=req_timeout,
+                    )
             except httpx.TimeoutException as exc:
                 error = APITimeoutError(mask_secrets(f"{method} {path} timed out: {exc}"))
                 cause: BaseException = exc
@@ -293,6 +321,8 @@ class Transport:
     async def aclose(self) -> None:
         """Close the connection pool."""
         self.closed = True
+        if self._fast is not None:
+            await self._fast.aclose()
         if self._client is not None:
             client, self._client = self._client, None
             await client.aclose()
