@@ -227,16 +227,7 @@ def write_markdown(result: dict[str, Any], command: str) -> None:
         f"({worst:.2f}× to {best:.2f}×).",
         "",
     ]
-    section = "\n".join(lines)
-    path = ROOT / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find("## Custom loss (forward_backward_custom)")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    H.write_section("Custom loss (forward_backward_custom)", "\n".join(lines))
 
 
 def main() -> None:
