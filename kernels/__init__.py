@@ -4,7 +4,12 @@ Imported as ``tinkjax.kernels``; every kernel ships with a plain-``jnp`` referen
 """
 
 from tinkjax.kernels._logprobs import target_logprobs, target_logprobs_reference
-from tinkjax.kernels._lora import lora_delta, lora_delta_reference
+from tinkjax.kernels._lora import (
+    lora_delta,
+    lora_delta_reference,
+    lora_linear,
+    lora_linear_reference,
+)
 from tinkjax.kernels._sampling import filter_logits, filter_logits_reference
 
 __all__ = [
@@ -12,6 +17,8 @@ __all__ = [
     "filter_logits_reference",
     "lora_delta",
     "lora_delta_reference",
+    "lora_linear",
+    "lora_linear_reference",
     "target_logprobs",
     "target_logprobs_reference",
 ]

@@ -18,14 +18,17 @@ import optax
 from tinkjax.kernels import filter_logits, target_logprobs
 from tinkjax.losses import compute_elementwise_loss
 from tinkjax.models._config import ModelConfig
-from tinkjax.models._transformer import BaseParams, KVCache, LoraBatch, forward
+from tinkjax.models._transformer import BaseParams, KVCache, LoraBatch, forward, merge_lora
 
 __all__ = [
+    "FB_CHUNK_TOKENS",
     "LoraStack",
+    "chunk_rows",
     "forward_backward_core",
     "forward_core",
     "optim_core",
     "sample_core",
+    "zero_slot_core",
 ]
 
 LoraStack = dict[str, tuple[jax.Array, jax.Array]]
@@ -68,6 +71,23 @@ def _objective(
     # Padding (rows, positions, K columns) contributes exactly zero to value and gradient.
     elementwise = jnp.where(valid, elementwise, jnp.zeros_like(elementwise))
     return jnp.sum(elementwise), (logprobs, elementwise)
+
+
+FB_CHUNK_TOKENS = 256
+"""Padded tokens (rows x length x K) per backward micro-batch of ``forward_backward_core``.
+
+Sized so the backward pass's temporary buffer stays well under 32 MiB on the default model:
+glibc serves such blocks from its heap and reuses them, while a larger block is a fresh
+``mmap`` every call whose page faults cost more than the matmuls on a 2-core CPU."""
+
+
+def chunk_rows(rows: int, tokens_per_row: int) -> int:
+    """Rows per backward micro-batch: the largest divisor of ``rows`` holding at most
+    ``FB_CHUNK_TOKENS`` tokens (at least one row)."""
+    per = max(1, min(rows, FB_CHUNK_TOKENS // max(tokens_per_row, 1)))
+    while rows % per:
+        per -= 1
+    return per
 
 
 def forward_core(
@@ -123,10 +143,36 @@ def forward_backward_core(
         ``(acc, [B, T, K]`` logprobs, per-token losses).
     """
     grad_fn = jax.grad(_objective, has_aux=True)
-    grads, (logprobs, elementwise) = grad_fn(
-        _gather(stack, batch_slots), config, loss_name, base, scale, row_slot, tokens, targets,
-        valid, inputs, loss_config,
-    )  # fmt: skip
+    sub = _gather(stack, batch_slots)
+    rows = tokens.shape[0]
+    per = chunk_rows(rows, tokens.shape[1] * targets.shape[2])
+    if per == rows:
+        grads, (logprobs, elementwise) = grad_fn(
+            sub, config, loss_name, base, scale, row_slot, tokens, targets, valid, inputs,
+            loss_config,
+        )  # fmt: skip
+    else:
+        # Micro-batches of ``per`` rows under a scan: the backward pass's activations (its
+        # temporary buffer) stay below FB_CHUNK_TOKENS' worth whatever the batch size.
+        def split(x: jax.Array) -> jax.Array:
+            return x.reshape(rows // per, per, *x.shape[1:])
+
+        def body(
+            total: LoraStack, chunk: tuple[jax.Array, ...]
+        ) -> tuple[LoraStack, tuple[jax.Array, jax.Array]]:
+            c_slot, c_tokens, c_targets, c_valid, c_inputs, c_config = chunk
+            g, aux = grad_fn(
+                sub, config, loss_name, base, scale, c_slot, c_tokens, c_targets, c_valid,
+                c_inputs, c_config,
+            )  # fmt: skip
+            return jax.tree.map(jnp.add, total, g), aux
+
+        chunks = jax.tree.map(split, (row_slot, tokens, targets, valid, inputs, loss_config))
+        grads, (logprobs, elementwise) = jax.lax.scan(
+            body, jax.tree.map(jnp.zeros_like, sub), chunks
+        )
+        logprobs = logprobs.reshape(rows, *logprobs.shape[2:])
+        elementwise = elementwise.reshape(rows, *elementwise.shape[2:])
     new_acc = {
         t: (acc[t][0].at[batch_slots].add(ga), acc[t][1].at[batch_slots].add(gb))
         for t, (ga, gb) in grads.items()
@@ -159,16 +205,18 @@ def optim_core(
     opt_state: optax.OptState,
     slot: jax.Array,
     hyper: Mapping[str, jax.Array],
-) -> tuple[LoraStack, LoraStack, optax.OptState, dict[str, jax.Array]]:
-    """One AdamW step of the adapter in ``slot`` on its accumulated gradient, which is then
-    zeroed. ``stack``, ``acc`` and ``opt_state`` are donated.
+) -> tuple[LoraStack, optax.OptState, dict[str, jax.Array]]:
+    """One AdamW step of the adapter in ``slot`` on its accumulated gradient. ``stack`` and
+    ``opt_state`` are donated and updated in place; ``acc`` is only read (zero its slot with
+    ``zero_slot_core`` afterwards: reading and writing two donated stacks in one program makes
+    XLA copy both whole stacks).
 
     Args:
         hyper: scalars ``learning_rate, beta1, beta2, eps, weight_decay, grad_clip_norm``
             (``grad_clip_norm <= 0``: no clipping; else the global norm is clipped to it).
 
     Returns:
-        ``(stack, acc, opt_state, {"grad_norm": pre-clip global norm, "step": new count})``.
+        ``(stack, opt_state, {"grad_norm": pre-clip global norm, "step": new count})``.
     """
     params = _slice(stack, slot)
     grads = _slice(acc, slot)
@@ -185,14 +233,13 @@ def optim_core(
     )
     updates, new_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
-    zeros = jax.tree.map(jnp.zeros_like, grads)
     count = new_state[0].count
-    return (
-        _put(stack, slot, new_params),
-        _put(acc, slot, zeros),
-        new_state,
-        {"grad_norm": norm, "step": count},
-    )
+    return _put(stack, slot, new_params), new_state, {"grad_norm": norm, "step": count}
+
+
+def zero_slot_core(acc: LoraStack, slot: jax.Array) -> LoraStack:
+    """``acc`` with slot ``slot`` zeroed (``acc`` donated: an in-place write)."""
+    return _put(acc, slot, jax.tree.map(jnp.zeros_like, _slice(acc, slot)))
 
 
 def _stop_hit(tail: jax.Array, stops: jax.Array, stop_lens: jax.Array) -> jax.Array:
@@ -241,17 +288,16 @@ def sample_core(
     """
     p_pad = prompt.shape[0]
     cache_len = p_pad + gen_len
-    single = None if lora is None else {t: (a[None], b[None]) for t, (a, b) in lora.items()}
-    lora_batch = None if single is None else _batch_lora(single, scale, jnp.zeros((1,), jnp.int32))
+    # The adapter is fixed for the whole call: fold it into the base weights once, so prefill
+    # and every decode step run the plain model.
+    weights = base if lora is None else merge_lora(base, lora, scale[0])
     shape = (config.n_layers, 1, cache_len, config.n_heads, config.head_dim)
     empty = KVCache(jnp.zeros(shape, base["embed"].dtype), jnp.zeros(shape, base["embed"].dtype))
-    logits, cache = forward(config, base, prompt[None, :], lora=lora_batch, cache=empty, start=0)
+    logits, cache = forward(config, weights, prompt[None, :], cache=empty, start=0)
     assert cache is not None
     prompt_lp = target_logprobs(logits[0, :-1], prompt[1:])
     first = jax.lax.dynamic_index_in_dim(logits[0], prompt_len - 1, keepdims=False)  # [V]
     cache = KVCache(*(jnp.repeat(c, n_rows, axis=1) for c in cache))
-    if single is not None:
-        lora_batch = _batch_lora(single, scale, jnp.zeros((n_rows,), jnp.int32))
     row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_rows))
     ones = jnp.ones((n_rows,), base["embed"].dtype)
     temp, k_arr, p_arr = temperature * ones, jnp.full((n_rows,), top_k), top_p * ones
@@ -270,7 +316,7 @@ def sample_core(
         tail = jnp.concatenate([tail[:, 1:], token[:, None]], axis=1)
         done = done | (active & _stop_hit(tail, stops, stop_lens))
         nxt, new_cache = forward(
-            config, base, token[:, None], lora=lora_batch, cache=KVCache(k_cache, v_cache),
+            config, weights, token[:, None], cache=KVCache(k_cache, v_cache),
             start=prompt_len + i,
         )  # fmt: skip
         assert new_cache is not None

@@ -12,7 +12,10 @@ Metrics: ``forward_backward`` reports ``loss:sum`` per item; ``optim_step`` repo
 
 from __future__ import annotations
 
+import ctypes
+import functools
 import os
+import sys
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TypeVar
@@ -48,6 +51,7 @@ from tinkjax.models._programs import (
     forward_core,
     optim_core,
     sample_core,
+    zero_slot_core,
 )
 from tinkjax.models._tokenizer import ByteTokenizer
 from tinkjax.models._transformer import init_base_params
@@ -71,13 +75,46 @@ _F = TypeVar("_F", bound=Callable[..., Any])
 
 
 def _counted(name: str, fn: _F) -> _F:
-    """``fn`` that bumps ``trace_counts()[name]`` each time JAX traces it."""
+    """``fn`` that bumps ``trace_counts()[name]`` each time JAX traces it.
 
+    ``functools.wraps`` keeps ``fn``'s signature visible to ``jax.jit``, which needs it to map
+    ``donate_argnames`` and ``static_argnames`` onto positional arguments (without it, an
+    argument passed by position is silently not donated and XLA copies it).
+    """
+
+    @functools.wraps(fn)
     def traced(*args: Any, **kwargs: Any) -> Any:
+        global _TRIM_PENDING
         _TRACES[name] += 1
+        _TRIM_PENDING = True
         return fn(*args, **kwargs)
 
     return traced  # type: ignore[return-value]
+
+
+_TRIM_PENDING = False
+_MALLOC_TRIM: Callable[[int], int] | None = None
+if sys.platform.startswith("linux"):
+    try:
+        _MALLOC_TRIM = ctypes.CDLL(None).malloc_trim  # glibc only
+    except (OSError, AttributeError):
+        _MALLOC_TRIM = None
+
+
+def _release_compile_memory() -> None:
+    """Hands the heap memory freed after a trace and compile back to the OS.
+
+    Compiling a program allocates a few hundred MB that glibc keeps for reuse after it is
+    freed; the resident size of a process that compiled its handful of programs would stay
+    that much larger for good. ``malloc_trim`` releases the free pages (it does not move live
+    memory). Only called after a call that traced something, so steady-state steps never pay
+    for it.
+    """
+    global _TRIM_PENDING
+    if _TRIM_PENDING:
+        _TRIM_PENDING = False
+        if _MALLOC_TRIM is not None:
+            _MALLOC_TRIM(0)
 
 
 def trace_counts() -> dict[str, int]:
@@ -91,14 +128,13 @@ _forward_backward_jit = jax.jit(
     static_argnames=("config", "loss_name"),
     donate_argnames=("acc",),
 )
-_optim_jit = jax.jit(
-    _counted("optim_step", optim_core), donate_argnames=("stack", "acc", "opt_state")
-)
+_optim_jit = jax.jit(_counted("optim_step", optim_core), donate_argnames=("stack", "opt_state"))
+_zero_slot_jit = jax.jit(_counted("zero_slot", zero_slot_core), donate_argnames=("acc",))
 _sample_jit = jax.jit(
     _counted("sample", sample_core), static_argnames=("config", "n_rows", "gen_len")
 )
-_init_base_jit = jax.jit(init_base_params, static_argnums=(0, 1))
-_init_lora_jit = jax.jit(init_lora_weights, static_argnums=(0, 1, 2))
+_init_base_jit = jax.jit(_counted("init_base", init_base_params), static_argnums=(0, 1))
+_init_lora_jit = jax.jit(_counted("init_lora", init_lora_weights), static_argnums=(0, 1, 2))
 _HYPER_KEYS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
 
 
@@ -132,7 +168,7 @@ def _install_core(
     return new_stack, new_acc, optax.adamw(1e-4).init(params)
 
 
-_install_jit = jax.jit(_install_core, donate_argnames=("stack", "acc"))
+_install_jit = jax.jit(_counted("install", _install_core), donate_argnames=("stack", "acc"))
 
 
 def _fresh_seed() -> int:
@@ -176,6 +212,7 @@ class ModelRuntime:
         self._initial_slots = adapter_slots
         self._np_dtype = np.dtype(self.dtype.name)
         self._base = _init_base_jit(self.config, self.dtype)
+        _release_compile_memory()
         self._rank = 0  # R, the stack's padded rank (0: no stack yet)
         self._stack: LoraStack = {}
         self._acc: LoraStack = {}
@@ -311,6 +348,7 @@ class ModelRuntime:
                 *fresh[1:],
             )
         self._opt[adapter_id] = fresh
+        _release_compile_memory()
 
     # ----------------------------------------------------------------- training
 
@@ -408,7 +446,9 @@ class ModelRuntime:
             self._acc, lp, el = _forward_backward_jit(
                 config=self.config, loss_name=loss_fn, acc=self._acc, **args
             )
-        return np.asarray(lp), np.asarray(el)
+        out = np.asarray(lp), np.asarray(el)
+        _release_compile_memory()
+        return out
 
     def optim_step(self, adapter_id: str, params: AdamHyper) -> dict[str, float]:
         """One AdamW step of ``adapter_id`` on its accumulated gradient, then zeroes it.
@@ -425,13 +465,16 @@ class ModelRuntime:
             hyper[key] = np.asarray(value, self._np_dtype)
         if not params.beta1 < 1 or not params.beta2 < 1:
             raise ValueError(f"adam_params: betas must be < 1, got {params.beta1}, {params.beta2}")
-        self._stack, self._acc, self._opt[adapter_id], stats = _optim_jit(
+        self._stack, self._opt[adapter_id], stats = _optim_jit(
             self._stack, self._acc, self._opt[adapter_id], np.int32(slot), hyper
         )
+        self._acc = _zero_slot_jit(self._acc, np.int32(slot))
+        grad_norm, step = float(stats["grad_norm"]), float(stats["step"])
+        _release_compile_memory()
         return {
-            "grad_norm:mean": float(stats["grad_norm"]),
+            "grad_norm:mean": grad_norm,
             "learning_rate:mean": float(params.learning_rate),
-            "step:max": float(stats["step"]),
+            "step:max": step,
         }
 
     def accumulated_gradients(self, adapter_id: str) -> dict[str, np.ndarray]:
@@ -631,6 +674,7 @@ class ModelRuntime:
         if request.include_prompt_logprobs:
             prompt_logprobs = np.full((n_prompt,), np.nan, np.float32)
             prompt_logprobs[1:] = np.asarray(prompt_lp, np.float32)[: n_prompt - 1]
+        _release_compile_memory()
         return SampleOutput(sequences=sequences, prompt_logprobs=prompt_logprobs)
 
     def _check_sample(self, request: SampleJob) -> tuple[np.ndarray, int]:

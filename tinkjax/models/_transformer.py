@@ -1,8 +1,9 @@
 """The decoder: seeded base weights and one forward pass for training, prefill and decode.
 
-Layers are stacked on a leading ``L`` axis and run under ``lax.scan`` (one compiled block).
-LoRA enters every projection through ``tinkjax.kernels.lora_delta`` when a ``LoraBatch`` is
-given; the base weights are never differentiated.
+Layer weights are stacked on a leading ``L`` axis; the forward pass unrolls the layers.
+LoRA enters every projection through ``tinkjax.kernels.lora_linear`` when a ``LoraBatch`` is
+given; the base weights are never differentiated. ``merge_lora`` folds one adapter into the
+base weights (for sampling, where the weights stay fixed over many decode steps).
 """
 
 from __future__ import annotations
@@ -12,10 +13,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from tinkjax.kernels import lora_delta
+from tinkjax.kernels import lora_linear
 from tinkjax.models._config import ModelConfig
 
-__all__ = ["BaseParams", "KVCache", "LoraBatch", "forward", "init_base_params"]
+__all__ = ["BaseParams", "KVCache", "LoraBatch", "forward", "init_base_params", "merge_lora"]
 
 BaseParams = dict[str, jax.Array]
 """Flat base weights: ``embed [V, d]``, ``final_norm [d]``, ``lm_head [d, V]`` and the
@@ -77,20 +78,87 @@ def init_base_params(config: ModelConfig, dtype: jnp.dtype) -> BaseParams:
     }
 
 
+def merge_lora(
+    params: BaseParams, lora: dict[str, tuple[jax.Array, jax.Array]], scale: jax.Array
+) -> BaseParams:
+    """Base weights with one adapter folded in: ``w + scale * a @ b`` for every target in
+    ``lora`` (``a [L_t, d_in, r]``, ``b [L_t, r, d_out]``; ``L_t = 1`` for ``lm_head``)."""
+    merged = dict(params)
+    for name, (a, b) in lora.items():
+        delta = jnp.einsum("ldr,lro->ldo", a, b) * scale
+        merged[name] = params[name] + (delta[0] if name == "lm_head" else delta).astype(
+            params[name].dtype
+        )
+    return merged
+
+
 def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
     var = jnp.mean(x * x, axis=-1, keepdims=True)
     return x * jax.lax.rsqrt(var + eps) * weight.reshape((1,) * (x.ndim - 1) + weight.shape)
 
 
-def _rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-    """Rotary embedding of ``x [B, T, H, hd]`` at ``positions [T]`` (rotate-half form)."""
+def _rope_tables(
+    positions: jax.Array, head_dim: int, theta: float, dtype: jnp.dtype
+) -> tuple[jax.Array, jax.Array]:
+    """``cos, sin [1, T, 1, hd/2]`` of the rotary embedding at ``positions [T]``."""
+    half = head_dim // 2
+    freqs = theta ** (-jnp.arange(half, dtype=dtype) / half)  # [hd/2]
+    angles = positions.astype(dtype)[:, None] * freqs[None, :]  # [T, hd/2]
+    return jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+
+
+def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    """Rotary embedding of ``x [B, T, H, hd]`` (rotate-half form)."""
     half = x.shape[-1] // 2
-    freqs = theta ** (-jnp.arange(half, dtype=x.dtype) / half)  # [hd/2]
-    angles = positions.astype(x.dtype)[:, None] * freqs[None, :]  # [T, hd/2]
-    cos = jnp.cos(angles)[None, :, None, :]
-    sin = jnp.sin(angles)[None, :, None, :]
     x1, x2 = x[..., :half], x[..., half:]
     return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+# Hand-written VJPs for the two elementwise blocks whose autodiff residuals dominate the
+# backward pass's memory (and, on CPU, its page faults): each keeps only its inputs (SwiGLU)
+# or its output (softmax) and recomputes the rest.
+
+
+@jax.custom_vjp
+def _swiglu(gate: jax.Array, up: jax.Array) -> jax.Array:
+    """``silu(gate) * up``."""
+    return jax.nn.silu(gate) * up
+
+
+def _swiglu_fwd(gate: jax.Array, up: jax.Array) -> tuple[jax.Array, tuple[jax.Array, jax.Array]]:
+    return _swiglu(gate, up), (gate, up)
+
+
+def _swiglu_bwd(res: tuple[jax.Array, jax.Array], g: jax.Array) -> tuple[jax.Array, jax.Array]:
+    gate, up = res
+    sig = jax.nn.sigmoid(gate)
+    silu = gate * sig
+    d_gate = g * up * (sig * (1 + gate * (1 - sig)))
+    return d_gate, g * silu
+
+
+_swiglu.defvjp(_swiglu_fwd, _swiglu_bwd)
+
+
+@jax.custom_vjp
+def _masked_softmax(scores: jax.Array, visible: jax.Array) -> jax.Array:
+    """Softmax over the last axis of ``scores`` where ``visible`` (bool, broadcastable), with
+    masked entries exactly zero (every row must see at least one entry)."""
+    masked = jnp.where(visible, scores, jnp.finfo(scores.dtype).min)  # type: ignore[no-untyped-call]
+    return jax.nn.softmax(masked, axis=-1)
+
+
+def _masked_softmax_fwd(scores: jax.Array, visible: jax.Array) -> tuple[jax.Array, jax.Array]:
+    probs = _masked_softmax(scores, visible)
+    return probs, probs
+
+
+def _masked_softmax_bwd(probs: jax.Array, g: jax.Array) -> tuple[jax.Array, None]:
+    # Masked entries have probability 0, hence gradient 0, as through the ``where``.
+    return probs * (g - jnp.sum(g * probs, axis=-1, keepdims=True)), None
+
+
+_masked_softmax.defvjp(_masked_softmax_fwd, _masked_softmax_bwd)
 
 
 def _project(
@@ -100,11 +168,10 @@ def _project(
     lora_w: dict[str, tuple[jax.Array, jax.Array]],
     lora: LoraBatch | None,
 ) -> jax.Array:
-    y = x @ w
     if lora is not None and name in lora_w:
         a, b = lora_w[name]
-        y = y + lora_delta(x, a, b, lora.slot, lora.scale)
-    return y
+        return lora_linear(x, w, a, b, lora.slot, lora.scale)
+    return x @ w
 
 
 def forward(
@@ -135,43 +202,43 @@ def forward(
     n_h, hd = config.n_heads, config.head_dim
     positions = jnp.asarray(start, jnp.int32) + jnp.arange(seq, dtype=jnp.int32)  # [T]
     h = params["embed"][tokens]  # [B, T, d]
-    layer_params = {k: params[k] for k in LAYER_KEYS}
     lora_layers = (
         {k: ab for k, ab in lora.weights.items() if k != "lm_head"} if lora is not None else {}
     )
+    # RoPE tables and the causal mask are shared by every layer.
+    cos, sin = _rope_tables(positions, hd, config.rope_theta, h.dtype)
+    key_pos = positions if cache is None else jnp.arange(cache.k.shape[2], dtype=jnp.int32)
+    visible = key_pos[None, :] <= positions[:, None]  # [T, Tk]
+    new_k, new_v = (None, None) if cache is None else (cache.k, cache.v)
 
-    def block(
-        h: jax.Array,
-        xs: tuple[dict[str, jax.Array], dict[str, tuple[jax.Array, jax.Array]], KVCache | None],
-    ) -> tuple[jax.Array, KVCache | None]:
-        p, lw, layer_cache = xs
+    # The layers are unrolled (a Python loop, not ``lax.scan``): with a handful of layers this
+    # avoids the scan's stacked residual buffers and per-layer slicing copies.
+    for layer in range(config.n_layers):
+        p = {k: params[k][layer] for k in LAYER_KEYS}
+        lw = {t: (a[layer], b[layer]) for t, (a, b) in lora_layers.items()}
         x = _rms_norm(h, p["attn_norm"], config.norm_eps)
         q = _project(x, p["q"], "q", lw, lora).reshape(bsz, seq, n_h, hd)
         k = _project(x, p["k"], "k", lw, lora).reshape(bsz, seq, n_h, hd)
         v = _project(x, p["v"], "v", lw, lora).reshape(bsz, seq, n_h, hd)
-        q = _rope(q, positions, config.rope_theta)
-        k = _rope(k, positions, config.rope_theta)
-        if layer_cache is None:
-            keys, values, key_pos = k, v, positions
-            new_cache = None
+        q = _apply_rope(q, cos, sin)
+        k = _apply_rope(k, cos, sin)
+        if new_k is None or new_v is None:
+            keys, values = k, v
         else:
-            at = (0, positions[0], 0, 0)
-            keys = jax.lax.dynamic_update_slice(layer_cache.k, k.astype(layer_cache.k.dtype), at)
-            values = jax.lax.dynamic_update_slice(layer_cache.v, v.astype(layer_cache.v.dtype), at)
-            key_pos = jnp.arange(keys.shape[1], dtype=jnp.int32)
-            new_cache = KVCache(keys, values)
+            zero = jnp.zeros((), jnp.int32)
+            at = (jnp.asarray(layer, jnp.int32), zero, positions[0], zero, zero)
+            new_k = jax.lax.dynamic_update_slice(new_k, k[None].astype(new_k.dtype), at)
+            new_v = jax.lax.dynamic_update_slice(new_v, v[None].astype(new_v.dtype), at)
+            keys, values = new_k[layer], new_v[layer]
         scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys) / jnp.sqrt(jnp.asarray(hd, q.dtype))
-        visible = key_pos[None, :] <= positions[:, None]  # [T, Tk]
-        scores = jnp.where(visible[None, None], scores, jnp.finfo(scores.dtype).min)  # type: ignore[no-untyped-call]
-        attn = jnp.einsum("bhqk,bkhd->bqhd", jax.nn.softmax(scores, axis=-1), values)
+        probs = _masked_softmax(scores, visible[None, None])
+        attn = jnp.einsum("bhqk,bkhd->bqhd", probs, values)
         h = h + _project(attn.reshape(bsz, seq, n_h * hd), p["o"], "o", lw, lora)
         x = _rms_norm(h, p["mlp_norm"], config.norm_eps)
         gate = _project(x, p["gate"], "gate", lw, lora)
         up = _project(x, p["up"], "up", lw, lora)
-        h = h + _project(jax.nn.silu(gate) * up, p["down"], "down", lw, lora)
-        return h, new_cache
-
-    h, new_cache = jax.lax.scan(block, h, (layer_params, lora_layers, cache))
+        h = h + _project(_swiglu(gate, up), p["down"], "down", lw, lora)
+    new_cache = None if new_k is None or new_v is None else KVCache(new_k, new_v)
     x = _rms_norm(h, params["final_norm"], config.norm_eps)
     head = (
         {"lm_head": (lora.weights["lm_head"][0][0], lora.weights["lm_head"][1][0])}
