@@ -200,8 +200,8 @@ def write_markdown(res: dict[str, Any], command: str) -> None:
         "## Client",
         "",
         f"Command: `{command}` ({res['machine']['machine']}, Python "
-        f"{res['machine']['python']}, tinker {res['tinker_version']}; **shared machine**: load "
-        f"average {load[0]} before and {load[1]} after, other helpers' tests running). One "
+        f"{res['machine']['python']}, tinker {res['tinker_version']}; load "
+        f"average {load[0]} before and {load[1]} after). One "
         "local-backend subprocess (`bench/timed_server.py`: `tinkjax.server.start` plus "
         "timestamps), both SDKs in one "
         "client process, same data, SDKs alternating in blocks with the order shuffled per "
@@ -274,8 +274,8 @@ def write_markdown(res: dict[str, Any], command: str) -> None:
         f"{s['tinkjax+pyqwest']['fanout_cpu_ms']:.1f} ms tinkjax on pyqwest) lowers "
         "throughput directly.",
         "",
-        "Run-to-run spread is large on this shared machine (load average 3–7 from other "
-        "jobs). Before the lean pool (tinkjax on httpx, whose pure-Python connection pool "
+        "Run-to-run spread is large when other jobs load the machine. During development "
+        "(load average 3–7), before the lean pool (tinkjax on httpx, whose pure-Python connection pool "
         "rescanned every connection per queued request), ten runs gave 0.73×–1.49× for the "
         "overhead ratio (1.33× in the last full run: 4.58 vs 7.05 ms) and 0.47×–1.06× for the "
         "fan-out ratio (0.98×, 5.6 ms client CPU per request).",

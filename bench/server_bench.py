@@ -230,8 +230,8 @@ def write_markdown(res: dict[str, Any], command: str) -> None:
         "## Server",
         "",
         f"Command: `{command}` ({res['machine']['machine']}, Python {res['machine']['python']}, "
-        f"jax {res['machine']['jax']}; **shared machine**: load average {load[0][0]} before and "
-        f"{load[1][0]} after the run, other helpers' tests running). Model `{MODEL}`, LoRA "
+        f"jax {res['machine']['jax']}; load average {load[0][0]} before and "
+        f"{load[1][0]} after the run). Model `{MODEL}`, LoRA "
         "rank 8, batch 8 × 64 tokens, cross_entropy; `tinkjax serve` in a subprocess driven "
         "by the tinkjax client over loopback. Warm steps only (the first "
         f"{COMPILE_STEPS}, which compile, are excluded); ms. `timed` = the same server plus "
