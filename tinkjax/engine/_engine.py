@@ -153,7 +153,10 @@ def _build_step(
     }
     members: dict[Any, list[int]] = {}
     for i, reg in enumerate(regs):
-        if norm_method == "vmap" and reg.prepare is None:
+        # Grouping only pays off for the norms (one scan branch per kind). Without norms a
+        # vmapped group's gradient was measured 200x slower than per-regularizer terms on
+        # XLA:CPU (16 regularizers, 1M tokens: 5-7 s against 25 ms), so plain steps never group.
+        if norm_method == "vmap" and track_grad_norms and reg.prepare is None:
             shapes = tuple(np.shape(reg.params[k]) for k in reg.param_names)
             key: Any = (reg.fn, reg.static_key, reg.param_names, shapes)
         else:

@@ -1,0 +1,118 @@
+"""Names, ids and small conversions shared by the checkpoint store's parts."""
+
+from __future__ import annotations
+
+import json
+import re
+from datetime import UTC, datetime, timedelta
+from typing import Any, Literal, get_args
+from urllib.parse import quote
+
+import msgspec
+
+from ._store_errors import InvalidNameError
+
+__all__ = ["CheckpointKind", "parse_checkpoint_id", "validate_name"]
+
+CheckpointKind = Literal["weights", "sampler_weights"]
+_KINDS: tuple[str, ...] = get_args(CheckpointKind)
+_KIND_TYPE = {"weights": "training", "sampler_weights": "sampler"}
+_NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_NAME = 200
+
+
+def validate_name(name: object, *, field: str = "name") -> str:
+    """Check a checkpoint name (or file-name segment): ``[A-Za-z0-9._-]+``, no ``..``, no leading dot.
+
+    Raises:
+        InvalidNameError: naming ``field`` and the value.
+    """
+    if (
+        not isinstance(name, str)
+        or not _NAME_RE.fullmatch(name)
+        or ".." in name
+        or name.startswith(".")
+        or len(name) > _MAX_NAME
+    ):
+        raise InvalidNameError(
+            f"{name!r} is not a valid name: use 1-{_MAX_NAME} characters from [A-Za-z0-9._-], "
+            "not starting with '.' and without '..'",
+            field=field,
+            value=name,
+        )
+    return name
+
+
+def _validate_kind(kind: object) -> CheckpointKind:
+    if kind not in _KINDS:
+        raise InvalidNameError(
+            f"{kind!r} is not a checkpoint kind; expected one of {list(_KINDS)}",
+            field="kind",
+            value=kind,
+        )
+    return kind  # type: ignore[return-value]
+
+
+def _validate_id(value: object, field: str) -> str:
+    if not isinstance(value, str) or not value or "/" in value:
+        raise InvalidNameError(
+            f"{value!r} is not a valid id (a non-empty string without '/')",
+            field=field,
+            value=value,
+        )
+    return value
+
+
+def parse_checkpoint_id(checkpoint_id: str) -> tuple[CheckpointKind, str]:
+    """Split ``weights/<name>`` or ``sampler_weights/<name>`` into kind and name.
+
+    Raises:
+        InvalidNameError: naming ``checkpoint_id`` when it has another shape.
+    """
+    kind, sep, name = (
+        checkpoint_id.partition("/") if isinstance(checkpoint_id, str) else ("", "", "")
+    )
+    if not sep:
+        raise InvalidNameError(
+            f"{checkpoint_id!r} must look like weights/<name> or sampler_weights/<name>",
+            field="checkpoint_id",
+            value=checkpoint_id,
+        )
+    return _validate_kind(kind), validate_name(name, field="checkpoint_id")
+
+
+def _model_dir_name(model_id: str) -> str:
+    return quote(model_id, safe="").replace(".", "%2E")
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _iso(dt: datetime) -> str:
+    return dt.isoformat(timespec="microseconds")
+
+
+def _dt(text: str | None) -> datetime | None:
+    return None if text is None else datetime.fromisoformat(text)
+
+
+def _json(value: Any) -> str:
+    return json.dumps(msgspec.to_builtins(value), sort_keys=True)
+
+
+def _check_page(limit: int, offset: int) -> None:
+    if not isinstance(limit, int) or limit < 0:
+        raise InvalidNameError(f"{limit!r} must be an int >= 0", field="limit", value=limit)
+    if not isinstance(offset, int) or offset < 0:
+        raise InvalidNameError(f"{offset!r} must be an int >= 0", field="offset", value=offset)
+
+
+def _expires(now: datetime, ttl_seconds: int | None) -> str | None:
+    if ttl_seconds is None:
+        return None
+    if not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool) or ttl_seconds < 0:
+        raise InvalidNameError(
+            f"{ttl_seconds!r} must be null or an int >= 0", field="ttl_seconds", value=ttl_seconds
+        )
+    return _iso(now + timedelta(seconds=ttl_seconds))
