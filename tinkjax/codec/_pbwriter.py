@@ -6,8 +6,9 @@ directly (tags, varint lengths, then the buffers themselves, joined once) is ~10
 Small or rare parts (config maps, image chunks, provenance spans) are serialized with the
 generated module and spliced in: protobuf parsers merge repeated occurrences of a message's
 fields, so the concatenation of serialized parts is itself a valid serialization.
-The request's hot path (``_proto._datum_parts``) skips :class:`Writer` and uses :func:`varint`
-and :func:`varint_size` to emit each field's nested headers as one ``bytes`` ahead of its buffer.
+The request's hot path (``_proto_request_write._datum_parts``) skips :class:`Writer` and uses
+:func:`varint` and :func:`varint_size` to emit each field's nested headers as one ``bytes`` ahead
+of its buffer.
 Tests check every message written here parses with both the generated module and the official
 SDK's, to the same values.
 """
@@ -58,8 +59,10 @@ def varint_size(value: int) -> int:
 
 def key(field_number: int, wire_type: int) -> bytes:
     """A field key: ``(field_number << 3) | wire_type`` as a varint."""
-    return _VARINT_CACHE[(field_number << 3) | wire_type] if field_number < 16 else varint(
-        (field_number << 3) | wire_type
+    return (
+        _VARINT_CACHE[(field_number << 3) | wire_type]
+        if field_number < 16
+        else varint((field_number << 3) | wire_type)
     )
 
 
