@@ -11,7 +11,7 @@ demo:            ## the main job on the embedded backend
 	bash scripts/demo.sh
 
 lint:
-	$(PY) -m ruff check tinkjax kernels tests bench
+	$(PY) -m ruff check tinkjax kernels tests bench examples
 
 typecheck:
 	$(PY) -m mypy

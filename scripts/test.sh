@@ -13,7 +13,7 @@ fi
 .venv/bin/python -m pip install --quiet -e '.[dev]' --config-settings editable_mode=strict
 export TINKER_TELEMETRY=0
 if [ "$#" -eq 0 ]; then
-    .venv/bin/ruff check tinkjax kernels tests bench
+    .venv/bin/ruff check tinkjax kernels tests bench examples
     .venv/bin/mypy
 fi
 exec .venv/bin/pytest "$@"
