@@ -19,8 +19,11 @@ from tinkjax.server import start
 def main(base_model: str = "tinkjax/bytelm-micro", steps: int = 5) -> list[float]:
     """A LoRA fine-tune through the official SDK; returns the loss of every step."""
     with start() as server:
-        os.environ["TINKER_BASE_URL"] = server.base_url
-        os.environ.setdefault("TINKER_API_KEY", "tml-local")
+        # Explicit arguments (TINKER_BASE_URL / TINKER_API_KEY in the environment work too).
+        connect = {
+            "base_url": server.base_url,
+            "api_key": os.environ.get("TINKER_API_KEY", "tml-local"),
+        }
         import tinker
         from tinker import types
 
@@ -30,7 +33,7 @@ def main(base_model: str = "tinkjax/bytelm-micro", steps: int = 5) -> list[float
             loss_fn_inputs={"target_tokens": text[1:], "weights": [1.0] * (len(text) - 1)},
         )
         losses = []
-        with tinker.ServiceClient() as service:
+        with tinker.ServiceClient(**connect) as service:
             training = service.create_lora_training_client(base_model=base_model, rank=8).result()
             for step in range(steps):
                 out = training.forward_backward([datum], "cross_entropy").result()
@@ -51,7 +54,7 @@ def main(base_model: str = "tinkjax/bytelm-micro", steps: int = 5) -> list[float
                     "utf-8", "replace"
                 ),
             )
-            rest = tinker.RestClient()
+            rest = tinker.RestClient(**connect)
             listed = rest.list_checkpoints(training.model_id).result()
             print("checkpoints:", [c.checkpoint_id for c in listed.checkpoints])
     return losses
