@@ -184,7 +184,9 @@ def breakdown(start: float, end: float, rec: dict[str, list[dict[str, Any]]]) ->
 def in_window(rec: dict[str, list[dict[str, Any]]], start: float, end: float) -> dict[str, Any]:
     """Records overlapping ``[start, end]``."""
     return {
-        "http": [r for r in rec["http"] if r.get("done", r["called"]) >= start and r["called"] <= end],
+        "http": [
+            r for r in rec["http"] if r.get("done", r["called"]) >= start and r["called"] <= end
+        ],
         "jobs": [r for r in rec["jobs"] if r["end"] >= start and r["start"] <= end],
         "runtime": [r for r in rec["runtime"] if r["end"] >= start and r["start"] <= end],
     }

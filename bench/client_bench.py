@@ -135,7 +135,9 @@ class RawHttp:
         return data
 
     def _post_json(self, path: str, obj: Any) -> Any:
-        return json.loads(self._send(path, encode_json(obj), "application/json", "application/json"))
+        return json.loads(
+            self._send(path, encode_json(obj), "application/json", "application/json")
+        )
 
     def _poll(self, request_id: str, *, proto: bool) -> Any:
         body = encode_json(tinkjax.types.FutureRetrieveRequest(request_id=request_id))
@@ -243,7 +245,10 @@ def write_markdown(res: dict[str, Any], command: str) -> None:
             f"| {name} | {statistics.median(f):.1f} | {min(f):.1f} | {max(f):.1f} | "
             f"{r['fanout_cpu_ms']:.2f} | {r['fanout_jax_share']:.0%} |"
         )
-    ov, fo = res["ratios"]["overhead_official_over_tinkjax"], res["ratios"]["fanout_tinkjax_over_official"]
+    ov, fo = (
+        res["ratios"]["overhead_official_over_tinkjax"],
+        res["ratios"]["fanout_tinkjax_over_official"],
+    )
     lines += [
         "",
         "| ratio (per-round medians) | value |",

@@ -92,14 +92,18 @@ def official_request(request: Any) -> Any:
         tinker.Datum(
             model_input=tinker.ModelInput.from_ints(d.model_input.to_numpy().tolist()),
             loss_fn_inputs={
-                "target_tokens": tinker.TensorData.from_numpy(d.loss_fn_inputs["target_tokens"].data),
+                "target_tokens": tinker.TensorData.from_numpy(
+                    d.loss_fn_inputs["target_tokens"].data
+                ),
                 "weights": tinker.TensorData.from_numpy(d.loss_fn_inputs["weights"].data),
             },
         )
         for d in request.forward_backward_input.data
     ]
     return tinker.types.ForwardBackwardRequest(
-        forward_backward_input=tinker.types.ForwardBackwardInput(data=data, loss_fn="cross_entropy"),
+        forward_backward_input=tinker.types.ForwardBackwardInput(
+            data=data, loss_fn="cross_entropy"
+        ),
         model_id=request.model_id,
         seq_id=request.seq_id,
     )
@@ -176,7 +180,9 @@ def main() -> None:
     rows = []
     for name, times in per_round.items():
         med = statistics.median(times)
-        rows.append({"variant": name, "median_ms": med * 1e3, "payload_GB_per_s": payload / med / 1e9})
+        rows.append(
+            {"variant": name, "median_ms": med * 1e3, "payload_GB_per_s": payload / med / 1e9}
+        )
     result = {
         "tokens": sum(lens),
         "datums": len(lens),
@@ -199,8 +205,12 @@ def main() -> None:
     for row in rows:
         print(f"| {row['variant']} | {row['median_ms']:.1f} | {row['payload_GB_per_s']:.2f} |")
     if ratios:
-        print(f"official / tinkjax (client half, per-round median): {statistics.median(ratios):.1f}x")
-        print(f"official client half / tinkjax full round trip: {statistics.median(ratios_full):.1f}x")
+        print(
+            f"official / tinkjax (client half, per-round median): {statistics.median(ratios):.1f}x"
+        )
+        print(
+            f"official client half / tinkjax full round trip: {statistics.median(ratios_full):.1f}x"
+        )
 
 
 if __name__ == "__main__":

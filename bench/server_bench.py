@@ -65,7 +65,9 @@ def startup(n: int) -> dict[str, Any]:
         })  # fmt: skip
         server.stop()
     return {k: statistics.median(r[k] for r in rows) for k in rows[0]} | {
-        "max_capabilities_s": max(r["capabilities_s"] for r in rows), "runs": rows}
+        "max_capabilities_s": max(r["capabilities_s"] for r in rows),
+        "runs": rows,
+    }
 
 
 class Variant:
@@ -291,7 +293,8 @@ def write_markdown(res: dict[str, Any], command: str) -> None:
         f"start, {rs['after_compile']:.0f} MB after the compile steps and first sample, "
         f"{rs['after_sync_steps']:.0f} MB after {rs['steps']} steps, {rs['at_end']:.0f} MB at "
         f"the end (after the pipelined rounds and samples). Every 10 steps: "
-        + ", ".join(f"{m:.0f}" for _, m in curve) + " MB.",
+        + ", ".join(f"{m:.0f}" for _, m in curve)
+        + " MB.",
         "",
     ]
     lines += res["verdict_lines"]

@@ -84,7 +84,9 @@ def _instrument(profile: cProfile.Profile | None) -> None:
     from tinkjax.server._scheduler import Scheduler
 
     fault_middleware = getattr(launch, "FaultMiddleware")  # noqa: B009
-    setattr(launch, "FaultMiddleware", lambda inner, faults: Timing(fault_middleware(inner, faults)))  # noqa: B010
+    setattr(  # noqa: B010
+        launch, "FaultMiddleware", lambda inner, faults: Timing(fault_middleware(inner, faults))
+    )
 
     execute = Scheduler._execute
 

@@ -14,6 +14,7 @@ fi
 export TINKER_TELEMETRY=0
 if [ "$#" -eq 0 ]; then
     .venv/bin/ruff check tinkjax kernels tests bench examples
+    .venv/bin/ruff format --check tinkjax kernels tests bench examples
     .venv/bin/mypy
 fi
 exec .venv/bin/pytest "$@"

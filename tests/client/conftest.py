@@ -22,8 +22,12 @@ def fake() -> FakeTinker:
 
 @pytest.fixture
 def service(fake: FakeTinker) -> Iterator[ServiceClient]:
-    sc = ServiceClient(base_url="http://fake.test", api_key=API_KEY,
-                       http_transport=fake.transport(), heartbeat_interval=0)
+    sc = ServiceClient(
+        base_url="http://fake.test",
+        api_key=API_KEY,
+        http_transport=fake.transport(),
+        heartbeat_interval=0,
+    )
     yield sc
     sc.close()
 

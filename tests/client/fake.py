@@ -98,8 +98,9 @@ class FakeTinker:
         if proto is not None:
             self.futures[rid] = Future(proto, "application/x-protobuf", self.pending_polls)
         else:
-            self.futures[rid] = Future(json.dumps(result).encode(), "application/json",
-                                       self.pending_polls)
+            self.futures[rid] = Future(
+                json.dumps(result).encode(), "application/json", self.pending_polls
+            )
         return {"request_id": rid}
 
     def handle(self, request: httpx.Request) -> httpx.Response:
@@ -113,17 +114,21 @@ class FakeTinker:
                 if f.kind == "timeout":
                     raise httpx.ReadTimeout("read timed out", request=request)
                 if f.kind == "malformed":
-                    return httpx.Response(200, content=b'{"request_id": ', request=request,
-                                          headers={"content-type": "application/json"})
+                    return httpx.Response(
+                        200,
+                        content=b'{"request_id": ',
+                        request=request,
+                        headers={"content-type": "application/json"},
+                    )
                 if f.kind == "after":
                     after = f
                     break
-                return httpx.Response(f.status, content=f.body, headers=f.headers,
-                                      request=request)
+                return httpx.Response(f.status, content=f.body, headers=f.headers, request=request)
         response = self.route(request)
         if after is not None:
-            return httpx.Response(after.status, content=after.body, headers=after.headers,
-                                  request=request)
+            return httpx.Response(
+                after.status, content=after.body, headers=after.headers, request=request
+            )
         return response
 
     def route(self, request: httpx.Request) -> httpx.Response:
@@ -174,9 +179,12 @@ class FakeTinker:
         return self._future({"path": body["path"], "model_id": model_id})
 
     def get_info(self, req: httpx.Request, body: Any) -> Any:
-        return {"model_id": body["model_id"],
-                "model_data": {"model_name": "tinkjax/bytelm-micro", "arch": "bytelm"},
-                "is_lora": True, "lora_rank": 8}
+        return {
+            "model_id": body["model_id"],
+            "model_data": {"model_name": "tinkjax/bytelm-micro", "arch": "bytelm"},
+            "is_lora": True,
+            "lora_rank": 8,
+        }
 
     def _apply(self, model_id: str, seq_id: int) -> bool:
         """Record an execution; False when ``(model_id, seq_id)`` was already applied."""
@@ -195,8 +203,11 @@ class FakeTinker:
             return httpx.Response(415, json={"detail": "json fwdbwd not supported here"})
         self._apply(parsed.model_id, parsed.seq_id or 0)
         self.fwdbwd_seq.append(parsed.seq_id or 0)
-        data = (parsed.forward_input if isinstance(parsed, ForwardRequest)
-                else parsed.forward_backward_input).data
+        data = (
+            parsed.forward_input
+            if isinstance(parsed, ForwardRequest)
+            else parsed.forward_backward_input
+        ).data
         outputs = []
         for d in data:
             n = d.model_input.length
@@ -204,8 +215,11 @@ class FakeTinker:
         out = ForwardBackwardOutput(
             loss_fn_output_type="ArrayRecord",
             loss_fn_outputs=outputs,
-            metrics={"loss:sum": float(sum(d.model_input.length for d in data)),
-                     "seq:max": float(parsed.seq_id or 0), "n:mean": float(len(data))},
+            metrics={
+                "loss:sum": float(sum(d.model_input.length for d in data)),
+                "seq:max": float(parsed.seq_id or 0),
+                "n:mean": float(len(data)),
+            },
         )
         return self._future(None, proto=encode_forward_backward_output(out))
 
@@ -216,26 +230,40 @@ class FakeTinker:
             return self._future({"metrics": {"lr": body["adam_params"]["learning_rate"]}})
         if kind == "save_weights":
             path = f"tinker://{body['model_id']}/weights/{body['path']}"
-            self.checkpoints.append({"checkpoint_id": f"weights/{body['path']}",
-                                     "checkpoint_type": "training",
-                                     "time": "2026-01-01T00:00:00Z", "tinker_path": path})
+            self.checkpoints.append(
+                {
+                    "checkpoint_id": f"weights/{body['path']}",
+                    "checkpoint_type": "training",
+                    "time": "2026-01-01T00:00:00Z",
+                    "tinker_path": path,
+                }
+            )
             return self._future({"path": path})
         if body.get("path") is not None:
             return self._future(
-                {"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"})
+                {"path": f"tinker://{body['model_id']}/sampler_weights/{body['path']}"}
+            )
         return self._future(
-            {"sampling_session_id": f"sess-1:sample:{body['sampling_session_seq_id']}"})
+            {"sampling_session_id": f"sess-1:sample:{body['sampling_session_seq_id']}"}
+        )
 
     def create_sampling_session(self, req: httpx.Request, body: Any) -> Any:
-        return {"sampling_session_id": f"{body['session_id']}:sample:"
-                                       f"{body['sampling_session_seq_id']}"}
+        return {
+            "sampling_session_id": f"{body['session_id']}:sample:{body['sampling_session_seq_id']}"
+        }
 
     def asample(self, req: httpx.Request, body: Any) -> Any:
         self.sample_keys.append(req.headers.get("x-api-key"))
         n = body["num_samples"]
         prompt = [t for c in body["prompt"]["chunks"] for t in c["tokens"]]
-        seqs = [SampledSequence(stop_reason="length", tokens_np=np.array([1, 2, 3], np.int32),
-                                logprobs_np=np.full(3, -0.5, np.float32)) for _ in range(n)]
+        seqs = [
+            SampledSequence(
+                stop_reason="length",
+                tokens_np=np.array([1, 2, 3], np.int32),
+                logprobs_np=np.full(3, -0.5, np.float32),
+            )
+            for _ in range(n)
+        ]
         plp = None
         if body.get("prompt_logprobs"):
             plp = np.array([np.nan] + [-1.0] * (len(prompt) - 1), np.float32)
@@ -249,10 +277,17 @@ class FakeTinker:
             return httpx.Response(404, json={"detail": "unknown request id"})
         if fut.pending > 0:
             fut.pending -= 1
-            return httpx.Response(408, json={"type": "try_again", "request_id": body["request_id"],
-                                             "queue_state": "paused_capacity"})
+            return httpx.Response(
+                408,
+                json={
+                    "type": "try_again",
+                    "request_id": body["request_id"],
+                    "queue_state": "paused_capacity",
+                },
+            )
         if fut.content_type == "application/x-protobuf" and "x-protobuf" not in req.headers.get(
-                "accept", ""):
+            "accept", ""
+        ):
             return httpx.Response(400, json={"detail": "protobuf result needs Accept"})
         return httpx.Response(200, content=fut.result, headers={"content-type": fut.content_type})
 
@@ -262,31 +297,50 @@ class FakeTinker:
     def training_runs(self, req: httpx.Request, body: Any) -> Any:
         limit = int(req.url.params.get("limit", 20))
         offset = int(req.url.params.get("offset", 0))
-        runs = [{"training_run_id": f"sess-1:train:{i}", "base_model": "tinkjax/bytelm-micro",
-                 "model_owner": "me", "is_lora": True,
-                 "last_request_time": "2026-01-01T00:00:00Z"} for i in range(7)]
-        return {"training_runs": runs[offset:offset + limit],
-                "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)}}
+        runs = [
+            {
+                "training_run_id": f"sess-1:train:{i}",
+                "base_model": "tinkjax/bytelm-micro",
+                "model_owner": "me",
+                "is_lora": True,
+                "last_request_time": "2026-01-01T00:00:00Z",
+            }
+            for i in range(7)
+        ]
+        return {
+            "training_runs": runs[offset : offset + limit],
+            "cursor": {"offset": offset, "limit": limit, "total_count": len(runs)},
+        }
 
     def training_run(self, req: httpx.Request, body: Any, run_id: str) -> Any:
-        return {"training_run_id": run_id, "base_model": "tinkjax/bytelm-micro",
-                "model_owner": "me", "is_lora": True, "lora_rank": 8,
-                "last_request_time": "2026-01-01T00:00:00Z"}
+        return {
+            "training_run_id": run_id,
+            "base_model": "tinkjax/bytelm-micro",
+            "model_owner": "me",
+            "is_lora": True,
+            "lora_rank": 8,
+            "last_request_time": "2026-01-01T00:00:00Z",
+        }
 
     def list_checkpoints(self, req: httpx.Request, body: Any, run_id: str) -> Any:
-        return {"checkpoints": [c for c in self.checkpoints
-                                if c["tinker_path"].startswith(f"tinker://{run_id}/")]}
+        return {
+            "checkpoints": [
+                c for c in self.checkpoints if c["tinker_path"].startswith(f"tinker://{run_id}/")
+            ]
+        }
 
     def user_checkpoints(self, req: httpx.Request, body: Any) -> Any:
         limit = int(req.url.params.get("limit", 100))
         offset = int(req.url.params.get("offset", 0))
-        return {"checkpoints": self.checkpoints[offset:offset + limit],
-                "cursor": {"offset": offset, "limit": limit,
-                           "total_count": len(self.checkpoints)}}
+        return {
+            "checkpoints": self.checkpoints[offset : offset + limit],
+            "cursor": {"offset": offset, "limit": limit, "total_count": len(self.checkpoints)},
+        }
 
     def delete_checkpoint(self, req: httpx.Request, body: Any, run_id: str, ckpt: str) -> Any:
-        self.checkpoints = [c for c in self.checkpoints
-                            if c["tinker_path"] != f"tinker://{run_id}/{ckpt}"]
+        self.checkpoints = [
+            c for c in self.checkpoints if c["tinker_path"] != f"tinker://{run_id}/{ckpt}"
+        ]
         return {}
 
     def archive(self, req: httpx.Request, body: Any, run_id: str, ckpt: str) -> Any:
@@ -305,7 +359,7 @@ class FakeTinker:
     def sessions(self, req: httpx.Request, body: Any) -> Any:
         limit = int(req.url.params.get("limit", 20))
         offset = int(req.url.params.get("offset", 0))
-        return {"sessions": [f"s{i}" for i in range(5)][offset:offset + limit]}
+        return {"sessions": [f"s{i}" for i in range(5)][offset : offset + limit]}
 
     def sampler(self, req: httpx.Request, body: Any, sid: str) -> Any:
         return {"sampler_id": sid, "base_model": "tinkjax/bytelm-micro"}

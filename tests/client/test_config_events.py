@@ -30,18 +30,34 @@ KEY = "tml-config-secret-abcdef"
 
 
 def test_precedence_argument_env_default() -> None:
-    env = {"TINKER_API_KEY": KEY, "TINKER_BASE_URL": "https://env.example/x/",
-           "TINKER_PROJECT_ID": "proj-env", "TINKER_TAGS": "a, b,,c", "TINKER_TELEMETRY": "off"}
+    env = {
+        "TINKER_API_KEY": KEY,
+        "TINKER_BASE_URL": "https://env.example/x/",
+        "TINKER_PROJECT_ID": "proj-env",
+        "TINKER_TAGS": "a, b,,c",
+        "TINKER_TELEMETRY": "off",
+    }
     cfg = resolve_config(environ=env)
     assert cfg.base_url == "https://env.example/x"
     assert cfg.api_key == KEY
     assert cfg.project_id == "proj-env"
     assert cfg.tags == ("a", "b", "c")
     assert not cfg.telemetry
-    cfg = resolve_config(environ=env, base_url="https://arg.example", project_id="p",
-                         tags=["t"], telemetry=True, api_key="tml-arg")
+    cfg = resolve_config(
+        environ=env,
+        base_url="https://arg.example",
+        project_id="p",
+        tags=["t"],
+        telemetry=True,
+        api_key="tml-arg",
+    )
     assert (cfg.base_url, cfg.project_id, cfg.tags, cfg.telemetry, cfg.api_key) == (
-        "https://arg.example", "p", ("t",), True, "tml-arg")
+        "https://arg.example",
+        "p",
+        ("t",),
+        True,
+        "tml-arg",
+    )
     cfg = resolve_config(environ={"TINKER_API_KEY": KEY})
     assert cfg.base_url == DEFAULT_BASE_URL
     assert cfg.telemetry
@@ -51,8 +67,9 @@ def test_precedence_argument_env_default() -> None:
 
 def test_embedded_default_and_explicit_local() -> None:
     assert resolve_config(environ={}, start_embedded=False).embedded
-    assert resolve_config(environ={"TINKER_API_KEY": KEY}, base_url="local",
-                          start_embedded=False).embedded
+    assert resolve_config(
+        environ={"TINKER_API_KEY": KEY}, base_url="local", start_embedded=False
+    ).embedded
     assert not resolve_config(environ={"TINKER_BASE_URL": "http://127.0.0.1:9"}).embedded
 
 
@@ -126,8 +143,10 @@ def test_telemetry_metadata_nests() -> None:
 
 
 def _datum(n: int) -> Datum:
-    return Datum(model_input=ModelInput.from_ints(list(range(n))),
-                 loss_fn_inputs={"target_tokens": list(range(n)), "weights": [1.0] * n})
+    return Datum(
+        model_input=ModelInput.from_ints(list(range(n))),
+        loss_fn_inputs={"target_tokens": list(range(n)), "weights": [1.0] * n},
+    )
 
 
 def test_chunking_limits() -> None:
@@ -144,20 +163,49 @@ def test_chunking_limits() -> None:
 
 def _out(n: int, metrics: dict[str, float]) -> ForwardBackwardOutput:
     outs = [{"logprobs": TensorData.from_numpy(np.zeros(1, np.float32))} for _ in range(n)]
-    return ForwardBackwardOutput(loss_fn_output_type="ArrayRecord", loss_fn_outputs=outs,
-                                 metrics=metrics)
+    return ForwardBackwardOutput(
+        loss_fn_output_type="ArrayRecord", loss_fn_outputs=outs, metrics=metrics
+    )
 
 
 def test_combine_metric_reductions() -> None:
-    a = _out(1, {"l:sum": 1.0, "m:mean": 1.0, "lo:min": 3.0, "hi:max": 3.0, "s:slack": 1.0,
-                 "u:unique": 7.0, "h:hash2": 2.0**40, "x:weird": 1.0, "only_a:sum": 1.0})
-    b = _out(3, {"l:sum": 2.0, "m:mean": 5.0, "lo:min": 1.0, "hi:max": 4.0, "s:slack": 5.0,
-                 "u:unique": 8.0, "h:hash2": 3.0, "x:weird": 1.0})
+    a = _out(
+        1,
+        {
+            "l:sum": 1.0,
+            "m:mean": 1.0,
+            "lo:min": 3.0,
+            "hi:max": 3.0,
+            "s:slack": 1.0,
+            "u:unique": 7.0,
+            "h:hash2": 2.0**40,
+            "x:weird": 1.0,
+            "only_a:sum": 1.0,
+        },
+    )
+    b = _out(
+        3,
+        {
+            "l:sum": 2.0,
+            "m:mean": 5.0,
+            "lo:min": 1.0,
+            "hi:max": 4.0,
+            "s:slack": 5.0,
+            "u:unique": 8.0,
+            "h:hash2": 3.0,
+            "x:weird": 1.0,
+        },
+    )
     c = combine_outputs([a, b])
     assert len(c.loss_fn_outputs) == 4
     assert c.metrics == {
-        "l:sum": 3.0, "m:mean": pytest.approx((1 * 1 + 3 * 5) / 4), "lo:min": 1.0, "hi:max": 4.0,
-        "s:slack": pytest.approx(5.0 - (1 * 1 + 3 * 5) / 4), "u:unique": 7.0, "u:unique_1": 8.0,
+        "l:sum": 3.0,
+        "m:mean": pytest.approx((1 * 1 + 3 * 5) / 4),
+        "lo:min": 1.0,
+        "hi:max": 4.0,
+        "s:slack": pytest.approx(5.0 - (1 * 1 + 3 * 5) / 4),
+        "u:unique": 7.0,
+        "u:unique_1": 8.0,
         "h:hash2": 2.0**40 + 3.0,
     }
     with pytest.raises(ValueError, match="name:reduction"):
@@ -171,10 +219,21 @@ def test_official_reductions_agree() -> None:
     from tinker.lib.chunked_fwdbwd_helpers import _metrics_reduction
 
     rng = np.random.default_rng(0)
-    outs = [_out(int(k), {"a:sum": float(v), "b:mean": float(w), "c:slack": float(v),
-                          "d:max": float(w), "e:unique": float(v)})
-            for k, v, w in zip(rng.integers(1, 9, 4), rng.normal(size=4), rng.normal(size=4),
-                               strict=True)]
+    outs = [
+        _out(
+            int(k),
+            {
+                "a:sum": float(v),
+                "b:mean": float(w),
+                "c:slack": float(v),
+                "d:max": float(w),
+                "e:unique": float(v),
+            },
+        )
+        for k, v, w in zip(
+            rng.integers(1, 9, 4), rng.normal(size=4), rng.normal(size=4), strict=True
+        )
+    ]
 
     class Fake:
         def __init__(self, o: ForwardBackwardOutput) -> None:
@@ -188,8 +247,17 @@ def test_official_reductions_agree() -> None:
 def test_public_api_is_sorted_and_complete() -> None:
     assert tinkjax.__all__ == sorted(tinkjax.__all__)
     public = {n for n in dir(tinkjax) if not n.startswith("_")} - {
-        "client", "codec", "errors", "models", "server", "engine", "losses", "regularizers",
-        "kernels", "cli"}
+        "client",
+        "codec",
+        "errors",
+        "models",
+        "server",
+        "engine",
+        "losses",
+        "regularizers",
+        "kernels",
+        "cli",
+    }
     assert public <= set(tinkjax.__all__) | {"annotations"}
     for name in tinkjax.__all__:
         assert hasattr(tinkjax, name), name

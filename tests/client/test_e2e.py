@@ -27,8 +27,10 @@ TEXT = b"the quick brown fox jumps over the lazy dog"
 
 def sft_datum(text: bytes = TEXT) -> Datum:
     toks = list(text)
-    return Datum(model_input=ModelInput.from_ints(toks[:-1]),
-                 loss_fn_inputs={"target_tokens": toks[1:], "weights": [1.0] * (len(toks) - 1)})
+    return Datum(
+        model_input=ModelInput.from_ints(toks[:-1]),
+        loss_fn_inputs={"target_tokens": toks[1:], "weights": [1.0] * (len(toks) - 1)},
+    )
 
 
 def test_sync_train_save_sample_resume_list_download(
@@ -46,7 +48,9 @@ def test_sync_train_save_sample_resume_list_download(
         o.result(timeout=60)
         losses.append(out.metrics["loss:sum"])
         assert [x["logprobs"].to_numpy().shape for x in out.loss_fn_outputs] == [
-            (len(TEXT) - 1,), (25,)]
+            (len(TEXT) - 1,),
+            (25,),
+        ]
     assert losses[-1] < losses[0]
     state = tc.save_state("step4").result(timeout=60)
     assert state.path == f"tinker://{tc.model_id}/weights/step4"
@@ -72,8 +76,9 @@ def test_sync_train_save_sample_resume_list_download(
     run = rest.get_training_run_by_tinker_path(state.path).result(timeout=60)
     assert run.base_model == MODEL
     seen: list[int] = []
-    out_dir = rest.download_checkpoint(state.path, tmp_path / "dl", progress_bar=False,
-                                       progress=lambda d, t: seen.append(d)).result(timeout=60)
+    out_dir = rest.download_checkpoint(
+        state.path, tmp_path / "dl", progress_bar=False, progress=lambda d, t: seen.append(d)
+    ).result(timeout=60)
     assert any(p.stat().st_size > 0 for p in out_dir.rglob("*") if p.is_file())
     assert seen
     rest.delete_checkpoint_from_tinker_path(state.path).result(timeout=60)
@@ -84,8 +89,9 @@ def test_sync_train_save_sample_resume_list_download(
 def test_async_loop(local_server: Any, tmp_path: Path) -> None:
     async def main() -> None:
         async with ServiceClient(base_url=local_server.base_url, api_key=API_KEY) as sc:
-            tcs = await asyncio.gather(*(sc.create_lora_training_client_async(MODEL, rank=2)
-                                         for _ in range(2)))
+            tcs = await asyncio.gather(
+                *(sc.create_lora_training_client_async(MODEL, rank=2) for _ in range(2))
+            )
             assert len({t.model_id for t in tcs}) == 2
             tc = tcs[0]
             fwd = await tc.forward_backward_async([sft_datum()], "cross_entropy")
@@ -93,10 +99,14 @@ def test_async_loop(local_server: Any, tmp_path: Path) -> None:
             assert (await fwd).metrics["loss:sum"] > 0
             await opt
             sampler = await tc.save_weights_and_get_sampling_client_async()
-            outs = await asyncio.gather(*(
-                sampler.sample_async(ModelInput.from_ints(list(b"fox")), 1,
-                                     SamplingParams(max_tokens=3))
-                for _ in range(8)))
+            outs = await asyncio.gather(
+                *(
+                    sampler.sample_async(
+                        ModelInput.from_ints(list(b"fox")), 1, SamplingParams(max_tokens=3)
+                    )
+                    for _ in range(8)
+                )
+            )
             assert all(len(o.sequences) == 1 for o in outs)
             saved = await (await tc.save_state_async("a1"))
             resumed = await sc.create_training_client_from_state_async(saved.path)
@@ -115,8 +125,9 @@ def test_backend_faults_nothing_hangs_nothing_applied_twice(
 ) -> None:
     caplog.set_level(logging.DEBUG)
     statuses: list[int] = []
-    events.attach("e2e-status", "tinkjax.request.stop",
-                  lambda n, m, md: statuses.append(md["status"]))
+    events.attach(
+        "e2e-status", "tinkjax.request.stop", lambda n, m, md: statuses.append(md["status"])
+    )
     try:
         tc = e2e_service.create_lora_training_client(MODEL, rank=2).result(timeout=60)
         sampler = tc.save_weights_and_get_sampling_client().result(timeout=60)
@@ -135,8 +146,10 @@ def test_backend_faults_nothing_hangs_nothing_applied_twice(
             futs.append(tc.forward_backward([sft_datum()], "cross_entropy"))
             futs.append(tc.optim_step(AdamParams(learning_rate=1e-3)))
         futs.append(tc.save_state("faulty"))
-        samples = [sampler.sample(ModelInput.from_ints([1, 2, 3]), 1,
-                                  SamplingParams(max_tokens=2)) for _ in range(50)]
+        samples = [
+            sampler.sample(ModelInput.from_ints([1, 2, 3]), 1, SamplingParams(max_tokens=2))
+            for _ in range(50)
+        ]
         for f in futs:
             f.result(timeout=90)
         assert all(len(s.result(timeout=90).sequences) == 1 for s in samples)
@@ -145,14 +158,19 @@ def test_backend_faults_nothing_hangs_nothing_applied_twice(
             assert local_server.applied_count(tc.model_id, seq) == 1, seq
         assert {429, 503, 408, 502} <= set(statuses)
         # An expired training future is a documented error; a sample is resubmitted.
-        local_server.faults.rules.append(FaultRule(r"/api/v1/retrieve_future$", status=410,
-                                                   times=1))
+        local_server.faults.rules.append(
+            FaultRule(r"/api/v1/retrieve_future$", status=410, times=1)
+        )
         with pytest.raises(FutureExpiredError):
             tc.forward([sft_datum()], "cross_entropy").result(timeout=60)
-        local_server.faults.rules.append(FaultRule(r"/api/v1/retrieve_future$", status=410,
-                                                   times=1))
-        assert sampler.sample(ModelInput.from_ints([4]), 1, SamplingParams(max_tokens=1)).result(
-            timeout=60).sequences
+        local_server.faults.rules.append(
+            FaultRule(r"/api/v1/retrieve_future$", status=410, times=1)
+        )
+        assert (
+            sampler.sample(ModelInput.from_ints([4]), 1, SamplingParams(max_tokens=1))
+            .result(timeout=60)
+            .sequences
+        )
     finally:
         events.detach("e2e-status")
     assert API_KEY not in caplog.text
@@ -187,8 +205,12 @@ def test_json_era_wire_mode(local_server: Any) -> None:
         lp = np.asarray(out.loss_fn_outputs[0]["logprobs"].to_numpy())
         assert lp.shape == (len(TEXT) - 1,)
         samp = tc.save_weights_and_get_sampling_client().result(timeout=60)
-        assert samp.sample(ModelInput.from_ints([1]), 2, SamplingParams(max_tokens=2)).result(
-            timeout=60).sequences[1].sequence_id
+        assert (
+            samp.sample(ModelInput.from_ints([1]), 2, SamplingParams(max_tokens=2))
+            .result(timeout=60)
+            .sequences[1]
+            .sequence_id
+        )
 
 
 def test_embedded_default_starts_local_backend(

@@ -48,10 +48,16 @@ def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture
 def recorded() -> Iterator[list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]]]:
     seen: list[tuple[tuple[str, ...], dict[str, Any], dict[str, Any]]] = []
-    events.attach("test-recorder", [("tinkjax", "request", "start"),
-                                    "tinkjax.request.stop", "tinkjax.request.exception",
-                                    "tinkjax.future.queue_state"],
-                  lambda n, m, md: seen.append((n, dict(m), dict(md))))
+    events.attach(
+        "test-recorder",
+        [
+            ("tinkjax", "request", "start"),
+            "tinkjax.request.stop",
+            "tinkjax.request.exception",
+            "tinkjax.future.queue_state",
+        ],
+        lambda n, m, md: seen.append((n, dict(m), dict(md))),
+    )
     yield seen
     events.detach("test-recorder")
 
@@ -126,8 +132,13 @@ def test_4xx_maps_to_exception_tree_without_leaking_key(
 
 
 def test_connection_errors_exhaust_into_apiconnectionerror(fake: FakeTinker) -> None:
-    sc = ServiceClient(base_url="http://fake.test", api_key=API_KEY, max_retries=2,
-                       http_transport=fake.transport(), heartbeat_interval=0)
+    sc = ServiceClient(
+        base_url="http://fake.test",
+        api_key=API_KEY,
+        max_retries=2,
+        http_transport=fake.transport(),
+        heartbeat_interval=0,
+    )
     try:
         tc = training(sc)
         fake.fault(r"/save_weights$", kind="timeout", times=3)
@@ -174,8 +185,7 @@ def test_poll_loop_status_table(
     fake.fault(r"/retrieve_future$", kind="reset", times=1)
     assert tc.forward([datum(2)], "cross_entropy").result(timeout=30).metrics["loss:sum"] == 2.0
     # A failed request surfaces its category.
-    fake.fault(r"/retrieve_future$", status=200,
-               body=b'{"error": "bad datum", "category": "user"}')
+    fake.fault(r"/retrieve_future$", status=200, body=b'{"error": "bad datum", "category": "user"}')
     with pytest.raises(RequestFailedError) as failed:
         tc.optim_step(AdamParams()).result(timeout=30)
     assert failed.value.category == "user"
@@ -204,8 +214,13 @@ def test_overall_poll_timeout(service: ServiceClient, fake: FakeTinker) -> None:
 
     fake.pending_polls = 10**6
     ack = fake._future({"metrics": {}})
-    coro = poll_future(service.transport, ack["request_id"], OptimStepResponse,
-                       request_type="OptimStep", timeout=0.3)
+    coro = poll_future(
+        service.transport,
+        ack["request_id"],
+        OptimStepResponse,
+        request_type="OptimStep",
+        timeout=0.3,
+    )
     with pytest.raises(APITimeoutError, match="did not resolve"):
         submit(coro).result(timeout=30)
 
@@ -223,8 +238,11 @@ def test_sampling_fan_out_and_429_storm(service: ServiceClient, fake: FakeTinker
     assert len(ids) == 120
     assert None not in ids
     # The sampling path sends no HTTP-level retries: one request per attempt.
-    assert all(r.headers["x-tinkjax-retry-count"] == "0"
-               for r in fake.requests if r.url.path == "/api/v1/asample")
+    assert all(
+        r.headers["x-tinkjax-retry-count"] == "0"
+        for r in fake.requests
+        if r.url.path == "/api/v1/asample"
+    )
     lps = sc.compute_logprobs(prompt).result(timeout=30)
     assert lps[0] is None
     assert lps[1:] == [-1.0, -1.0]
@@ -232,9 +250,15 @@ def test_sampling_fan_out_and_429_storm(service: ServiceClient, fake: FakeTinker
 
 def test_429_window_is_per_tenant(fake: FakeTinker) -> None:
     key_a, key_b = "tml-tenant-a-key", "tml-tenant-b-key"
-    clients = [ServiceClient(base_url="http://fake.test", api_key=k,
-                             http_transport=fake.transport(), heartbeat_interval=0)
-               for k in (key_a, key_b)]
+    clients = [
+        ServiceClient(
+            base_url="http://fake.test",
+            api_key=k,
+            http_transport=fake.transport(),
+            heartbeat_interval=0,
+        )
+        for k in (key_a, key_b)
+    ]
     try:
         sa, sb = (c.create_sampling_client(base_model="m").result(timeout=30) for c in clients)
         lim_a = limiter_for("http://fake.test", key_a)
@@ -261,8 +285,12 @@ def test_429_window_is_per_tenant(fake: FakeTinker) -> None:
 def test_rate_limit_waits_are_bounded(fake: FakeTinker) -> None:
     from tinkjax.client import SamplingRetryConfig
 
-    sc = ServiceClient(base_url="http://fake.test", api_key="tml-bounded",
-                       http_transport=fake.transport(), heartbeat_interval=0)
+    sc = ServiceClient(
+        base_url="http://fake.test",
+        api_key="tml-bounded",
+        http_transport=fake.transport(),
+        heartbeat_interval=0,
+    )
     try:
         samp = sc.create_sampling_client(
             base_model="m", retry_config=SamplingRetryConfig(max_rate_limit_waits=2)

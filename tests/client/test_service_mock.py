@@ -14,9 +14,16 @@ from .fake import FakeTinker
 
 
 def test_session_request_heartbeats_and_finish_on_with(fake: FakeTinker) -> None:
-    with ServiceClient({"team": "x"}, project_id="p1", display_name="run", tags=["a"],
-                       base_url="http://fake.test", api_key=API_KEY,
-                       http_transport=fake.transport(), heartbeat_interval=0.01) as sc:
+    with ServiceClient(
+        {"team": "x"},
+        project_id="p1",
+        display_name="run",
+        tags=["a"],
+        base_url="http://fake.test",
+        api_key=API_KEY,
+        http_transport=fake.transport(),
+        heartbeat_interval=0.01,
+    ) as sc:
         assert sc.session_id == "sess-1"
         deadline = time.monotonic() + 10
         while fake.heartbeats < 2 and time.monotonic() < deadline:
@@ -26,8 +33,9 @@ def test_session_request_heartbeats_and_finish_on_with(fake: FakeTinker) -> None
     assert fake.session_request["project_id"] == "p1"
     assert fake.session_request["tags"] == ["a"]
     assert fake.session_request["display_name"] == "run"
-    assert fake.finished == [{"session_id": "sess-1", "reason": {"type": "success"},
-                              "detail": None}]
+    assert fake.finished == [
+        {"session_id": "sess-1", "reason": {"type": "success"}, "detail": None}
+    ]
     count = fake.heartbeats
     time.sleep(0.05)
     assert fake.heartbeats == count  # heartbeats stopped with the session
@@ -36,9 +44,14 @@ def test_session_request_heartbeats_and_finish_on_with(fake: FakeTinker) -> None
 
 
 def test_errored_block_finishes_with_detail_and_masks_key(fake: FakeTinker) -> None:
-    with pytest.raises(KeyError), ServiceClient(
-        base_url="http://fake.test", api_key=API_KEY, http_transport=fake.transport(),
-        heartbeat_interval=0,
+    with (
+        pytest.raises(KeyError),
+        ServiceClient(
+            base_url="http://fake.test",
+            api_key=API_KEY,
+            http_transport=fake.transport(),
+            heartbeat_interval=0,
+        ),
     ):
         raise KeyError(f"boom {API_KEY}")
     assert fake.finished[0]["reason"] == {"type": "errored"}
@@ -46,8 +59,12 @@ def test_errored_block_finishes_with_detail_and_masks_key(fake: FakeTinker) -> N
 
 
 def test_finish_404_raises(fake: FakeTinker) -> None:
-    sc = ServiceClient(base_url="http://fake.test", api_key=API_KEY,
-                       http_transport=fake.transport(), heartbeat_interval=0)
+    sc = ServiceClient(
+        base_url="http://fake.test",
+        api_key=API_KEY,
+        http_transport=fake.transport(),
+        heartbeat_interval=0,
+    )
     assert sc.session_id == "sess-1"
     fake.fault(r"/finish$", status=404)
     with pytest.raises(NotFoundError):
@@ -57,8 +74,9 @@ def test_finish_404_raises(fake: FakeTinker) -> None:
 
 def test_factory_argument_checks(service: ServiceClient) -> None:
     with pytest.raises(ConfigurationError, match="train_mlp"):
-        service.create_lora_training_client("m", train_mlp=False, train_attn=False,
-                                             train_unembed=False)
+        service.create_lora_training_client(
+            "m", train_mlp=False, train_attn=False, train_unembed=False
+        )
     with pytest.raises(ConfigurationError, match="exactly one"):
         service.create_sampling_client()
     with pytest.raises(ConfigurationError, match="tinker://"):
@@ -67,8 +85,12 @@ def test_factory_argument_checks(service: ServiceClient) -> None:
 
 def test_session_creation_failure_surfaces_on_first_call(fake: FakeTinker) -> None:
     fake.fault(r"/create_session$", status=401, body=b'{"detail": "bad key"}')
-    sc = ServiceClient(base_url="http://fake.test", api_key=API_KEY,
-                       http_transport=fake.transport(), heartbeat_interval=0)
+    sc = ServiceClient(
+        base_url="http://fake.test",
+        api_key=API_KEY,
+        http_transport=fake.transport(),
+        heartbeat_interval=0,
+    )
     from tinkjax.errors import AuthenticationError
 
     with pytest.raises(AuthenticationError):
@@ -89,5 +111,6 @@ def test_tokenizers(service: ServiceClient, monkeypatch: pytest.MonkeyPatch) -> 
     samp = service.create_sampling_client(base_model="tinkjax/bytelm-micro").result(timeout=30)
     assert samp.get_base_model() == "tinkjax/bytelm-micro"
     by_path = service.create_sampling_client(
-        model_path="tinker://sess-1:train:0/sampler_weights/x").result(timeout=30)
+        model_path="tinker://sess-1:train:0/sampler_weights/x"
+    ).result(timeout=30)
     assert by_path.get_base_model() == "tinkjax/bytelm-micro"  # asked /samplers/{id}

@@ -16,8 +16,10 @@ from .fake import FakeTinker
 
 
 def datum(n: int) -> Datum:
-    return Datum(model_input=ModelInput.from_ints(list(range(n))),
-                 loss_fn_inputs={"target_tokens": list(range(1, n + 1)), "weights": [1.0] * n})
+    return Datum(
+        model_input=ModelInput.from_ints(list(range(n))),
+        loss_fn_inputs={"target_tokens": list(range(1, n + 1)), "weights": [1.0] * n},
+    )
 
 
 def test_train_loop_seq_ids_and_results(service: ServiceClient, fake: FakeTinker) -> None:
@@ -42,8 +44,12 @@ def test_train_loop_seq_ids_and_results(service: ServiceClient, fake: FakeTinker
 
 def test_chunks_are_split_sent_with_consecutive_ids_and_combined(fake: FakeTinker) -> None:
     fake.config = {"fwdbwd_max_chunk_len": 2}
-    sc = ServiceClient(base_url="http://fake.test", api_key=API_KEY,
-                       http_transport=fake.transport(), heartbeat_interval=0)
+    sc = ServiceClient(
+        base_url="http://fake.test",
+        api_key=API_KEY,
+        http_transport=fake.transport(),
+        heartbeat_interval=0,
+    )
     try:
         tc = sc.create_lora_training_client("tinkjax/bytelm-micro").result(timeout=30)
         data = [datum(n) for n in (1, 2, 3, 4, 5)]
@@ -70,11 +76,13 @@ def test_private_custom_loss_contract(service: ServiceClient, fake: FakeTinker) 
 
     async def two_passes() -> int:
         chunks = [[datum(2)], [datum(3)]]
-        fwd = await tc._send_fwdbwd_chunks(chunks, ids[:2], loss_fn="cross_entropy",
-                                           loss_fn_config=None, forward_only=True)
+        fwd = await tc._send_fwdbwd_chunks(
+            chunks, ids[:2], loss_fn="cross_entropy", loss_fn_config=None, forward_only=True
+        )
         assert not later.done()  # ordered after the reserved ids
-        bwd = await tc._send_fwdbwd_chunks(chunks, ids[2:], loss_fn="cross_entropy",
-                                           loss_fn_config={"k": 1.0}, forward_only=False)
+        bwd = await tc._send_fwdbwd_chunks(
+            chunks, ids[2:], loss_fn="cross_entropy", loss_fn_config={"k": 1.0}, forward_only=False
+        )
         assert [len(o.loss_fn_outputs) for o in fwd + bwd] == [1, 1, 1, 1]
         return len(tc._combine_outputs(fwd + bwd).loss_fn_outputs)
 

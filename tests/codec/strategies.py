@@ -44,7 +44,9 @@ def f32_array(shape: tuple[int, ...], *, nan: bool = False) -> st.SearchStrategy
     )
 
 
-def i64_array(shape: tuple[int, ...], elems: st.SearchStrategy[int] = INT64) -> st.SearchStrategy[np.ndarray]:
+def i64_array(
+    shape: tuple[int, ...], elems: st.SearchStrategy[int] = INT64
+) -> st.SearchStrategy[np.ndarray]:
     size = int(np.prod(shape)) if shape else 1
     return st.lists(elems, min_size=size, max_size=size).map(
         lambda xs: np.asarray(xs, dtype=np.int64).reshape(shape)
@@ -124,10 +126,12 @@ def model_input(*, proto: bool = False) -> st.SearchStrategy[T.ModelInput]:
     return st.lists(chunk, max_size=3).map(lambda cs: T.ModelInput(chunks=cs))
 
 
-SPAN: st.SearchStrategy[T.ProvenanceSpan] = st.one_of([
-    st.builds(cls, sequence_id=NAME, offset=st.integers(0, 2**40), length=st.integers(0, 2**40))
-    for cls in (T.PromptProvenanceSpan, T.SampledProvenanceSpan)
-])
+SPAN: st.SearchStrategy[T.ProvenanceSpan] = st.one_of(
+    [
+        st.builds(cls, sequence_id=NAME, offset=st.integers(0, 2**40), length=st.integers(0, 2**40))
+        for cls in (T.PromptProvenanceSpan, T.SampledProvenanceSpan)
+    ]
+)
 
 
 @st.composite
@@ -161,14 +165,18 @@ def forward_backward_input(draw: st.DrawFn, *, proto: bool = False) -> T.Forward
 
 
 @st.composite
-def fwd_request(draw: st.DrawFn, *, proto: bool = False) -> T.ForwardBackwardRequest | T.ForwardRequest:
+def fwd_request(
+    draw: st.DrawFn, *, proto: bool = False
+) -> T.ForwardBackwardRequest | T.ForwardRequest:
     """A ForwardBackwardRequest or a ForwardRequest (``seq_id`` always set in protobuf mode)."""
     seq_id = draw(st.integers(0, 2**31 - 1) if proto else st.none() | st.integers(0, 2**31 - 1))
     fb_input = draw(forward_backward_input(proto=proto))
     model_id = draw(TEXT)
     if draw(st.booleans()):
         return T.ForwardRequest(forward_input=fb_input, model_id=model_id, seq_id=seq_id)
-    return T.ForwardBackwardRequest(forward_backward_input=fb_input, model_id=model_id, seq_id=seq_id)
+    return T.ForwardBackwardRequest(
+        forward_backward_input=fb_input, model_id=model_id, seq_id=seq_id
+    )
 
 
 # -- outputs ----------------------------------------------------------------------------------
@@ -177,14 +185,18 @@ def forward_backward_output(draw: st.DrawFn) -> T.ForwardBackwardOutput:
     """Per-datum dense outputs with one key set; trailing shapes vary between runs of datums
     (ragged K), and every tensor carries its shape, as decoded outputs always do."""
     names = draw(st.lists(NAME, min_size=1, max_size=3, unique=True))
-    specs = {n: (draw(st.sampled_from(["float32", "int64"])), draw(st.integers(1, 2))) for n in names}
+    specs = {
+        n: (draw(st.sampled_from(["float32", "int64"])), draw(st.integers(1, 2))) for n in names
+    }
     outputs = []
     for _ in range(draw(st.integers(0, 4))):
         n_rows = draw(st.integers(0, 4))
         out = {}
         for name, (dtype, ndim) in specs.items():
             shape = (n_rows,) if ndim == 1 else (n_rows, draw(st.integers(1, 3)))
-            out[name] = T.TensorData(data=draw(_array(dtype, shape)), dtype=dtype, shape=list(shape))  # type: ignore[arg-type]
+            out[name] = T.TensorData(
+                data=draw(_array(dtype, shape)), dtype=dtype, shape=list(shape)
+            )  # type: ignore[arg-type]
         outputs.append(out)
     return T.ForwardBackwardOutput(
         loss_fn_output_type=draw(st.sampled_from(["ArrayRecord", "TorchLossReturn"])),
@@ -225,20 +237,29 @@ def sample_response(draw: st.DrawFn, *, proto: bool = False) -> T.SampleResponse
     if draw(st.booleans()):
         k = draw(st.integers(1, 3))
         alt = T.PromptAltTokens(
-            tokens=T.TensorData(data=draw(i64_array((prompt_len - 1, k))), dtype="int64",
-                                shape=[prompt_len - 1, k]),
-            logprobs=T.TensorData(data=draw(f32_array((prompt_len - 1, k))), dtype="float32",
-                                  shape=[prompt_len - 1, k]),
+            tokens=T.TensorData(
+                data=draw(i64_array((prompt_len - 1, k))), dtype="int64", shape=[prompt_len - 1, k]
+            ),
+            logprobs=T.TensorData(
+                data=draw(f32_array((prompt_len - 1, k))),
+                dtype="float32",
+                shape=[prompt_len - 1, k],
+            ),
         )
     return T.SampleResponse(
         sequences=draw(st.lists(sampled_sequence(proto=proto), max_size=3)),
-        prompt_logprobs_np=None if prompt is None else np.concatenate([[np.nan], prompt]).astype(np.float32),
+        prompt_logprobs_np=None
+        if prompt is None
+        else np.concatenate([[np.nan], prompt]).astype(np.float32),
         topk_prompt_logprobs_np=draw(st.none() | topk(min_size=1 if proto else 0)),
         # protobuf responses always write a shape (decoded tensors carry one)
         target_prompt_logprobs=draw(
             st.none()
-            | (dense_tensor(dtype="float32", shape_none=False) | csr_tensor(dtype="float32")
-               if proto else tensor("float32"))
+            | (
+                dense_tensor(dtype="float32", shape_none=False) | csr_tensor(dtype="float32")
+                if proto
+                else tensor("float32")
+            )
         ),
         prompt_cache_hit_tokens=draw(st.integers(0, 2**31 - 1)),
         prompt_alt_tokens=alt,
@@ -262,9 +283,11 @@ OPTIM_STEP = st.builds(
     seq_id=st.none() | st.integers(0, 2**31 - 1),
     adam_params=st.deferred(lambda: struct_strategy(T.AdamParams)),
 ).flatmap(
-    lambda r: st.just(r)
-    | st.deferred(lambda: struct_strategy(T.DimuonParams)).map(
-        lambda p: T.OptimStepRequest(model_id=r.model_id, seq_id=r.seq_id, optimizer_params=p)
+    lambda r: (
+        st.just(r)
+        | st.deferred(lambda: struct_strategy(T.DimuonParams)).map(
+            lambda p: T.OptimStepRequest(model_id=r.model_id, seq_id=r.seq_id, optimizer_params=p)
+        )
     )
 )
 

@@ -69,7 +69,8 @@ def test_every_truncation_of_a_request_is_a_tinkjax_error() -> None:
     )
     req = T.ForwardBackwardRequest(
         forward_backward_input=T.ForwardBackwardInput(data=[datum], loss_fn="cross_entropy"),
-        model_id="m", seq_id=1,
+        model_id="m",
+        seq_id=1,
     )
     data = encode_forward_backward_request(req)
     _truncate_everywhere(data, decode_forward_backward_request)
@@ -279,8 +280,10 @@ def test_unknown_loss_input_key_names_the_key() -> None:
     assert "weights" in str(info.value)
     assert isinstance(info.value, WireFormatError)
     # Arrays and TensorData are accepted under any key (only plain lists need the dtype rule).
-    d = T.Datum(model_input=T.ModelInput.from_ints([1]),
-                loss_fn_inputs={"custom": np.array([1.0], np.float32)})  # type: ignore[dict-item]
+    d = T.Datum(
+        model_input=T.ModelInput.from_ints([1]),
+        loss_fn_inputs={"custom": np.array([1.0], np.float32)},
+    )  # type: ignore[dict-item]
     assert d.loss_fn_inputs["custom"].dtype == "float32"
 
 

@@ -63,8 +63,15 @@ def test_protobuf_answers_dispatch_on_content_type() -> None:
 
 
 @pytest.mark.parametrize(
-    "body", [b"", b"not json", b'{"type": "try_again"}', b'{"error": 5}', b"[]",
-             b'{"status": "complete_metadata"}']
+    "body",
+    [
+        b"",
+        b"not json",
+        b'{"type": "try_again"}',
+        b'{"error": 5}',
+        b"[]",
+        b'{"status": "complete_metadata"}',
+    ],
 )
 def test_bad_answers_are_decode_errors(body: bytes) -> None:
     with pytest.raises(DecodeError):

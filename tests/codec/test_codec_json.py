@@ -21,9 +21,7 @@ from tinkjax.errors import DecodeError, WireFormatError
 
 from . import strategies as S
 
-SETTINGS = settings(
-    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow]
-)
+SETTINGS = settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 STRUCTS = S.wire_structs()
 
@@ -73,7 +71,9 @@ def test_sample_response_nan_prompt_logprobs_travel_as_null(resp: T.SampleRespon
         assert "prompt_logprobs" not in body
         return
     assert body["prompt_logprobs"][0] is None
-    assert [x is None for x in body["prompt_logprobs"]] == np.isnan(resp.prompt_logprobs_np).tolist()
+    assert [x is None for x in body["prompt_logprobs"]] == np.isnan(
+        resp.prompt_logprobs_np
+    ).tolist()
     back = decode_json(encode_json(resp), T.SampleResponse)
     assert back == resp
     assert back.prompt_logprobs == resp.prompt_logprobs
@@ -84,7 +84,10 @@ def test_sample_response_nan_prompt_logprobs_travel_as_null(resp: T.SampleRespon
 def test_none_fields_are_omitted_but_defaults_are_sent() -> None:
     req = T.SaveWeightsRequest(model_id="m", path=None, seq_id=3)
     assert json.loads(encode_json(req)) == {
-        "model_id": "m", "seq_id": 3, "overwrite": False, "type": "save_weights",
+        "model_id": "m",
+        "seq_id": 3,
+        "overwrite": False,
+        "type": "save_weights",
     }
 
 
@@ -97,7 +100,9 @@ def test_session_finish_detail_is_sent_even_when_null() -> None:
 def test_tags_and_renamed_fields_are_on_the_wire() -> None:
     seq = T.SampledSequence(stop_reason="length", tokens_np=[5, 6], logprobs_np=[-1.0, -2.0])
     assert json.loads(encode_json(seq)) == {
-        "stop_reason": "length", "tokens": [5, 6], "logprobs": [-1.0, -2.0],
+        "stop_reason": "length",
+        "tokens": [5, 6],
+        "logprobs": [-1.0, -2.0],
     }
     chunk = T.EncodedTextChunk(tokens=[1, 2])
     assert json.loads(encode_json(chunk)) == {"type": "encoded_text", "tokens": [1, 2]}
@@ -118,8 +123,12 @@ def test_naive_datetimes_are_sent_as_utc() -> None:
 
 
 def test_to_wire_builtins_converts_numpy_scalars_and_enums() -> None:
-    assert to_wire_builtins({"a": np.float32(1.5), "b": np.int64(3), "c": T.RequestErrorCategory.USER}) == {
-        "a": 1.5, "b": 3, "c": "user",
+    assert to_wire_builtins(
+        {"a": np.float32(1.5), "b": np.int64(3), "c": T.RequestErrorCategory.USER}
+    ) == {
+        "a": 1.5,
+        "b": 3,
+        "c": "user",
     }
     with pytest.raises(WireFormatError, match="cannot encode a value of type object"):
         to_wire_builtins(object())
@@ -145,16 +154,30 @@ def test_flat_tensor_json_with_shape_decodes_to_that_shape() -> None:
         (b'{"data":[1,2,3],"dtype":"int8"}', "dtype"),
         (b'{"data":[1.5],"dtype":"int64"}', "data"),
         (b'{"data":["a"],"dtype":"int64"}', "data"),
-        (b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1,2],'
-         b'"sparse_col_indices":[0,5]}', "sparse_col_indices"),
-        (b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1],'
-         b'"sparse_col_indices":[0,1]}', "sparse_crow_indices"),
-        (b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1,3],'
-         b'"sparse_col_indices":[0,1]}', "sparse_crow_indices"),
-        (b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1,2]}',
-         "sparse_col_indices"),
-        (b'{"data":[1,2],"dtype":"float32","shape":[2],"sparse_crow_indices":[0,1,2],'
-         b'"sparse_col_indices":[0,1]}', "shape"),
+        (
+            b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1,2],'
+            b'"sparse_col_indices":[0,5]}',
+            "sparse_col_indices",
+        ),
+        (
+            b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1],'
+            b'"sparse_col_indices":[0,1]}',
+            "sparse_crow_indices",
+        ),
+        (
+            b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1,3],'
+            b'"sparse_col_indices":[0,1]}',
+            "sparse_crow_indices",
+        ),
+        (
+            b'{"data":[1,2],"dtype":"float32","shape":[2,2],"sparse_crow_indices":[0,1,2]}',
+            "sparse_col_indices",
+        ),
+        (
+            b'{"data":[1,2],"dtype":"float32","shape":[2],"sparse_crow_indices":[0,1,2],'
+            b'"sparse_col_indices":[0,1]}',
+            "shape",
+        ),
     ],
 )
 def test_bad_tensor_json_names_the_field(body: bytes, field: str) -> None:
@@ -170,11 +193,17 @@ def test_bad_tensor_json_names_the_field(body: bytes, field: str) -> None:
     [
         (b'{"model_id": 3}', T.GetInfoRequest, "$.model_id"),
         (b'{"model_id": "m", "extra": 1}', T.GetInfoRequest, None),
-        (b'{"sequences": [{"stop_reason": "maybe", "tokens": []}]}', T.SampleResponse,
-         "$.sequences[0].stop_reason"),
-        (b'{"forward_backward_input": {"data": [{"model_input": {"chunks": [{"type": "nope"}]}}],'
-         b' "loss_fn": "ppo"}, "model_id": "m"}', T.ForwardBackwardRequest,
-         "$.forward_backward_input.data[0].model_input.chunks[0]"),
+        (
+            b'{"sequences": [{"stop_reason": "maybe", "tokens": []}]}',
+            T.SampleResponse,
+            "$.sequences[0].stop_reason",
+        ),
+        (
+            b'{"forward_backward_input": {"data": [{"model_input": {"chunks": [{"type": "nope"}]}}],'
+            b' "loss_fn": "ppo"}, "model_id": "m"}',
+            T.ForwardBackwardRequest,
+            "$.forward_backward_input.data[0].model_input.chunks[0]",
+        ),
     ],
 )
 def test_invalid_json_names_the_path(body: bytes, tp: type, path: str | None) -> None:
@@ -188,7 +217,9 @@ def test_invalid_json_names_the_path(body: bytes, tp: type, path: str | None) ->
         assert "extra" in str(info.value)
 
 
-@pytest.mark.parametrize("body", [b"", b"{", b'{"model_id": "m"', b"\xff\xfe", b"{\"model_id\": \"m\",}", b"nul"])
+@pytest.mark.parametrize(
+    "body", [b"", b"{", b'{"model_id": "m"', b"\xff\xfe", b'{"model_id": "m",}', b"nul"]
+)
 def test_malformed_json_is_a_decode_error(body: bytes) -> None:
     with pytest.raises(DecodeError, match="malformed JSON"):
         decode_json(body, T.GetInfoRequest)
@@ -203,11 +234,21 @@ def test_json_nan_and_inf_metric_values_encode_as_null() -> None:
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.binary(max_size=64) | st.text(max_size=40).map(str.encode) | S.JSON_VALUE.map(
-    lambda v: json.dumps(v).encode()))
+@given(
+    st.binary(max_size=64)
+    | st.text(max_size=40).map(str.encode)
+    | S.JSON_VALUE.map(lambda v: json.dumps(v).encode())
+)
 def test_fuzzed_json_raises_only_tinkjax_errors(body: bytes) -> None:
-    for tp in (T.GetInfoRequest, T.Datum, T.ForwardBackwardRequest, T.CreateModelRequest,
-               T.TensorData, T.SampleResponse, T.OptimStepRequest):
+    for tp in (
+        T.GetInfoRequest,
+        T.Datum,
+        T.ForwardBackwardRequest,
+        T.CreateModelRequest,
+        T.TensorData,
+        T.SampleResponse,
+        T.OptimStepRequest,
+    ):
         with contextlib.suppress(DecodeError):
             decode_json(body, tp)
 
@@ -232,8 +273,15 @@ ALIASES = [(n, a) for n, a in _aliases() if n != "OptimParams"]
 
 def test_aliases_are_found() -> None:
     names = {n for n, _ in ALIASES}
-    assert {"ModelInputChunk", "ProvenanceSpan", "OptimizerConfig",
-            "TelemetryEvent", "LossFnType", "LossFnOutput", "RequestErrorCategory"} <= names
+    assert {
+        "ModelInputChunk",
+        "ProvenanceSpan",
+        "OptimizerConfig",
+        "TelemetryEvent",
+        "LossFnType",
+        "LossFnOutput",
+        "RequestErrorCategory",
+    } <= names
 
 
 @pytest.mark.parametrize(("name", "alias"), ALIASES, ids=[n for n, _ in ALIASES])

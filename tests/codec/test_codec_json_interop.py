@@ -53,8 +53,10 @@ def _json_era_forward(key: str) -> Callable[[dict[str, Any]], Any]:
     # JSON-era ``/forward_backward`` and ``/forward``: the SDK's pydantic ForwardBackwardInput
     # (its 0.38 request dataclasses are only ever sent as protobuf).
     def sdk(body: dict[str, Any]) -> Any:
-        out = {key: _sdk_body(PydForwardBackwardInput.model_validate(body[key])),
-               "model_id": body["model_id"]}
+        out = {
+            key: _sdk_body(PydForwardBackwardInput.model_validate(body[key])),
+            "model_id": body["model_id"],
+        }
         if "seq_id" in body:
             out["seq_id"] = body["seq_id"]
         return out
@@ -103,7 +105,9 @@ def test_every_request_type_is_compared() -> None:
 def _strategy(cls: type) -> st.SearchStrategy[Any]:
     if cls in (T.ForwardBackwardRequest, T.ForwardRequest):
         # JSON-era datums carry no provenance spans (the SDK's pydantic Datum has none).
-        plain = S.datum().map(lambda d: T.replace(d, model_input_spans=None, loss_fn_input_spans=None))
+        plain = S.datum().map(
+            lambda d: T.replace(d, model_input_spans=None, loss_fn_input_spans=None)
+        )
         fbi = st.builds(
             T.ForwardBackwardInput,
             data=st.lists(plain, max_size=3),
@@ -141,27 +145,39 @@ def test_official_sdk_objects_built_directly_match() -> None:
     """Objects built with the SDK's constructors (not from our JSON) give our exact bytes."""
     cases: list[tuple[Any, Any]] = [
         (
-            tt.CreateModelRequest(session_id="s", model_seq_id=0, base_model="m",
-                                  lora_config=tt.LoraConfig(rank=8)),
-            T.CreateModelRequest(session_id="s", model_seq_id=0, base_model="m",
-                                 lora_config=T.LoraConfig(rank=8)),
+            tt.CreateModelRequest(
+                session_id="s", model_seq_id=0, base_model="m", lora_config=tt.LoraConfig(rank=8)
+            ),
+            T.CreateModelRequest(
+                session_id="s", model_seq_id=0, base_model="m", lora_config=T.LoraConfig(rank=8)
+            ),
         ),
         (
-            tt.OptimStepRequest(model_id="s:train:0", seq_id=3,
-                                adam_params=tt.AdamParams(learning_rate=1e-3, eps=1e-8)),
-            T.OptimStepRequest(model_id="s:train:0", seq_id=3,
-                               adam_params=T.AdamParams(learning_rate=1e-3, eps=1e-8)),
+            tt.OptimStepRequest(
+                model_id="s:train:0",
+                seq_id=3,
+                adam_params=tt.AdamParams(learning_rate=1e-3, eps=1e-8),
+            ),
+            T.OptimStepRequest(
+                model_id="s:train:0",
+                seq_id=3,
+                adam_params=T.AdamParams(learning_rate=1e-3, eps=1e-8),
+            ),
         ),
         (
             tt.SampleRequest(
                 prompt=tt.ModelInput.from_ints([1, 2, 3]),
                 sampling_params=tt.SamplingParams(max_tokens=4, stop=[5, 6]),
-                sampling_session_id="s:sample:0", seq_id=0, prompt_logprobs=True,
+                sampling_session_id="s:sample:0",
+                seq_id=0,
+                prompt_logprobs=True,
             ),
             T.SampleRequest(
                 prompt=T.ModelInput.from_ints([1, 2, 3]),
                 sampling_params=T.SamplingParams(max_tokens=4, stop=[5, 6]),
-                sampling_session_id="s:sample:0", seq_id=0, prompt_logprobs=True,
+                sampling_session_id="s:sample:0",
+                seq_id=0,
+                prompt_logprobs=True,
             ),
         ),
         (

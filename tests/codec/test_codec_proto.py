@@ -95,12 +95,21 @@ def test_request_official_values_spot_check() -> None:
     )
     msg = O.opb.ForwardBackwardRequest()
     msg.ParseFromString(encode_forward_backward_request(req))
-    assert (msg.model_id, msg.seq_id, msg.loss_fn, msg.forward_only) == ("sess:train:0", 5, "ppo", True)
+    assert (msg.model_id, msg.seq_id, msg.loss_fn, msg.forward_only) == (
+        "sess:train:0",
+        5,
+        "ppo",
+        True,
+    )
     assert dict(msg.loss_fn_config) == {"clip_low_threshold": 0.8}
     assert msg.loss_fn_config_v2["clip_low_threshold"].number == 0.8
     assert msg.loss_fn_config_v2["mode"].text == "x"
     (d,) = msg.data
-    assert [c.WhichOneof("chunk") for c in d.model_input] == ["encoded_text", "image", "encoded_text"]
+    assert [c.WhichOneof("chunk") for c in d.model_input] == [
+        "encoded_text",
+        "image",
+        "encoded_text",
+    ]
     assert np.frombuffer(d.model_input[0].encoded_text.tokens, "<i4").tolist() == [1, 2, 2**31 - 1]
     assert d.model_input[1].image.expected_tokens == 4
     tt = d.loss_fn_inputs["target_tokens"]
@@ -130,13 +139,17 @@ def test_output_round_trip(out: T.ForwardBackwardOutput) -> None:
 def test_output_interop_with_the_official_sdk(out: T.ForwardBackwardOutput, records: int) -> None:
     # ours → official
     ours = encode_forward_backward_output(out)
-    assert O.official_output_to_tinkjax(O.response_conv.deserialize_forward_backward_output(ours)) == out
+    assert (
+        O.official_output_to_tinkjax(O.response_conv.deserialize_forward_backward_output(ours))
+        == out
+    )
     # official-module bytes (one or several records) → ours, and → the SDK's own decoder
     theirs = O.build_output_pb(out, records=records)
     assert decode_forward_backward_output(theirs) == out
-    assert O.official_output_to_tinkjax(
-        O.response_conv.deserialize_forward_backward_output(theirs)
-    ) == out
+    assert (
+        O.official_output_to_tinkjax(O.response_conv.deserialize_forward_backward_output(theirs))
+        == out
+    )
 
 
 def test_output_widens_int32_and_bfloat16_like_the_sdk() -> None:
@@ -192,10 +205,15 @@ def _as_official_sees_it(resp: T.SampleResponse) -> T.SampleResponse:
 def test_sample_response_interop_with_the_official_sdk(resp: T.SampleResponse) -> None:
     expected = _as_official_sees_it(resp)
     ours = encode_sample_response(resp)
-    assert O.official_sample_to_tinkjax(O.response_conv.deserialize_sample_response(ours)) == expected
+    assert (
+        O.official_sample_to_tinkjax(O.response_conv.deserialize_sample_response(ours)) == expected
+    )
     theirs = O.build_sample_pb(resp)
     assert decode_sample_response(theirs) == resp
-    assert O.official_sample_to_tinkjax(O.response_conv.deserialize_sample_response(theirs)) == expected
+    assert (
+        O.official_sample_to_tinkjax(O.response_conv.deserialize_sample_response(theirs))
+        == expected
+    )
 
 
 def test_shapeless_response_tensors_get_their_shape_written() -> None:
@@ -212,7 +230,9 @@ def test_shapeless_response_tensors_get_their_shape_written() -> None:
 
 def test_sample_response_prompt_logprobs_nan_is_none() -> None:
     resp = T.SampleResponse(
-        sequences=[T.SampledSequence(stop_reason="length", tokens_np=[3, 4], logprobs_np=[-0.5, -1.0])],
+        sequences=[
+            T.SampledSequence(stop_reason="length", tokens_np=[3, 4], logprobs_np=[-0.5, -1.0])
+        ],
         prompt_logprobs_np=np.array([np.nan, -2.0, -3.0], np.float32),
     )
     ours = decode_sample_response(encode_sample_response(resp))
@@ -234,7 +254,7 @@ def _messages(file: Any) -> tuple[dict[str, Any], dict[str, Any]]:
     def strip(m: Any) -> Any:
         for f in m.field:
             if f.type_name.startswith(prefix):
-                f.type_name = "." + f.type_name[len(prefix):]
+                f.type_name = "." + f.type_name[len(prefix) :]
         for n in m.nested_type:  # map entries
             strip(n)
         return m
@@ -244,8 +264,15 @@ def _messages(file: Any) -> tuple[dict[str, Any], dict[str, Any]]:
 
 def _sig(d: Any) -> list[tuple[Any, ...]]:
     return sorted(
-        (f.name, f.number, f.type, f.label, f.type_name,
-         f.oneof_index if f.HasField("oneof_index") else None, f.proto3_optional)
+        (
+            f.name,
+            f.number,
+            f.type,
+            f.label,
+            f.type_name,
+            f.oneof_index if f.HasField("oneof_index") else None,
+            f.proto3_optional,
+        )
         for f in d.field
     )
 
@@ -267,7 +294,9 @@ def test_proto_schema_matches_the_official_descriptor() -> None:
     assert our_enums == their_enums
 
 
-@pytest.mark.parametrize("name", ["ForwardBackwardRequest", "ForwardBackwardOutput", "SampleResponse"])
+@pytest.mark.parametrize(
+    "name", ["ForwardBackwardRequest", "ForwardBackwardOutput", "SampleResponse"]
+)
 def test_wire_messages_reach_only_shared_types(name: str) -> None:
     seen: set[str] = set()
     todo = [O.opb.DESCRIPTOR.message_types_by_name[name]]

@@ -21,7 +21,9 @@ def test_matches_reference(n_slots: int, x_shape: tuple[int, ...]) -> None:
     scale = jnp.asarray(rng.uniform(0.5, 2.0, size=(n_slots,)), jnp.float32)
     got = jax.jit(lora_delta)(x, a, b, slot, scale)
     assert got.shape == (*x_shape[:-1], 3)
-    np.testing.assert_allclose(got, lora_delta_reference(x, a, b, slot, scale), rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(
+        got, lora_delta_reference(x, a, b, slot, scale), rtol=1e-5, atol=1e-5
+    )
     # Row 0 by hand.
     s = int(slot[0])
     np.testing.assert_allclose(got[0], (x[0] @ a[s] @ b[s]) * scale[s], rtol=1e-5, atol=1e-5)
@@ -99,7 +101,9 @@ def test_lora_linear_values_and_gradients(n_slots: int, x_shape: tuple[int, ...]
         args = (x, w, a, b, scale)
         grads = jax.jit(jax.grad(lambda *p: total(lora_linear, *p), argnums=(0, 1, 2, 3, 4)))
         refs = jax.grad(lambda *p: total(lora_linear_reference, *p), argnums=(0, 1, 2, 3, 4))
-        for name, u, v in zip(("x", "w", "a", "b", "scale"), grads(*args), refs(*args), strict=True):
+        for name, u, v in zip(
+            ("x", "w", "a", "b", "scale"), grads(*args), refs(*args), strict=True
+        ):
             np.testing.assert_allclose(u, v, rtol=1e-10, atol=1e-10, err_msg=name)
 
 
@@ -114,4 +118,6 @@ def test_shape_errors() -> None:
 def test_lora_linear_shape_errors() -> None:
     a, b = jnp.zeros((1, 4, 2)), jnp.zeros((1, 2, 3))
     with pytest.raises(ValueError, match="w must be"):
-        lora_linear(jnp.zeros((3, 4)), jnp.zeros((4, 4)), a, b, jnp.zeros((3,), jnp.int32), jnp.ones((1,)))
+        lora_linear(
+            jnp.zeros((3, 4)), jnp.zeros((4, 4)), a, b, jnp.zeros((3,), jnp.int32), jnp.ones((1,))
+        )

@@ -14,11 +14,15 @@ def test_matches_reference_on_random_rows() -> None:
     logits = jnp.asarray(rng.normal(size=(n, v)) * 3, jnp.float32)
     temperature = jnp.asarray(rng.uniform(0.3, 2.0, size=n), jnp.float32)
     top_k = jnp.asarray(rng.integers(-1, v + 3, size=n), jnp.int32)
-    top_p = jnp.asarray(np.where(rng.random(n) < 0.3, 1.0, rng.uniform(0.05, 1.0, size=n)), jnp.float32)
+    top_p = jnp.asarray(
+        np.where(rng.random(n) < 0.3, 1.0, rng.uniform(0.05, 1.0, size=n)), jnp.float32
+    )
     got = jax.jit(filter_logits)(logits, temperature, top_k, top_p)
     ref = filter_logits_reference(logits, temperature, top_k, top_p)
     np.testing.assert_array_equal(np.isfinite(got), np.isfinite(ref))
-    np.testing.assert_allclose(np.where(np.isfinite(got), got, 0), np.where(np.isfinite(ref), ref, 0), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.where(np.isfinite(got), got, 0), np.where(np.isfinite(ref), ref, 0), rtol=1e-6
+    )
 
 
 def test_hand_cases() -> None:

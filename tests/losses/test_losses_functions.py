@@ -29,8 +29,9 @@ CASES = {
         -np.exp(LP - Q) * A,
     ),
     "ppo": (
-        lambda lp: losses.ppo(lp, sampler_logprobs=Q, advantages=A, clip_low_threshold=0.9,
-                              clip_high_threshold=1.1),
+        lambda lp: losses.ppo(
+            lp, sampler_logprobs=Q, advantages=A, clip_low_threshold=0.9, clip_high_threshold=1.1
+        ),
         _np_ppo(LP, Q, A, 0.9, 1.1),
     ),
     "cispo": (

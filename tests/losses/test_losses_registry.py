@@ -16,7 +16,14 @@ RL = {"target_tokens": np.zeros(3, np.int64), "logprobs": np.array([-1.1, -0.4, 
 
 
 def test_registry_contents() -> None:
-    assert sorted(LOSS_FUNCTIONS) == ["cispo", "cross_entropy", "dro", "gspo", "importance_sampling", "ppo"]
+    assert sorted(LOSS_FUNCTIONS) == [
+        "cispo",
+        "cross_entropy",
+        "dro",
+        "gspo",
+        "importance_sampling",
+        "ppo",
+    ]
     assert LOSS_FUNCTIONS["cross_entropy"].required_inputs == ("target_tokens", "weights")
     assert LOSS_FUNCTIONS["ppo"].input_arguments["logprobs"] == "sampler_logprobs"
     assert dict(LOSS_FUNCTIONS["cispo"].config_defaults) == {
@@ -27,8 +34,12 @@ def test_registry_contents() -> None:
 
 
 def test_dispatch_matches_direct_calls_under_jit() -> None:
-    got = jax.jit(lambda lp: compute_elementwise_loss("ppo", lp, RL, {"clip_high_threshold": 1.5}))(LP)
-    want = losses.ppo(LP, sampler_logprobs=RL["logprobs"], advantages=RL["advantages"], clip_high_threshold=1.5)
+    got = jax.jit(lambda lp: compute_elementwise_loss("ppo", lp, RL, {"clip_high_threshold": 1.5}))(
+        LP
+    )
+    want = losses.ppo(
+        LP, sampler_logprobs=RL["logprobs"], advantages=RL["advantages"], clip_high_threshold=1.5
+    )
     np.testing.assert_allclose(got, want)
     ce = compute_elementwise_loss("cross_entropy", LP, {"weights": np.ones(3)}, None)
     np.testing.assert_allclose(ce, -LP)

@@ -22,12 +22,24 @@ def _nonzero_b(rt: ModelRuntime, name: str, seed: int) -> None:
     rt.import_state(name, state, info=rt.adapter_info(name), include_optimizer=False)
 
 
-def _loss(rt: ModelRuntime, name: str, datums: list[DatumArrays], loss: str = "cross_entropy", **cfg: float) -> float:
+def _loss(
+    rt: ModelRuntime,
+    name: str,
+    datums: list[DatumArrays],
+    loss: str = "cross_entropy",
+    **cfg: float,
+) -> float:
     (res,) = rt.forward_backward([FwdBwdItem(name, datums, loss, cfg)], forward_only=True)
     return res.metrics["loss:sum"]
 
 
-def _grad(rt: ModelRuntime, name: str, datums: list[DatumArrays], loss: str = "cross_entropy", **cfg: float) -> dict[str, np.ndarray]:
+def _grad(
+    rt: ModelRuntime,
+    name: str,
+    datums: list[DatumArrays],
+    loss: str = "cross_entropy",
+    **cfg: float,
+) -> dict[str, np.ndarray]:
     rt.forward_backward([FwdBwdItem(name, datums, loss, cfg)], forward_only=False)
     grads = rt.accumulated_gradients(name)
     rt.optim_step(name, AdamHyper(learning_rate=0.0))  # clear the accumulator
@@ -62,7 +74,12 @@ def test_gradient_matches_finite_differences(
             assert any(np.any(g) for g in grads.values()), loss
             state = rt.export_state("fd", include_optimizer=False)
             info = rt.adapter_info("fd")
-            for key, index in (("lora.q.a", (1, 3, 2)), ("lora.down.b", (0, 1, 5)), ("lora.lm_head.b", (0, 2, 7)), ("lora.up.a", (0, 0, 0))):
+            for key, index in (
+                ("lora.q.a", (1, 3, 2)),
+                ("lora.down.b", (0, 1, 5)),
+                ("lora.lm_head.b", (0, 2, 7)),
+                ("lora.up.a", (0, 0, 0)),
+            ):
                 eps = 1e-6
                 values = []
                 for sign in (1, -1):
@@ -71,7 +88,9 @@ def test_gradient_matches_finite_differences(
                     rt.import_state("fd", bumped, info=info, include_optimizer=False)
                     values.append(_loss(rt, "fd", [datum], loss, **cfg))
                 fd = (values[0] - values[1]) / (2 * eps)
-                np.testing.assert_allclose(grads[key][index], fd, rtol=1e-5, atol=1e-8, err_msg=f"{loss} {key}")
+                np.testing.assert_allclose(
+                    grads[key][index], fd, rtol=1e-5, atol=1e-8, err_msg=f"{loss} {key}"
+                )
             rt.import_state("fd", state, info=info, include_optimizer=False)
 
 
@@ -86,7 +105,10 @@ def test_weight_scaling_zero_sums_and_accumulation(
         weights = [rng.normal(size=16) for _ in range(3)]
 
         def datum(i: int, scale: float = 1.0, w: np.ndarray | None = None) -> DatumArrays:
-            return DatumArrays(toks[i][:-1], {"target_tokens": toks[i][1:], "weights": (weights[i] if w is None else w) * scale})
+            return DatumArrays(
+                toks[i][:-1],
+                {"target_tokens": toks[i][1:], "weights": (weights[i] if w is None else w) * scale},
+            )
 
         base = _grad(rt, "acc", [datum(0)])
         scaled = _grad(rt, "acc", [datum(0, scale=-2.5)])
@@ -104,15 +126,24 @@ def test_weight_scaling_zero_sums_and_accumulation(
         state = rt.export_state("acc", include_optimizer=True)
         info = rt.adapter_info("acc")
         hyper = AdamHyper(learning_rate=1e-2, weight_decay=0.01, grad_clip_norm=0.5)
-        rt.forward_backward([FwdBwdItem("acc", [datum(0)], "cross_entropy", {})], forward_only=False)
-        rt.forward_backward([FwdBwdItem("acc", [datum(1), datum(2)], "cross_entropy", {})], forward_only=False)
+        rt.forward_backward(
+            [FwdBwdItem("acc", [datum(0)], "cross_entropy", {})], forward_only=False
+        )
+        rt.forward_backward(
+            [FwdBwdItem("acc", [datum(1), datum(2)], "cross_entropy", {})], forward_only=False
+        )
         split_metrics = rt.optim_step("acc", hyper)
         split = rt.export_state("acc", include_optimizer=True)
         rt.import_state("acc", state, info=info, include_optimizer=True)
-        rt.forward_backward([FwdBwdItem("acc", [datum(0), datum(1), datum(2)], "cross_entropy", {})], forward_only=False)
+        rt.forward_backward(
+            [FwdBwdItem("acc", [datum(0), datum(1), datum(2)], "cross_entropy", {})],
+            forward_only=False,
+        )
         union_metrics = rt.optim_step("acc", hyper)
         union = rt.export_state("acc", include_optimizer=True)
-        np.testing.assert_allclose(split_metrics["grad_norm:mean"], union_metrics["grad_norm:mean"], rtol=1e-12)
+        np.testing.assert_allclose(
+            split_metrics["grad_norm:mean"], union_metrics["grad_norm:mean"], rtol=1e-12
+        )
         assert union_metrics["grad_norm:mean"] > 0.5  # so clipping was active
         for key, value in union.items():
             np.testing.assert_allclose(split[key], value, rtol=1e-10, atol=1e-14, err_msg=key)

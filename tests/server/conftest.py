@@ -104,8 +104,15 @@ def ce_datum(tokens: list[int], weight: float = 1.0) -> dict[str, Any]:
     }
 
 
-def fwdbwd_body(model_id: str, seq_id: int, data: list[dict[str, Any]], *, forward: bool = False,
-                loss_fn: str = "cross_entropy", config: dict[str, Any] | None = None) -> dict[str, Any]:
+def fwdbwd_body(
+    model_id: str,
+    seq_id: int,
+    data: list[dict[str, Any]],
+    *,
+    forward: bool = False,
+    loss_fn: str = "cross_entropy",
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     """A JSON-era ``/forward_backward`` (or ``/forward``) body."""
     key = "forward_input" if forward else "forward_backward_input"
     inner: dict[str, Any] = {"data": data, "loss_fn": loss_fn}

@@ -66,59 +66,159 @@ def _cases(ctx: dict[str, str]) -> list[tuple[str, str, Any, int, tuple[str, ...
     return [
         # method, path, body, status, words the detail must contain
         ("POST", "client/config", b"{nope", 400, ("malformed JSON",)),
-        ("POST", "create_session", {"tags": "x", "user_metadata": {}, "sdk_version": "1"}, 400,
-         ("tags",)),
+        (
+            "POST",
+            "create_session",
+            {"tags": "x", "user_metadata": {}, "sdk_version": "1"},
+            400,
+            ("tags",),
+        ),
         ("POST", "create_session", b"", 400, ("empty",)),
         ("POST", "session_heartbeat", {"session_id": "ghost"}, 404, ("ghost",)),
-        ("POST", "sessions/ghost/finish", {"reason": {"type": "success"}, "detail": None}, 404,
-         ("ghost",)),
+        (
+            "POST",
+            "sessions/ghost/finish",
+            {"reason": {"type": "success"}, "detail": None},
+            404,
+            ("ghost",),
+        ),
         ("POST", "create_model", {**create, "session_id": "ghost"}, 404, ("ghost",)),
         ("POST", "create_model", {**create, "base_model": "gpt-17"}, 400, ("gpt-17",)),
         ("POST", "create_model", {**create, "lora_config": {"rank": 0}}, 400, ("rank",)),
-        ("POST", "create_model", {**create, "lora_config": {
-            "rank": 4, "train_attn": False, "train_mlp": False, "train_unembed": False}}, 400,
-         ("train_attn",)),
+        (
+            "POST",
+            "create_model",
+            {
+                **create,
+                "lora_config": {
+                    "rank": 4,
+                    "train_attn": False,
+                    "train_mlp": False,
+                    "train_unembed": False,
+                },
+            },
+            400,
+            ("train_attn",),
+        ),
         ("POST", "create_model", {**create, "model_seq_id": "one"}, 400, ("model_seq_id",)),
         ("POST", "create_model", {**create, "surprise": 1}, 400, ("surprise",)),
         ("POST", "get_info", {"model_id": "ghost:train:0"}, 404, ("ghost:train:0",)),
         ("POST", "forward_backward", fwdbwd_body("ghost:train:0", 1, [datum]), 404, ("ghost",)),
         ("POST", "forward_backward", fwdbwd_body(m, 10**6, [bad_token]), 400, ("token 300",)),
-        ("POST", "forward_backward", fwdbwd_body(m, 10**6, [datum], loss_fn="hinge"), 400,
-         ("hinge",)),
-        ("POST", "forward_backward", fwdbwd_body(m, 10**6, [rl], loss_fn="ppo"), 400,
-         ("logprobs",)),
-        ("POST", "forward_backward", fwdbwd_body(m, 10**6, [datum], config={"beta": 1}), 400,
-         ("beta",)),
+        (
+            "POST",
+            "forward_backward",
+            fwdbwd_body(m, 10**6, [datum], loss_fn="hinge"),
+            400,
+            ("hinge",),
+        ),
+        (
+            "POST",
+            "forward_backward",
+            fwdbwd_body(m, 10**6, [rl], loss_fn="ppo"),
+            400,
+            ("logprobs",),
+        ),
+        (
+            "POST",
+            "forward_backward",
+            fwdbwd_body(m, 10**6, [datum], config={"beta": 1}),
+            400,
+            ("beta",),
+        ),
         ("POST", "forward_backward", fwdbwd_body(m, -1, [datum]), 400, ("seq_id",)),
-        ("POST", "forward", fwdbwd_body(m, 10**6, [{"model_input": {"chunks": []}}],
-                                        forward=True), 400, ("input_tokens",)),
-        ("POST", "optim_step", {"model_id": m, "seq_id": 10**6,
-                                "adam_params": {"learning_rate": -1.0}}, 400, ("learning_rate",)),
-        ("POST", "optim_step", {"model_id": m, "seq_id": 10**6,
-                                "adam_params": {"beta1": 1.0}}, 400, ("beta1",)),
+        (
+            "POST",
+            "forward",
+            fwdbwd_body(m, 10**6, [{"model_input": {"chunks": []}}], forward=True),
+            400,
+            ("input_tokens",),
+        ),
+        (
+            "POST",
+            "optim_step",
+            {"model_id": m, "seq_id": 10**6, "adam_params": {"learning_rate": -1.0}},
+            400,
+            ("learning_rate",),
+        ),
+        (
+            "POST",
+            "optim_step",
+            {"model_id": m, "seq_id": 10**6, "adam_params": {"beta1": 1.0}},
+            400,
+            ("beta1",),
+        ),
         ("POST", "optim_step", {"model_id": "ghost", "seq_id": 1}, 404, ("ghost",)),
-        ("POST", "save_weights", {"model_id": m, "seq_id": 10**6, "path": "../etc"}, 400,
-         ("../etc",)),
+        (
+            "POST",
+            "save_weights",
+            {"model_id": m, "seq_id": 10**6, "path": "../etc"},
+            400,
+            ("../etc",),
+        ),
         ("POST", "save_weights_for_sampler", {"model_id": m, "seq_id": 10**6}, 400, ("path",)),
-        ("POST", "load_weights", {"session_id": s, "model_seq_id": 98, "path": "/tmp/x",
-                                  "optimizer": True}, 400, ("tinker://",)),
-        ("POST", "load_weights", {"session_id": s, "model_seq_id": 98, "optimizer": False,
-                                  "path": f"tinker://{m}/weights/none"}, 404, ("none",)),
+        (
+            "POST",
+            "load_weights",
+            {"session_id": s, "model_seq_id": 98, "path": "/tmp/x", "optimizer": True},
+            400,
+            ("tinker://",),
+        ),
+        (
+            "POST",
+            "load_weights",
+            {
+                "session_id": s,
+                "model_seq_id": 98,
+                "optimizer": False,
+                "path": f"tinker://{m}/weights/none",
+            },
+            404,
+            ("none",),
+        ),
         ("POST", "unload_model", {"model_id": "ghost"}, 404, ("ghost",)),
         ("POST", "weights_info", {"tinker_path": "tinker://a/b"}, 400, ("tinker://a/b",)),
         ("POST", "weights_info", {"tinker_path": f"tinker://{m}/weights/none"}, 404, ("none",)),
-        ("POST", "create_sampling_session", {"session_id": s, "sampling_session_seq_id": 50},
-         400, ("base_model",)),
-        ("POST", "create_sampling_session", {"session_id": s, "sampling_session_seq_id": 50,
-                                             "model_path": f"tinker://{m}/sampler_weights/x"},
-         404, ("sampler_weights/x",)),
+        (
+            "POST",
+            "create_sampling_session",
+            {"session_id": s, "sampling_session_seq_id": 50},
+            400,
+            ("base_model",),
+        ),
+        (
+            "POST",
+            "create_sampling_session",
+            {
+                "session_id": s,
+                "sampling_session_seq_id": 50,
+                "model_path": f"tinker://{m}/sampler_weights/x",
+            },
+            404,
+            ("sampler_weights/x",),
+        ),
         ("POST", "asample", {**sample, "sampling_session_id": "ghost"}, 404, ("ghost",)),
-        ("POST", "asample", {**sample, "prompt": {"chunks": [
-            {"type": "encoded_text", "tokens": [1, 999]}]}}, 400, ("token 999",)),
-        ("POST", "asample", {**sample, "sampling_params": {"max_tokens": 10**6}}, 400,
-         ("max_tokens",)),
-        ("POST", "asample", {**sample, "sampling_params": {"temperature": -1}}, 400,
-         ("temperature",)),
+        (
+            "POST",
+            "asample",
+            {**sample, "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1, 999]}]}},
+            400,
+            ("token 999",),
+        ),
+        (
+            "POST",
+            "asample",
+            {**sample, "sampling_params": {"max_tokens": 10**6}},
+            400,
+            ("max_tokens",),
+        ),
+        (
+            "POST",
+            "asample",
+            {**sample, "sampling_params": {"temperature": -1}},
+            400,
+            ("temperature",),
+        ),
         ("POST", "asample", {**sample, "sampling_params": {"top_p": 0}}, 400, ("top_p",)),
         ("POST", "asample", {**sample, "sampling_params": {"stop": [1000]}}, 400, ("stop",)),
         ("POST", "asample", {**sample, "num_samples": 0}, 400, ("num_samples",)),
@@ -188,8 +288,9 @@ def test_protobuf_out_of_range_token_names_it(http: httpx.Client, ctx: dict[str,
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats() | st.text(max_size=8),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
@@ -197,8 +298,7 @@ json_values = st.recursive(
 def _fuzz_objects(ctx_keys: dict[str, Any]) -> st.SearchStrategy[dict[str, Any]]:
     """Objects mixing plausible keys (with random values) and random keys."""
     keys = st.sampled_from(sorted(ctx_keys)) | st.text(max_size=8)
-    return st.dictionaries(keys, json_values | st.sampled_from(list(ctx_keys.values())),
-                           max_size=6)
+    return st.dictionaries(keys, json_values | st.sampled_from(list(ctx_keys.values())), max_size=6)
 
 
 FUZZ_ENDPOINTS = ["create_model", "optim_step", "asample", "forward_backward", "save_weights",
@@ -208,8 +308,9 @@ FUZZ_ENDPOINTS = ["create_model", "optim_step", "asample", "forward_backward", "
 
 @settings(max_examples=500, deadline=None, suppress_health_check=list(HealthCheck))
 @given(data=st.data())
-def test_fuzz_json_bodies(data: st.DataObject, http: httpx.Client, server: ServerHandle,
-                          ctx: dict[str, str]) -> None:
+def test_fuzz_json_bodies(
+    data: st.DataObject, http: httpx.Client, server: ServerHandle, ctx: dict[str, str]
+) -> None:
     endpoint = data.draw(st.sampled_from(FUZZ_ENDPOINTS))
     plausible = {"model_id": ctx["model"], "session_id": ctx["session"],
                  "sampling_session_id": ctx["sampler"], "seq_id": 10**7, "base_model": MICRO,

@@ -15,7 +15,12 @@ from tinkjax.cli import build_parser
 
 def test_parser_has_serve_with_options() -> None:
     args = build_parser().parse_args(["serve", "--port", "0", "--data-dir", "/tmp/x"])
-    assert (args.command, args.host, args.port, args.data_dir) == ("serve", "127.0.0.1", 0, "/tmp/x")
+    assert (args.command, args.host, args.port, args.data_dir) == (
+        "serve",
+        "127.0.0.1",
+        0,
+        "/tmp/x",
+    )
 
 
 def test_serve_prints_url_and_stops_on_sigint(tmp_path: Path) -> None:

@@ -48,7 +48,9 @@ def test_fault_delay_then_normal_answer(faulty: ServerHandle) -> None:
     assert faulty.faults.rules[0].fired == 1
 
 
-def test_sdk_survives_transient_faults(faulty: ServerHandle, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_sdk_survives_transient_faults(
+    faulty: ServerHandle, monkeypatch: pytest.MonkeyPatch
+) -> None:
     tinker = pytest.importorskip("tinker")
     monkeypatch.setenv("TINKER_BASE_URL", faulty.base_url)
     monkeypatch.setenv("TINKER_API_KEY", "tml-test")

@@ -46,9 +46,10 @@ def _save(http: httpx.Client, server: ServerHandle, path: str, body: dict) -> st
 
 def test_checkpoints_rest_archive_and_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
-    with start(data_dir=data_dir, long_poll_s=2.0) as srv, httpx.Client(
-        base_url=srv.base_url, timeout=60, follow_redirects=False
-    ) as http:
+    with (
+        start(data_dir=data_dir, long_poll_s=2.0) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=60, follow_redirects=False) as http,
+    ):
         session = new_session(http)
         model = new_model(http, session, rank=4, train_unembed=False)
         _train_step(http, srv, model)
@@ -78,9 +79,7 @@ def test_checkpoints_rest_archive_and_restart(tmp_path: Path) -> None:
         assert {c["tinker_path"] for c in users} >= {state_path, sampler_path}
 
         # archive: 302 to a URL that streams a tar.gz with the PEFT files
-        redirect = http.get(
-            f"/api/v1/training_runs/{model}/checkpoints/sampler_weights/p1/archive"
-        )
+        redirect = http.get(f"/api/v1/training_runs/{model}/checkpoints/sampler_weights/p1/archive")
         assert redirect.status_code == 302
         archive = http.get(redirect.headers["location"])
         assert archive.status_code == 200
@@ -116,9 +115,10 @@ def test_checkpoints_rest_archive_and_restart(tmp_path: Path) -> None:
         assert post(http, "weights_info", {"tinker_path": extra}).status_code == 404
 
     # A restarted server on the same data dir lists and loads the checkpoints.
-    with start(data_dir=data_dir, long_poll_s=2.0) as srv2, httpx.Client(
-        base_url=srv2.base_url, timeout=60
-    ) as http:
+    with (
+        start(data_dir=data_dir, long_poll_s=2.0) as srv2,
+        httpx.Client(base_url=srv2.base_url, timeout=60) as http,
+    ):
         listed = http.get(f"/api/v1/training_runs/{model}/checkpoints").json()["checkpoints"]
         assert [c["checkpoint_id"] for c in listed] == ["weights/s1", "sampler_weights/p1"]
         session2 = new_session(http)
@@ -212,7 +212,11 @@ def test_gspo_and_two_d_targets(http: httpx.Client, server: ServerHandle) -> Non
     two_d = {
         "model_input": base["model_input"],
         "loss_fn_inputs": {
-            "target_tokens": {"data": [t for row in targets for t in row], "dtype": "int64", "shape": [n, 2]},
+            "target_tokens": {
+                "data": [t for row in targets for t in row],
+                "dtype": "int64",
+                "shape": [n, 2],
+            },
             "weights": {"data": [1.0, 0.0] * n, "dtype": "float32", "shape": [n, 2]},
         },
     }
@@ -236,7 +240,9 @@ def test_old_snapshot_samplers_are_evicted(
     model = new_model(http, session)
     ids = [
         _save(
-            http, server, "save_weights_for_sampler",
+            http,
+            server,
+            "save_weights_for_sampler",
             {"model_id": model, "sampling_session_seq_id": i},
         )
         for i in range(2)

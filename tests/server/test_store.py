@@ -42,15 +42,19 @@ MID = f"{SID}:train:0"
 def store(tmp_path: Path) -> Iterator[CheckpointStore]:
     s = CheckpointStore(tmp_path)
     s.add_session(SID, tags=["t"], user_metadata={"k": "v"}, sdk_version="0.38.0")
-    s.add_training_run(MID, base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4,
-                       session_id=SID)
+    s.add_training_run(
+        MID, base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4, session_id=SID
+    )
     yield s
     s.close()
 
 
 def _files(tag: bytes) -> dict[str, bytes]:
-    return {"adapter_model.safetensors": b"W" * 10 + tag, "adapter_config.json": b"{}",
-            "optim/state.bin": tag * 3}
+    return {
+        "adapter_model.safetensors": b"W" * 10 + tag,
+        "adapter_config.json": b"{}",
+        "optim/state.bin": tag * 3,
+    }
 
 
 def _tar_contents(path: Path) -> dict[str, bytes]:
@@ -70,8 +74,9 @@ def _tar_contents(path: Path) -> dict[str, bytes]:
 def test_session_round_trip_and_seqs(store: CheckpointStore) -> None:
     store.add_sampler(f"{SID}:sample:0", base_model="tinkjax/bytelm-micro", session_id=SID)
     got = store.get_session(SID)
-    assert got == GetSessionResponse(training_run_ids=[MID], sampler_ids=[f"{SID}:sample:0"],
-                                     user_metadata={"k": "v"})
+    assert got == GetSessionResponse(
+        training_run_ids=[MID], sampler_ids=[f"{SID}:sample:0"], user_metadata={"k": "v"}
+    )
     assert [store.next_model_seq(SID) for _ in range(3)] == [0, 1, 2]
     assert [store.next_sampler_seq(SID) for _ in range(2)] == [0, 1]
     store.heartbeat(SID)
@@ -90,8 +95,9 @@ def test_unknown_session_errors_name_the_id(store: CheckpointStore) -> None:
         assert isinstance(info.value, StoreError)
         assert str(info.value) == "unknown session_id 'nope'"
     with pytest.raises(UnknownSessionError):
-        store.add_training_run("x:train:0", base_model="b", is_lora=False, lora_rank=None,
-                               session_id="nope")
+        store.add_training_run(
+            "x:train:0", base_model="b", is_lora=False, lora_rank=None, session_id="nope"
+        )
     with pytest.raises(DuplicateIdError, match="session_id"):
         store.add_session(SID, tags=[], user_metadata=None, sdk_version="x")
 
@@ -114,18 +120,27 @@ def test_list_sessions_pagination(tmp_path: Path, request: pytest.FixtureRequest
 
 def test_training_runs_round_trip_and_pagination(store: CheckpointStore) -> None:
     for i in range(1, 5):
-        store.add_training_run(f"{SID}:train:{i}", base_model="b", is_lora=False, lora_rank=None,
-                               session_id=SID, user_metadata={"i": str(i)})
+        store.add_training_run(
+            f"{SID}:train:{i}",
+            base_model="b",
+            is_lora=False,
+            lora_rank=None,
+            session_id=SID,
+            user_metadata={"i": str(i)},
+        )
     run = store.get_training_run(MID)
     assert isinstance(run, TrainingRun)
     assert (run.training_run_id, run.base_model, run.is_lora, run.lora_rank) == (
-        MID, "tinkjax/bytelm-micro", True, 4)
+        MID,
+        "tinkjax/bytelm-micro",
+        True,
+        4,
+    )
     assert run.last_checkpoint is None
     assert run.last_sampler_checkpoint is None
     page = store.list_training_runs(limit=2, offset=1)
     assert isinstance(page, TrainingRunsResponse)
-    assert [r.training_run_id for r in page.training_runs] == [f"{SID}:train:3",
-                                                               f"{SID}:train:2"]
+    assert [r.training_run_id for r in page.training_runs] == [f"{SID}:train:3", f"{SID}:train:2"]
     assert (page.cursor.offset, page.cursor.limit, page.cursor.total_count) == (1, 2, 5)
     assert page.training_runs[0].user_metadata == {"i": "3"}
     before = store.get_training_run(MID).last_request_time
@@ -144,8 +159,9 @@ def test_training_runs_round_trip_and_pagination(store: CheckpointStore) -> None
 
 
 def test_save_list_load_round_trip(store: CheckpointStore) -> None:
-    ck = store.save_checkpoint(MID, "weights", "step-1", _files(b"a"), meta={"step": 1},
-                               user_metadata={"note": "x"})
+    ck = store.save_checkpoint(
+        MID, "weights", "step-1", _files(b"a"), meta={"step": 1}, user_metadata={"note": "x"}
+    )
     assert isinstance(ck, Checkpoint)
     assert ck.checkpoint_id == "weights/step-1"
     assert ck.checkpoint_type == "training"
@@ -158,8 +174,9 @@ def test_save_list_load_round_trip(store: CheckpointStore) -> None:
 
     folder, meta = store.checkpoint_dir(ck.tinker_path)
     assert meta == {"step": 1}
-    assert {p.relative_to(folder).as_posix(): p.read_bytes()
-            for p in folder.rglob("*") if p.is_file()} == _files(b"a")
+    assert {
+        p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
+    } == _files(b"a")
     assert ":" not in folder.relative_to(store.data_dir).as_posix()
 
     listed = store.list_checkpoints(MID)
@@ -185,7 +202,9 @@ def test_user_checkpoints_pagination(store: CheckpointStore) -> None:
 
 
 def test_overwrite_replaces_atomically(store: CheckpointStore) -> None:
-    first = store.save_checkpoint(MID, "weights", "w", {"old.bin": b"1", "same": b"1"}, meta={"v": 1})
+    first = store.save_checkpoint(
+        MID, "weights", "w", {"old.bin": b"1", "same": b"1"}, meta={"v": 1}
+    )
     arch1 = store.archive_path(MID, "weights/w")
     second = store.save_checkpoint(MID, "weights", "w", {"same": b"22"}, meta={"v": 2})
     folder, meta = store.checkpoint_dir(second.tinker_path)
@@ -204,7 +223,8 @@ def test_overwrite_replaces_atomically(store: CheckpointStore) -> None:
 
 
 @pytest.mark.parametrize(
-    "name", ["", "..", "a/b", "../x", "a..b", ".hidden", "sp ace", "x" * 201, "é", "a\\b"])
+    "name", ["", "..", "a/b", "../x", "a..b", ".hidden", "sp ace", "x" * 201, "é", "a\\b"]
+)
 def test_invalid_names_rejected(store: CheckpointStore, name: str) -> None:
     with pytest.raises(InvalidNameError, match="name") as info:
         store.save_checkpoint(MID, "weights", name, {"f": b""}, meta={})
@@ -286,7 +306,10 @@ def test_safe_members_rejects_unsafe_archives() -> None:
             info.size = 1
             tar.addfile(info, io.BytesIO(b"x"))
         buf.seek(0)
-        with tarfile.open(fileobj=buf, mode="r:gz") as tar, pytest.raises(ValueError, match="member"):
+        with (
+            tarfile.open(fileobj=buf, mode="r:gz") as tar,
+            pytest.raises(ValueError, match="member"),
+        ):
             safe_members(tar)
 
 
@@ -294,9 +317,18 @@ def test_weights_info(store: CheckpointStore) -> None:
     store.save_checkpoint(MID, "weights", "a", {"f": b""}, meta={})
     info = store.weights_info(f"tinker://{MID}/weights/a")
     assert info == WeightsInfoResponse(base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4)
-    store.save_checkpoint(MID, "sampler_weights", "b", {"f": b""},
-                          meta={"train_mlp": False, "train_attn": True, "train_unembed": True,
-                                "optimizer_config": {"type": "adamw"}})
+    store.save_checkpoint(
+        MID,
+        "sampler_weights",
+        "b",
+        {"f": b""},
+        meta={
+            "train_mlp": False,
+            "train_attn": True,
+            "train_unembed": True,
+            "optimizer_config": {"type": "adamw"},
+        },
+    )
     info = store.weights_info(f"tinker://{MID}/sampler_weights/b")
     assert (info.train_mlp, info.train_attn, info.lora_rank) == (False, True, 4)
     with pytest.raises(UnknownCheckpointError):
@@ -351,8 +383,9 @@ def test_restart_repairs_interrupted_writes(store: CheckpointStore) -> None:
 
 def test_samplers(store: CheckpointStore) -> None:
     a = store.add_sampler("s:a", base_model="b", session_id=SID)
-    store.add_sampler("s:b", base_model="b", model_path="tinker://m/sampler_weights/x",
-                      session_id=SID)
+    store.add_sampler(
+        "s:b", base_model="b", model_path="tinker://m/sampler_weights/x", session_id=SID
+    )
     assert store.get_sampler("s:a") == a
     assert [s.sampler_id for s in store.list_samplers(SID)] == ["s:a", "s:b"]
     with pytest.raises(UnknownSamplerError, match="s:z"):
@@ -364,15 +397,31 @@ def test_samplers(store: CheckpointStore) -> None:
 def test_telemetry_kept_and_queryable(tmp_path: Path, request: pytest.FixtureRequest) -> None:
     s = CheckpointStore(tmp_path, max_telemetry_events=5)
     request.addfinalizer(s.close)
-    s.add_telemetry("s1", [{"event": "SESSION_START", "event_id": "1"},
-                           {"event": "GENERIC_EVENT", "event_id": "2", "event_name": "user_error",
-                            "event_data": {"status": 400}}])
+    s.add_telemetry(
+        "s1",
+        [
+            {"event": "SESSION_START", "event_id": "1"},
+            {
+                "event": "GENERIC_EVENT",
+                "event_id": "2",
+                "event_name": "user_error",
+                "event_data": {"status": 400},
+            },
+        ],
+    )
     s.add_telemetry(None, [{"event": "GENERIC_EVENT", "event_id": "3", "event_name": "x"}])
     assert [e["event_id"] for e in s.query_telemetry()] == ["1", "2", "3"]
     assert [e["event_id"] for e in s.query_telemetry(session_id="s1")] == ["1", "2"]
     got = s.query_telemetry(event_name="user_error")
-    assert got == [{"event": "GENERIC_EVENT", "event_id": "2", "event_name": "user_error",
-                    "event_data": {"status": 400}, "session_id": "s1"}]
+    assert got == [
+        {
+            "event": "GENERIC_EVENT",
+            "event_id": "2",
+            "event_name": "user_error",
+            "event_data": {"status": 400},
+            "session_id": "s1",
+        }
+    ]
     assert [e["event_id"] for e in s.query_telemetry(event_name="SESSION_START")] == ["1"]
     assert [e["event_id"] for e in s.query_telemetry(limit=2)] == ["2", "3"]
     s.add_telemetry("s2", [{"event": "SESSION_START", "event_id": str(i)} for i in range(4, 10)])
@@ -389,8 +438,9 @@ def test_concurrent_saves_and_reads(store: CheckpointStore) -> None:
     def writer(w: int) -> None:
         try:
             for i in range(15):
-                store.save_checkpoint(MID, "weights", f"w{w}-{i % 3}", {"f": bytes([i]) * 100},
-                                      meta={"i": i})
+                store.save_checkpoint(
+                    MID, "weights", f"w{w}-{i % 3}", {"f": bytes([i]) * 100}, meta={"i": i}
+                )
                 store.touch_training_run(MID)
                 store.add_telemetry(SID, [{"event": "GENERIC_EVENT", "event_id": f"{w}-{i}"}])
         except BaseException as exc:
@@ -419,7 +469,9 @@ def test_concurrent_saves_and_reads(store: CheckpointStore) -> None:
             errors.append(exc)
 
     writers = [threading.Thread(target=writer, args=(w,)) for w in range(3)]
-    others = [threading.Thread(target=reader) for _ in range(2)] + [threading.Thread(target=deleter)]
+    others = [threading.Thread(target=reader) for _ in range(2)] + [
+        threading.Thread(target=deleter)
+    ]
     for t in writers + others:
         t.start()
     for t in writers:
@@ -435,7 +487,8 @@ def test_concurrent_saves_and_reads(store: CheckpointStore) -> None:
         # Each folder holds exactly the bytes of the save its row describes.
         assert (folder / "f").read_bytes() == bytes([meta["i"]]) * 100
         assert _tar_contents(store.archive_path(MID, ck.checkpoint_id)) == {
-            "f": bytes([meta["i"]]) * 100}
+            "f": bytes([meta["i"]]) * 100
+        }
     assert len(store.query_telemetry(session_id=SID, limit=1000)) == 45
 
 

@@ -22,10 +22,25 @@ STRUCTS = [
 # Names in ``__all__`` that are not Structs: aliases, constants and helpers, listed so that a
 # new export must be classified (and, if it is a wire type, get a round-trip strategy).
 NON_STRUCT_EXPORTS = {
-    "LOSS_INPUT_DTYPES", "CheckpointType", "EventType", "LossFnOutput", "LossFnType",
-    "ModelInputChunk", "OptimParams", "OptimizerConfig", "ProvenanceSpan", "QueueState",
-    "RequestErrorCategory", "Severity", "StopReason", "TelemetryEvent", "TensorDtype",
-    "coerce_loss_input", "numpy_dtype", "parse_tinker_path", "replace",
+    "LOSS_INPUT_DTYPES",
+    "CheckpointType",
+    "EventType",
+    "LossFnOutput",
+    "LossFnType",
+    "ModelInputChunk",
+    "OptimParams",
+    "OptimizerConfig",
+    "ProvenanceSpan",
+    "QueueState",
+    "RequestErrorCategory",
+    "Severity",
+    "StopReason",
+    "TelemetryEvent",
+    "TensorDtype",
+    "coerce_loss_input",
+    "numpy_dtype",
+    "parse_tinker_path",
+    "replace",
 }
 
 
@@ -48,7 +63,9 @@ def test_all_is_sorted_and_complete() -> None:
         for name, obj in vars(T).items()
         if inspect.ismodule(obj)
         for name, cls in vars(obj).items()
-        if isinstance(cls, type) and issubclass(cls, msgspec.Struct) and not name.startswith("_")
+        if isinstance(cls, type)
+        and issubclass(cls, msgspec.Struct)
+        and not name.startswith("_")
         and cls.__module__.startswith("tinkjax.types")
     }
     assert defined <= set(T.__all__) | {"Wire", "StrictWire"}
@@ -73,25 +90,51 @@ def test_requests_reject_unknown_fields_and_responses_ignore_them() -> None:
 
 def test_official_defaults() -> None:
     adam = T.AdamParams()
-    assert (adam.learning_rate, adam.beta1, adam.beta2, adam.eps, adam.weight_decay,
-            adam.grad_clip_norm) == (1e-4, 0.9, 0.95, 1e-12, 0.0, 0.0)
+    assert (
+        adam.learning_rate,
+        adam.beta1,
+        adam.beta2,
+        adam.eps,
+        adam.weight_decay,
+        adam.grad_clip_norm,
+    ) == (1e-4, 0.9, 0.95, 1e-12, 0.0, 0.0)
     sp = T.SamplingParams()
     assert (sp.max_tokens, sp.seed, sp.stop, sp.temperature, sp.top_k, sp.top_p) == (
-        None, None, None, 1.0, -1, 1.0)
+        None,
+        None,
+        None,
+        1.0,
+        -1,
+        1.0,
+    )
     lora = T.LoraConfig(rank=32)
-    assert (lora.seed, lora.train_unembed, lora.train_mlp, lora.train_attn) == (None, True, True, True)
+    assert (lora.seed, lora.train_unembed, lora.train_mlp, lora.train_attn) == (
+        None,
+        True,
+        True,
+        True,
+    )
     assert T.ClientConfigResponse() == decode_json(b"{}", T.ClientConfigResponse)
     assert typing.get_args(T.LossFnType) == (
-        "cross_entropy", "importance_sampling", "ppo", "cispo", "dro", "gspo",
-        "stable_reinforce", "custom",
+        "cross_entropy",
+        "importance_sampling",
+        "ppo",
+        "cispo",
+        "dro",
+        "gspo",
+        "stable_reinforce",
+        "custom",
     )
     assert T.OptimStepRequest(model_id="m").optim_params == T.AdamParams()
 
 
 def test_optim_step_takes_one_family() -> None:
     with pytest.raises(WireFormatError) as info:
-        T.OptimStepRequest(model_id="m", adam_params=T.AdamParams(),
-                           optimizer_params=T.DimuonParams(learning_rate=1.0))
+        T.OptimStepRequest(
+            model_id="m",
+            adam_params=T.AdamParams(),
+            optimizer_params=T.DimuonParams(learning_rate=1.0),
+        )
     assert info.value.field == "optimizer_params"
     dimuon = T.OptimStepRequest(model_id="m", optimizer_params=T.DimuonParams(learning_rate=1.0))
     assert dimuon.adam_params is None
@@ -105,8 +148,11 @@ def test_model_input_helpers() -> None:
     assert mi.length == 3
     mi2 = mi.append(T.ImageChunk(data=b"x", format="png", expected_tokens=5)).append_int(9)
     assert mi2.length == 3 + 5 + 1
-    assert [type(c).__name__ for c in mi2.chunks] == ["EncodedTextChunk", "ImageChunk",
-                                                        "EncodedTextChunk"]
+    assert [type(c).__name__ for c in mi2.chunks] == [
+        "EncodedTextChunk",
+        "ImageChunk",
+        "EncodedTextChunk",
+    ]
     assert mi.append_int(4).to_ints() == [1, 2, 3, 4]
     assert len(mi.append_int(4).chunks) == 1
     assert mi.to_ints() == [1, 2, 3]  # immutable: helpers return new inputs
@@ -186,24 +232,41 @@ def test_datum_coerces_raw_values() -> None:
         },
     )
     assert {k: v.dtype for k, v in d.loss_fn_inputs.items()} == {
-        "target_tokens": "int64", "weights": "int64", "advantages": "float32"}
+        "target_tokens": "int64",
+        "weights": "int64",
+        "advantages": "float32",
+    }
     with pytest.raises(ValueError, match="pair"):
-        T.Datum(model_input=T.ModelInput.empty(),
-                model_input_spans=[T.PromptProvenanceSpan(sequence_id="s", offset=0, length=0)])
+        T.Datum(
+            model_input=T.ModelInput.empty(),
+            model_input_spans=[T.PromptProvenanceSpan(sequence_id="s", offset=0, length=0)],
+        )
     with pytest.raises(ValueError, match="tile"):
-        d.with_provenance([T.PromptProvenanceSpan(sequence_id="s", offset=0, length=1)],
-                          [T.SampledProvenanceSpan(sequence_id="s", offset=0, length=2)])
+        d.with_provenance(
+            [T.PromptProvenanceSpan(sequence_id="s", offset=0, length=1)],
+            [T.SampledProvenanceSpan(sequence_id="s", offset=0, length=2)],
+        )
 
 
 # -- tinker:// paths --------------------------------------------------------------------------
 def test_parse_tinker_path() -> None:
     p = T.parse_tinker_path("tinker://abc:train:0/sampler_weights/000040")
     assert (p.training_run_id, p.checkpoint_type, p.checkpoint_id, p.kind, p.name) == (
-        "abc:train:0", "sampler", "sampler_weights/000040", "sampler_weights", "000040")
+        "abc:train:0",
+        "sampler",
+        "sampler_weights/000040",
+        "sampler_weights",
+        "000040",
+    )
     assert T.parse_tinker_path("tinker://r/weights/final").checkpoint_type == "training"
     assert T.parse_tinker_path("tinker://r/external_weights/x").checkpoint_type == "external"
-    for bad in ("http://r/weights/x", "tinker://r/weights", "tinker://r/weights/x/y",
-                "tinker://r//x", "tinker://r/bogus/x"):
+    for bad in (
+        "http://r/weights/x",
+        "tinker://r/weights",
+        "tinker://r/weights/x/y",
+        "tinker://r//x",
+        "tinker://r/bogus/x",
+    ):
         with pytest.raises(WireFormatError) as info:
             T.parse_tinker_path(bad)
         assert info.value.field == "tinker_path"

@@ -175,7 +175,9 @@ def resolve_config(
     resolved_tags = (
         tuple(tags)
         if tags is not None
-        else tuple(t.strip() for t in env_tags.split(",") if t.strip()) if env_tags else ()
+        else tuple(t.strip() for t in env_tags.split(",") if t.strip())
+        if env_tags
+        else ()
     )
     tele_env = _env(env, "TINKER_TELEMETRY")
     tele = telemetry if telemetry is not None else not (tele_env and tele_env.lower() in _FALSE)

@@ -49,8 +49,10 @@ def _check_member(member: tarfile.TarInfo, root: str) -> None:
     norm = posixpath.normpath(name)
     if norm == ".." or norm.startswith("../") or "/../" in f"/{name}/".replace("\\", "/"):
         raise UnsafeArchiveError(f"archive member {name!r} escapes the output folder (..)")
-    if member.isdev() or member.isfifo() or not (
-        member.isfile() or member.isdir() or member.issym() or member.islnk()
+    if (
+        member.isdev()
+        or member.isfifo()
+        or not (member.isfile() or member.isdir() or member.issym() or member.islnk())
     ):
         raise UnsafeArchiveError(f"archive member {name!r} is a special file")
     if member.issym() or member.islnk():
@@ -173,15 +175,20 @@ class CheckpointDownload:
             )
         url = await self.rest.get_checkpoint_archive_url_from_tinker_path(self.tinker_path)
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=".tinkjax-download-", suffix=".tar.gz",
-                                        dir=self.output_dir.parent)
+        fd, tmp_name = tempfile.mkstemp(
+            prefix=".tinkjax-download-", suffix=".tar.gz", dir=self.output_dir.parent
+        )
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
                 await self._stream(url, f)
             fresh = self.output_dir.with_name(f".{self.output_dir.name}.new-{uuid.uuid4().hex}")
-            safe_extract(tmp, fresh, max_members=self.max_members,
-                         max_extracted_bytes=self.max_extracted_bytes)
+            safe_extract(
+                tmp,
+                fresh,
+                max_members=self.max_members,
+                max_extracted_bytes=self.max_extracted_bytes,
+            )
             if self.output_dir.exists():
                 old = self.output_dir.with_name(f".{self.output_dir.name}.old-{uuid.uuid4().hex}")
                 os.replace(self.output_dir, old)

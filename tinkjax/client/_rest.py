@@ -132,8 +132,9 @@ class RestClient:
     # ------------------------------------------------------------ server
     def get_server_capabilities(self) -> APIFuture[GetServerCapabilitiesResponse]:
         """The models the server supports."""
-        return self._call(self._get("/api/v1/get_server_capabilities",
-                                    GetServerCapabilitiesResponse))
+        return self._call(
+            self._get("/api/v1/get_server_capabilities", GetServerCapabilitiesResponse)
+        )
 
     async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
         return await self.get_server_capabilities()
@@ -143,8 +144,13 @@ class RestClient:
         self, training_run_id: str, access_scope: AccessScope = "owned"
     ) -> APIFuture[TrainingRun]:
         """One training run (its base model, LoRA rank, last checkpoints)."""
-        return self._call(self._get(f"/api/v1/training_runs/{training_run_id}", TrainingRun,
-                                    {"access_scope": access_scope}))
+        return self._call(
+            self._get(
+                f"/api/v1/training_runs/{training_run_id}",
+                TrainingRun,
+                {"access_scope": access_scope},
+            )
+        )
 
     async def get_training_run_async(
         self, training_run_id: str, access_scope: AccessScope = "owned"
@@ -166,8 +172,12 @@ class RestClient:
         project_id: str | None = None,
     ) -> APIFuture[TrainingRunsResponse]:
         """One page of training runs (``cursor.total_count`` tells how many exist)."""
-        params = {"limit": limit, "offset": offset, "access_scope": access_scope,
-                  "project_id": project_id}
+        params = {
+            "limit": limit,
+            "offset": offset,
+            "access_scope": access_scope,
+            "project_id": project_id,
+        }
         return self._call(self._get("/api/v1/training_runs", TrainingRunsResponse, params))
 
     async def list_training_runs_async(
@@ -180,7 +190,9 @@ class RestClient:
         return await self.list_training_runs(limit, offset, access_scope, project_id)
 
     def iter_training_runs(
-        self, page_size: int = 20, access_scope: AccessScope = "owned",
+        self,
+        page_size: int = 20,
+        access_scope: AccessScope = "owned",
         project_id: str | None = None,
     ) -> Iterator[TrainingRun]:
         """Every training run, fetched page by page."""
@@ -197,8 +209,11 @@ class RestClient:
     # ------------------------------------------------------------ checkpoints
     def list_checkpoints(self, training_run_id: str) -> APIFuture[CheckpointsListResponse]:
         """The checkpoints of one training run."""
-        return self._call(self._get(f"/api/v1/training_runs/{training_run_id}/checkpoints",
-                                    CheckpointsListResponse))
+        return self._call(
+            self._get(
+                f"/api/v1/training_runs/{training_run_id}/checkpoints", CheckpointsListResponse
+            )
+        )
 
     async def list_checkpoints_async(self, training_run_id: str) -> CheckpointsListResponse:
         return await self.list_checkpoints(training_run_id)
@@ -207,8 +222,11 @@ class RestClient:
         self, limit: int = 100, offset: int = 0
     ) -> APIFuture[CheckpointsListResponse]:
         """One page of all the user's checkpoints."""
-        return self._call(self._get("/api/v1/checkpoints", CheckpointsListResponse,
-                                    {"limit": limit, "offset": offset}))
+        return self._call(
+            self._get(
+                "/api/v1/checkpoints", CheckpointsListResponse, {"limit": limit, "offset": offset}
+            )
+        )
 
     async def list_user_checkpoints_async(
         self, limit: int = 100, offset: int = 0
@@ -262,7 +280,9 @@ class RestClient:
     async def get_weights_info_by_tinker_path_async(self, tinker_path: str) -> WeightsInfoResponse:
         return await self.get_weights_info_by_tinker_path(tinker_path)
 
-    def get_checkpoint_archive_url(self, training_run_id: str, checkpoint_id: str) -> APIFuture[str]:
+    def get_checkpoint_archive_url(
+        self, training_run_id: str, checkpoint_id: str
+    ) -> APIFuture[str]:
         """A URL the checkpoint's ``tar.gz`` archive can be downloaded from (the ``Location``
         of the service's redirect)."""
 
@@ -306,8 +326,9 @@ class RestClient:
         """Download and safely extract a checkpoint (see :class:`CheckpointDownload`)."""
         from ._download import CheckpointDownload
 
-        dl = CheckpointDownload(self, tinker_path, output_dir, force=force, progress=progress,
-                                progress_bar=progress_bar)
+        dl = CheckpointDownload(
+            self, tinker_path, output_dir, force=force, progress=progress, progress_bar=progress_bar
+        )
         return self._call(dl.run_async())
 
     # ------------------------------------------------------------ sessions, samplers
@@ -322,9 +343,13 @@ class RestClient:
         self, limit: int = 20, offset: int = 0, access_scope: AccessScope = "owned"
     ) -> APIFuture[ListSessionsResponse]:
         """One page of session ids."""
-        return self._call(self._get("/api/v1/sessions", ListSessionsResponse,
-                                    {"limit": limit, "offset": offset,
-                                     "access_scope": access_scope}))
+        return self._call(
+            self._get(
+                "/api/v1/sessions",
+                ListSessionsResponse,
+                {"limit": limit, "offset": offset, "access_scope": access_scope},
+            )
+        )
 
     async def list_sessions_async(
         self, limit: int = 20, offset: int = 0, access_scope: AccessScope = "owned"

@@ -170,8 +170,14 @@ class SamplingClient:
     ) -> SampleResponse:
         """Async twin of :meth:`sample` (returns the response)."""
         return await self.sample(
-            prompt, num_samples, sampling_params, include_prompt_logprobs, topk_prompt_logprobs,
-            topk_sample_logprobs, target_prompt_logprobs, prompt_alt_tokens_k,
+            prompt,
+            num_samples,
+            sampling_params,
+            include_prompt_logprobs,
+            topk_prompt_logprobs,
+            topk_sample_logprobs,
+            target_prompt_logprobs,
+            prompt_alt_tokens_k,
             prompt_logprobs_last_n,
         )
 
@@ -180,7 +186,10 @@ class SamplingClient:
     ) -> APIFuture[list[float | None]]:
         """Logprob of each prompt token given the previous ones (``None`` at position 0)."""
         fut = self.sample(
-            prompt, 1, SamplingParams(max_tokens=1), include_prompt_logprobs=True,
+            prompt,
+            1,
+            SamplingParams(max_tokens=1),
+            include_prompt_logprobs=True,
             prompt_logprobs_last_n=prompt_logprobs_last_n,
         )
 
@@ -201,8 +210,9 @@ class SamplingClient:
     async def _sample(self, fields: dict[str, Any]) -> SampleResponse:
         rc = self.retry_config
         if self._semaphore is None:
-            limit = min(rc.max_concurrent,
-                        self.service.server_config.sample_max_concurrent_requests)
+            limit = min(
+                rc.max_concurrent, self.service.server_config.sample_max_concurrent_requests
+            )
             self._semaphore = asyncio.Semaphore(max(1, limit))
         backoff = Backoff(base=rc.base_delay, cap=rc.max_delay)
         failures = 0
@@ -214,8 +224,12 @@ class SamplingClient:
                 request = SampleRequest(seq_id=self._reserve_seq(), **fields)
                 try:
                     resp = await transport.request(
-                        "POST", "/api/v1/asample", json=request, max_retries=0,
-                        headers={"X-Tinker-Sampling-Backpressure": "1"}, ids=self._ids,
+                        "POST",
+                        "/api/v1/asample",
+                        json=request,
+                        max_retries=0,
+                        headers={"X-Tinker-Sampling-Backpressure": "1"},
+                        ids=self._ids,
                     )
                     ack = decode_response(resp, UntypedAPIFuture)
                     seq_ids = ack.sample_sequence_ids
@@ -225,8 +239,12 @@ class SamplingClient:
                             f"num_samples={fields['num_samples']}"
                         )
                     result = await poll_future(
-                        transport, ack.request_id, SampleResponse, request_type="Sample",
-                        ids=self._ids, timeout=rc.poll_timeout,
+                        transport,
+                        ack.request_id,
+                        SampleResponse,
+                        request_type="Sample",
+                        ids=self._ids,
+                        timeout=rc.poll_timeout,
                         decode=functools.partial(_decode_sample, seq_ids=seq_ids),
                     )
                 except RateLimitError as exc:
@@ -257,8 +275,9 @@ class SamplingClient:
         """The base model's name (asks the server when not known yet). May block."""
         if self._base_model is not None:
             return self._base_model
-        warn_if_in_loop("SamplingClient.get_base_model()",
-                        "`await sampling_client.get_base_model_async()`")
+        warn_if_in_loop(
+            "SamplingClient.get_base_model()", "`await sampling_client.get_base_model_async()`"
+        )
         return submit(self._get_sampler()).result().base_model
 
     async def get_base_model_async(self) -> str:

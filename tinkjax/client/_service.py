@@ -206,8 +206,9 @@ class ServiceClient:
         since = time.monotonic() - last_ok
         if since < _HEARTBEAT_GRACE_S or reported:
             return reported
-        logger.warning("no successful heartbeat for session %s in %.0f s: %s", session_id,
-                       since, exc)
+        logger.warning(
+            "no successful heartbeat for session %s in %.0f s: %s", session_id, since, exc
+        )
         events.emit(
             ("tinkjax", "session", "heartbeat_failed"),
             {"since_success_s": since},
@@ -243,7 +244,9 @@ class ServiceClient:
         warn_if_in_loop("ServiceClient.close()", "`await service.close_async()`")
         submit(self.close_async(status, detail)).result()
 
-    async def close_async(self, status: FinishStatus = "success", detail: str | None = None) -> None:
+    async def close_async(
+        self, status: FinishStatus = "success", detail: str | None = None
+    ) -> None:
         """Async twin of :meth:`close`."""
         if self._closed:
             return
@@ -310,12 +313,18 @@ class ServiceClient:
         """
         self._check_open()
         if not (train_mlp or train_attn or train_unembed):
-            raise ConfigurationError("at least one of train_mlp, train_attn, train_unembed "
-                                     "must be True")
+            raise ConfigurationError(
+                "at least one of train_mlp, train_attn, train_unembed must be True"
+            )
         if rank < 1:
             raise ConfigurationError(f"rank must be >= 1, got {rank}")
-        lora = LoraConfig(rank=rank, seed=seed, train_unembed=train_unembed, train_mlp=train_mlp,
-                          train_attn=train_attn)
+        lora = LoraConfig(
+            rank=rank,
+            seed=seed,
+            train_unembed=train_unembed,
+            train_mlp=train_mlp,
+            train_attn=train_attn,
+        )
         return ClientFuture(submit(self._create_lora(base_model, lora, user_metadata, optimizer)))
 
     async def create_lora_training_client_async(
@@ -355,7 +364,10 @@ class ServiceClient:
         resp = await self.transport.request("POST", "/api/v1/create_model", json=request, ids=ids)
         ack = decode_response(resp, UntypedAPIFuture)
         created = await poll_future(
-            self.transport, ack.request_id, CreateModelResponse, request_type="CreateModel",
+            self.transport,
+            ack.request_id,
+            CreateModelResponse,
+            request_type="CreateModel",
             ids=ids,
         )
         return await self._training_client(created.model_id)
@@ -377,8 +389,13 @@ class ServiceClient:
     ) -> ClientFuture[TrainingClient]:
         """A new model initialised from the checkpoint ``path`` (weights only, fresh optimizer)."""
         self._check_open()
-        return ClientFuture(submit(self._create_from_state(
-            path, False, base_model, user_metadata, weights_access_token, optimizer)))
+        return ClientFuture(
+            submit(
+                self._create_from_state(
+                    path, False, base_model, user_metadata, weights_access_token, optimizer
+                )
+            )
+        )
 
     async def create_training_client_from_state_async(
         self,
@@ -390,7 +407,8 @@ class ServiceClient:
     ) -> TrainingClient:
         """Async twin of :meth:`create_training_client_from_state`."""
         return await self.create_training_client_from_state(
-            path, base_model, user_metadata, weights_access_token, optimizer)
+            path, base_model, user_metadata, weights_access_token, optimizer
+        )
 
     def create_training_client_from_state_with_optimizer(
         self,
@@ -402,8 +420,13 @@ class ServiceClient:
     ) -> ClientFuture[TrainingClient]:
         """A new model resuming the checkpoint ``path`` with its optimizer state."""
         self._check_open()
-        return ClientFuture(submit(self._create_from_state(
-            path, True, base_model, user_metadata, weights_access_token, optimizer)))
+        return ClientFuture(
+            submit(
+                self._create_from_state(
+                    path, True, base_model, user_metadata, weights_access_token, optimizer
+                )
+            )
+        )
 
     async def create_training_client_from_state_with_optimizer_async(
         self,
@@ -415,7 +438,8 @@ class ServiceClient:
     ) -> TrainingClient:
         """Async twin of :meth:`create_training_client_from_state_with_optimizer`."""
         return await self.create_training_client_from_state_with_optimizer(
-            path, base_model, user_metadata, weights_access_token, optimizer)
+            path, base_model, user_metadata, weights_access_token, optimizer
+        )
 
     async def _create_from_state(
         self,
@@ -445,7 +469,10 @@ class ServiceClient:
         resp = await self.transport.request("POST", "/api/v1/load_weights", json=request, ids=ids)
         ack = decode_response(resp, UntypedAPIFuture)
         loaded = await poll_future(
-            self.transport, ack.request_id, LoadWeightsResponse, request_type="LoadWeights",
+            self.transport,
+            ack.request_id,
+            LoadWeightsResponse,
+            request_type="LoadWeights",
             ids=ids,
         )
         return await self._training_client(loaded.model_id or f"{session_id}:train:{seq}")
@@ -468,8 +495,11 @@ class ServiceClient:
             raise ConfigurationError("pass exactly one of model_path and base_model")
         if model_path is not None and not model_path.startswith("tinker://"):
             raise ConfigurationError(f"model_path {model_path!r} must start with 'tinker://'")
-        return ClientFuture(submit(self._create_sampling(
-            model_path, base_model, retry_config, record_stability_info)))
+        return ClientFuture(
+            submit(
+                self._create_sampling(model_path, base_model, retry_config, record_stability_info)
+            )
+        )
 
     async def create_sampling_client_async(
         self,
@@ -480,7 +510,8 @@ class ServiceClient:
     ) -> SamplingClient:
         """Async twin of :meth:`create_sampling_client`."""
         return await self.create_sampling_client(
-            model_path, base_model, retry_config, record_stability_info)
+            model_path, base_model, retry_config, record_stability_info
+        )
 
     async def _create_sampling(
         self,
@@ -499,7 +530,9 @@ class ServiceClient:
             model_path=model_path,
         )
         resp = await self.transport.request(
-            "POST", "/api/v1/create_sampling_session", json=request,
+            "POST",
+            "/api/v1/create_sampling_session",
+            json=request,
             ids={"session_id": session_id},
         )
         created = decode_response(resp, CreateSamplingSessionResponse)

@@ -135,8 +135,13 @@ class TrainingClient:
         acks = await self._submit_in_turn(seq_ids, posts)
         request_type = "Forward" if forward_only else "ForwardBackward"
         polls = [
-            poll_future(self.service.transport, ack.request_id, ForwardBackwardOutput,
-                        request_type=request_type, ids=self._ids)
+            poll_future(
+                self.service.transport,
+                ack.request_id,
+                ForwardBackwardOutput,
+                request_type=request_type,
+                ids=self._ids,
+            )
             for ack in acks
         ]
         if len(polls) == 1:  # no task per poll for the common single-chunk call
@@ -223,7 +228,9 @@ class TrainingClient:
         forward_only: bool,
     ) -> UntypedAPIFuture:
         fb_input = ForwardBackwardInput(
-            data=chunk, loss_fn=loss_fn, loss_fn_config=loss_fn_config  # type: ignore[arg-type]
+            data=chunk,
+            loss_fn=loss_fn,  # type: ignore[arg-type]
+            loss_fn_config=loss_fn_config,
         )
         request: ForwardRequest | ForwardBackwardRequest
         if forward_only:
@@ -250,7 +257,10 @@ class TrainingClient:
     ) -> T:
         (ack,) = await self._submit_in_turn([seq_id], [lambda: self._post(path, body)])
         return await poll_future(
-            self.service.transport, ack.request_id, result_type, request_type=request_type,
+            self.service.transport,
+            ack.request_id,
+            result_type,
+            request_type=request_type,
             ids=self._ids,
         )
 
@@ -267,7 +277,10 @@ class TrainingClient:
 
         async def run() -> ForwardBackwardOutput:
             outputs = await self._send_fwdbwd_chunks(
-                chunks, seq_ids, loss_fn=loss_fn, loss_fn_config=loss_fn_config,
+                chunks,
+                seq_ids,
+                loss_fn=loss_fn,
+                loss_fn_config=loss_fn_config,
                 forward_only=forward_only,
             )
             return self._combine_outputs(outputs)
@@ -332,8 +345,13 @@ class TrainingClient:
         from tinkjax.client._custom import forward_backward_custom_async_impl
 
         coro = forward_backward_custom_async_impl(
-            self, list(data), loss_fn, regularizers=regularizers,
-            track_grad_norms=track_grad_norms, loss_fn_config=loss_fn_config, **kwargs,
+            self,
+            list(data),
+            loss_fn,
+            regularizers=regularizers,
+            track_grad_norms=track_grad_norms,
+            loss_fn_config=loss_fn_config,
+            **kwargs,
         )
         return self._submit(coro)
 
@@ -349,8 +367,12 @@ class TrainingClient:
     ) -> APIFuture[CustomForwardBackwardOutput]:
         """Async twin of :meth:`forward_backward_custom`."""
         return self.forward_backward_custom(
-            data, loss_fn, regularizers=regularizers, track_grad_norms=track_grad_norms,
-            loss_fn_config=loss_fn_config, **kwargs,
+            data,
+            loss_fn,
+            regularizers=regularizers,
+            track_grad_norms=track_grad_norms,
+            loss_fn_config=loss_fn_config,
+            **kwargs,
         )
 
     # ------------------------------------------------------------ optimizer
@@ -393,11 +415,18 @@ class TrainingClient:
         """Save weights and optimizer state as ``tinker://{model_id}/weights/{name}``."""
         seq = self._reserve_seq_ids(1)[0]
         request = SaveWeightsRequest(
-            model_id=self.model_id, path=name, seq_id=seq, ttl_seconds=ttl_seconds,
-            overwrite=overwrite, user_metadata=user_metadata,
+            model_id=self.model_id,
+            path=name,
+            seq_id=seq,
+            ttl_seconds=ttl_seconds,
+            overwrite=overwrite,
+            user_metadata=user_metadata,
         )
-        return self._submit(self._ordered_call(
-            seq, "/api/v1/save_weights", request, SaveWeightsResponse, "SaveWeights"))
+        return self._submit(
+            self._ordered_call(
+                seq, "/api/v1/save_weights", request, SaveWeightsResponse, "SaveWeights"
+            )
+        )
 
     async def save_state_async(
         self,
@@ -414,8 +443,11 @@ class TrainingClient:
         request = LoadWeightsRequest(
             path=path, optimizer=optimizer, model_id=self.model_id, seq_id=seq
         )
-        return self._submit(self._ordered_call(
-            seq, "/api/v1/load_weights", request, LoadWeightsResponse, "LoadWeights"))
+        return self._submit(
+            self._ordered_call(
+                seq, "/api/v1/load_weights", request, LoadWeightsResponse, "LoadWeights"
+            )
+        )
 
     def load_state(self, path: str) -> APIFuture[LoadWeightsResponse]:
         """Load the weights of checkpoint ``path`` into this model (optimizer state untouched)."""
@@ -439,14 +471,20 @@ class TrainingClient:
         """Save sampler weights as ``tinker://{model_id}/sampler_weights/{name}``."""
         seq = self._reserve_seq_ids(1)[0]
         request = SaveWeightsForSamplerRequest(
-            model_id=self.model_id, path=name, seq_id=seq, ttl_seconds=ttl_seconds,
+            model_id=self.model_id,
+            path=name,
+            seq_id=seq,
+            ttl_seconds=ttl_seconds,
             user_metadata=user_metadata,
         )
 
         async def run() -> SaveWeightsForSamplerResponse:
             out = await self._ordered_call(
-                seq, "/api/v1/save_weights_for_sampler", request,
-                SaveWeightsForSamplerResponseInternal, "SaveWeightsForSampler",
+                seq,
+                "/api/v1/save_weights_for_sampler",
+                request,
+                SaveWeightsForSamplerResponseInternal,
+                "SaveWeightsForSampler",
             )
             if out.path is None:
                 raise APIResponseValidationError(
@@ -479,7 +517,8 @@ class TrainingClient:
             async def named() -> SamplingClient:
                 path = (await saved).path
                 return await self.service.create_sampling_client(
-                    model_path=path, retry_config=retry_config,
+                    model_path=path,
+                    retry_config=retry_config,
                     record_stability_info=record_stability_info,
                 )
 
@@ -494,8 +533,11 @@ class TrainingClient:
             from ._sampling import SamplingClient
 
             out = await self._ordered_call(
-                seq, "/api/v1/save_weights_for_sampler", request,
-                SaveWeightsForSamplerResponseInternal, "SaveWeightsForSampler",
+                seq,
+                "/api/v1/save_weights_for_sampler",
+                request,
+                SaveWeightsForSamplerResponseInternal,
+                "SaveWeightsForSampler",
             )
             if out.sampling_session_id is None:
                 raise APIResponseValidationError(
@@ -503,8 +545,11 @@ class TrainingClient:
                 )
             base = self._info.model_data.model_name if self._info is not None else None
             return SamplingClient(
-                self.service, out.sampling_session_id, base_model=base,
-                retry_config=retry_config, record_stability_info=record_stability_info,
+                self.service,
+                out.sampling_session_id,
+                base_model=base,
+                retry_config=retry_config,
+                record_stability_info=record_stability_info,
             )
 
         return self._submit(unnamed())
@@ -518,7 +563,8 @@ class TrainingClient:
     ) -> SamplingClient:
         """Async twin of :meth:`save_weights_and_get_sampling_client` (returns the client)."""
         return await self.save_weights_and_get_sampling_client(
-            name, retry_config, record_stability_info, kind)
+            name, retry_config, record_stability_info, kind
+        )
 
     def create_sampling_client(
         self,
@@ -528,7 +574,8 @@ class TrainingClient:
     ) -> APIFuture[SamplingClient]:
         """A ``SamplingClient`` on saved sampler weights (same as the service's)."""
         return self.service.create_sampling_client(
-            model_path=model_path, retry_config=retry_config,
+            model_path=model_path,
+            retry_config=retry_config,
             record_stability_info=record_stability_info,
         )
 

@@ -70,8 +70,9 @@ def decode_response(response: httpx.Response, tp: type[T]) -> T:
     except DecodeError as exc:
         path = response.request.url.path if response.request is not None else "?"
         raise APIResponseValidationError(
-            mask_secrets(f"HTTP {response.status_code} answer of {path} is not a valid "
-                         f"{tp.__name__}: {exc}"),
+            mask_secrets(
+                f"HTTP {response.status_code} answer of {path} is not a valid {tp.__name__}: {exc}"
+            ),
             body=response.content[:2000],
         ) from None
 
@@ -217,13 +218,21 @@ class Transport:
             try:
                 if fast is not None:
                     response = await fast.request(
-                        method, url, headers=all_headers, content=body, params=query,
+                        method,
+                        url,
+                        headers=all_headers,
+                        content=body,
+                        params=query,
                         timeout=read_timeout,
                     )
                 else:
                     assert client is not None
                     response = await client.request(
-                        method, url, content=body, params=query, headers=all_headers,
+                        method,
+                        url,
+                        content=body,
+                        params=query,
+                        headers=all_headers,
                         timeout=req_timeout,
                     )
             except httpx.TimeoutException as exc:
@@ -260,8 +269,9 @@ class Transport:
                 )
                 if retryable and attempt < retries:
                     delay = backoff.next(retry_after_seconds(response.headers))
-                    logger.debug("retrying %s %s after HTTP %d in %.2fs", method, path, status,
-                                 delay)
+                    logger.debug(
+                        "retrying %s %s after HTTP %d in %.2fs", method, path, status, delay
+                    )
                     await asyncio.sleep(delay)
                     attempt += 1
                     continue
@@ -274,8 +284,9 @@ class Transport:
             )
             if attempt < retries:
                 delay = backoff.next()
-                logger.debug("retrying %s %s after %s in %.2fs", method, path,
-                             type(error).__name__, delay)
+                logger.debug(
+                    "retrying %s %s after %s in %.2fs", method, path, type(error).__name__, delay
+                )
                 await asyncio.sleep(delay)
                 attempt += 1
                 continue
@@ -296,9 +307,9 @@ class Transport:
         return err
 
     @contextlib.asynccontextmanager
-    async def stream(self, url: str, *, follow_redirects: bool = True) -> AsyncIterator[
-        httpx.Response
-    ]:
+    async def stream(
+        self, url: str, *, follow_redirects: bool = True
+    ) -> AsyncIterator[httpx.Response]:
         """Stream a GET of ``url`` (absolute or ``/api/v1/...``); non-2xx raises."""
         full = url if url.startswith(("http://", "https://")) else self.config.base_url + url
         client = self._get_client()

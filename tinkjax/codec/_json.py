@@ -56,7 +56,11 @@ def to_wire_builtins(value: Any) -> Any:
             return value.value
         return value
     if isinstance(value, list | tuple):
-        if value and isinstance(value[0], str | int | float) and not isinstance(value[0], enum.Enum):
+        if (
+            value
+            and isinstance(value[0], str | int | float)
+            and not isinstance(value[0], enum.Enum)
+        ):
             return list(value)
         return [to_wire_builtins(v) for v in value]
     if isinstance(value, dict):

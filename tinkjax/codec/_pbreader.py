@@ -64,19 +64,19 @@ def fields(buf: memoryview, what: str) -> Iterator[Field]:
                 size, pos = _varint(buf, pos, end, what)
             if pos + size > end:
                 raise DecodeError(f"malformed protobuf {what}: field {number} overruns the message")
-            value = buf[pos:pos + size]
+            value = buf[pos : pos + size]
             pos += size
         elif wire == 0:
             value, pos = _varint(buf, pos, end, what)
         elif wire == 1:
             if pos + 8 > end:
                 raise DecodeError(f"malformed protobuf {what}: truncated fixed64")
-            value = int.from_bytes(buf[pos:pos + 8], "little")
+            value = int.from_bytes(buf[pos : pos + 8], "little")
             pos += 8
         elif wire == 5:
             if pos + 4 > end:
                 raise DecodeError(f"malformed protobuf {what}: truncated fixed32")
-            value = int.from_bytes(buf[pos:pos + 4], "little")
+            value = int.from_bytes(buf[pos : pos + 4], "little")
             pos += 4
         else:
             raise DecodeError(f"malformed protobuf {what}: unsupported wire type {wire}")

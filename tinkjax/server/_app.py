@@ -163,8 +163,11 @@ class _Routes:
         session_id = str(uuid.uuid4())
         await run_in_threadpool(
             lambda: self.store.add_session(
-                session_id, tags=req.tags, user_metadata=req.user_metadata,
-                sdk_version=req.sdk_version, display_name=req.display_name,
+                session_id,
+                tags=req.tags,
+                user_metadata=req.user_metadata,
+                sdk_version=req.sdk_version,
+                display_name=req.display_name,
             )
         )
         return _json(CreateSessionResponse(session_id=session_id))
@@ -178,9 +181,7 @@ class _Routes:
         session_id = request.path_params["session_id"]
         req = _decode(await self.json_body(request), SessionFinishRequest)
         await run_in_threadpool(
-            lambda: self.store.finish_session(
-                session_id, reason=req.reason.type, detail=req.detail
-            )
+            lambda: self.store.finish_session(session_id, reason=req.reason.type, detail=req.detail)
         )
         return _json({})
 
@@ -332,9 +333,7 @@ class _Routes:
             )
             data = await run_in_threadpool(encode, result)  # type: ignore[arg-type]
             return Response(data, media_type=PROTOBUF)
-        return Response(
-            await run_in_threadpool(encode_json, result), media_type="application/json"
-        )
+        return Response(await run_in_threadpool(encode_json, result), media_type="application/json")
 
     # ----------------------------------------------------------------- REST
 
@@ -416,9 +415,7 @@ class _Routes:
     # ----------------------------------------------------------------- unsupported
 
     async def unsupported(self, request: Request) -> Response:
-        raise ApiError(
-            404, f"{request.url.path} is not supported by the local tinkjax backend"
-        )
+        raise ApiError(404, f"{request.url.path} is not supported by the local tinkjax backend")
 
 
 def _allow(method: str, *allowed: str) -> None:
@@ -485,7 +482,11 @@ def build_app(backend: Backend, config: AppConfig) -> Starlette:
         ("/api/v1/retrieve_future", r.retrieve_future, post),
         ("/api/v1/checkpoints", r.user_checkpoints, get),
         ("/api/v1/training_runs", r.training_runs, get),
-        ("/api/v1/training_runs/{rest:path}", r.training_run_path, ["GET", "DELETE", "POST", "PUT"]),
+        (
+            "/api/v1/training_runs/{rest:path}",
+            r.training_run_path,
+            ["GET", "DELETE", "POST", "PUT"],
+        ),
         ("/api/v1/archives/{token}.tar.gz", r.archive, get),
         ("/api/v1/save_weights_external", r.unsupported, post),
         ("/api/v1/copy_weights", r.unsupported, post),
@@ -499,4 +500,3 @@ def build_app(backend: Backend, config: AppConfig) -> Starlette:
     )
     app.state.backend = backend
     return app
-

@@ -166,9 +166,7 @@ class Scheduler:
             )
         return seen[1]
 
-    def submit(
-        self, job: Job, *, digest: str = "", register_next_seq: int | None = None
-    ) -> str:
+    def submit(self, job: Job, *, digest: str = "", register_next_seq: int | None = None) -> str:
         """Queue ``job`` (in order for ordered jobs) and return its request id.
 
         Args:

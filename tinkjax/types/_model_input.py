@@ -28,8 +28,9 @@ __all__ = [
 ]
 
 
-class EncodedTextChunk(StrictWire, frozen=True, kw_only=True, tag="encoded_text", tag_field="type",
-                       eq=False):
+class EncodedTextChunk(
+    StrictWire, frozen=True, kw_only=True, tag="encoded_text", tag_field="type", eq=False
+):
     """A run of token ids.
 
     Attributes:
@@ -45,8 +46,10 @@ class EncodedTextChunk(StrictWire, frozen=True, kw_only=True, tag="encoded_text"
             if src.size == 0:
                 src = src.astype(np.int64)
             if src.dtype.kind not in "iu" or src.ndim != 1:
-                raise TypeError(f"expected a 1-D sequence of integers, got dtype {src.dtype} "
-                                f"and shape {src.shape}")
+                raise TypeError(
+                    f"expected a 1-D sequence of integers, got dtype {src.dtype} "
+                    f"and shape {src.shape}"
+                )
         except (TypeError, ValueError) as exc:
             raise TensorError(str(exc), field="tokens") from None
         arr = src.astype(np.int64, copy=False)
@@ -89,8 +92,9 @@ class ImageChunk(StrictWire, frozen=True, kw_only=True, tag="image", tag_field="
         return self.expected_tokens
 
 
-class ImageAssetPointerChunk(StrictWire, frozen=True, kw_only=True, tag="image_asset_pointer",
-                             tag_field="type"):
+class ImageAssetPointerChunk(
+    StrictWire, frozen=True, kw_only=True, tag="image_asset_pointer", tag_field="type"
+):
     """An image referenced by location (cannot be sent as protobuf)."""
 
     format: Literal["png", "jpeg"]

@@ -117,7 +117,7 @@ def parse_tinker_path(path: str) -> ParsedCheckpointTinkerPath:
     prefix = "tinker://"
     if not isinstance(path, str) or not path.startswith(prefix):
         raise WireFormatError(f"{path!r} does not start with {prefix!r}", field="tinker_path")
-    parts = path[len(prefix):].split("/")
+    parts = path[len(prefix) :].split("/")
     if len(parts) != 3 or not all(parts):
         raise WireFormatError(
             f"{path!r} must look like tinker://<training_run_id>/<kind>/<name>",

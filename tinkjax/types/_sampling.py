@@ -65,8 +65,10 @@ class SamplingParams(Wire, frozen=True, kw_only=True):
         stop = self.stop
         if not isinstance(stop, list) or not stop:
             return
-        if not (all(isinstance(x, str) for x in stop)
-                or all(isinstance(x, int) and not isinstance(x, bool) for x in stop)):
+        if not (
+            all(isinstance(x, str) for x in stop)
+            or all(isinstance(x, int) and not isinstance(x, bool) for x in stop)
+        ):
             raise WireFormatError(
                 f"stop must be a string, a list of strings or a list of token ids, got {stop!r}",
                 field="stop",
@@ -118,9 +120,11 @@ class TopkLogprobs(Wire, frozen=True, kw_only=True, eq=False):
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, TopkLogprobs):
             return NotImplemented
-        return (self.k, self.length) == (other.k, other.length) and _same(
-            self.token_ids, other.token_ids
-        ) and _same(self.logprobs, other.logprobs)
+        return (
+            (self.k, self.length) == (other.k, other.length)
+            and _same(self.token_ids, other.token_ids)
+            and _same(self.logprobs, other.logprobs)
+        )
 
     __hash__ = None  # type: ignore[assignment]
 

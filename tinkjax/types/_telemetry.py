@@ -41,8 +41,9 @@ class SessionEndEvent(Wire, frozen=True, kw_only=True, tag="SESSION_END", tag_fi
     duration: str
 
 
-class UnhandledExceptionEvent(Wire, frozen=True, kw_only=True, tag="UNHANDLED_EXCEPTION",
-                              tag_field="event"):
+class UnhandledExceptionEvent(
+    Wire, frozen=True, kw_only=True, tag="UNHANDLED_EXCEPTION", tag_field="event"
+):
     event_id: str
     event_session_index: int
     severity: Severity

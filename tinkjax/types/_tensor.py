@@ -91,7 +91,9 @@ class TensorData(Wire, frozen=True, kw_only=True, eq=False):
                 raise TypeError(f"got values of type {src.dtype}")
             arr = src.astype(np_dtype, copy=False)
         except (TypeError, ValueError) as exc:
-            raise TensorError(f"values do not convert to {self.dtype}: {exc}", field="data") from None
+            raise TensorError(
+                f"values do not convert to {self.dtype}: {exc}", field="data"
+            ) from None
         if self.dtype == "int64" and src.dtype.kind == "f" and not np.array_equal(arr, src):
             raise TensorError("int64 tensor given non-integer values", field="data")
         return arr
@@ -122,9 +124,7 @@ class TensorData(Wire, frozen=True, kw_only=True, eq=False):
                 field="sparse_col_indices" if col is None else "sparse_crow_indices",
             )
         if self.shape is None or len(self.shape) != 2:
-            raise TensorError(
-                f"a CSR tensor needs a 2-D shape, got {self.shape!r}", field="shape"
-            )
+            raise TensorError(f"a CSR tensor needs a 2-D shape, got {self.shape!r}", field="shape")
         rows, cols = self.shape
         arr = arr.reshape(-1)
         crow_a = np.asarray(crow, dtype=np.int64)
@@ -145,9 +145,7 @@ class TensorData(Wire, frozen=True, kw_only=True, eq=False):
                 field="sparse_col_indices",
             )
         if col_a.size and (col_a.min() < 0 or col_a.max() >= cols):
-            raise TensorError(
-                f"column index out of range [0, {cols})", field="sparse_col_indices"
-            )
+            raise TensorError(f"column index out of range [0, {cols})", field="sparse_col_indices")
         return arr
 
     # -- identity -------------------------------------------------------------------------
@@ -207,8 +205,9 @@ class TensorData(Wire, frozen=True, kw_only=True, eq=False):
         """A dense tensor from a NumPy array (floats → float32, integers → int64)."""
         arr = np.asarray(array)
         dtype = _wire_dtype_of(arr)
-        return cls(data=arr.astype(_NP_DTYPES[dtype], copy=False), dtype=dtype,
-                   shape=list(arr.shape))
+        return cls(
+            data=arr.astype(_NP_DTYPES[dtype], copy=False), dtype=dtype, shape=list(arr.shape)
+        )
 
     @classmethod
     def from_jax(cls, array: Any) -> TensorData:
