@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import _harness as H
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -314,16 +315,7 @@ def write_markdown(result: dict[str, Any], command: str) -> None:
             f"| {s['growth']} | {s['compiles']} | {s['seconds']:.2f} | "
             f"{s['tokens_processed_over_real']:.2f} | {s['recompiles_on_weight_sweep']} |"
         )
-    section = "\n".join(lines) + "\n"
-    path = ROOT / "RESULTS.md"
-    text = path.read_text() if path.exists() else "# Benchmark results\n"
-    start = text.find("## Engine\n")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1 :] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    path.write_text(text)
+    H.write_section("Engine", "\n".join(lines))
 
 
 def main() -> None:

@@ -10,16 +10,7 @@ import numpy as np
 
 from tinkjax.models import AdamHyper, DatumArrays, FwdBwdItem, ModelRuntime
 
-
-def _nonzero_b(rt: ModelRuntime, name: str, seed: int) -> None:
-    """Creates ``name`` and gives it random ``b`` so every LoRA coordinate has a gradient."""
-    rt.create_adapter(name, rank=4, seed=seed)
-    state = rt.export_state(name, include_optimizer=False)
-    rng = np.random.default_rng(seed)
-    for key in state:
-        if key.endswith(".b"):
-            state[key] = rng.normal(scale=0.1, size=state[key].shape)
-    rt.import_state(name, state, info=rt.adapter_info(name), include_optimizer=False)
+from .helpers import nonzero_b
 
 
 def _loss(
@@ -51,7 +42,7 @@ def test_gradient_matches_finite_differences(
 ) -> None:
     with jax.enable_x64(True):
         rt = runtime64
-        _nonzero_b(rt, "fd", 0)
+        nonzero_b(rt, "fd", 0)
         toks = random_tokens(1, 21)
         rng = np.random.default_rng(2)
         sampler_lp = -rng.uniform(3, 7, size=20)
@@ -99,7 +90,7 @@ def test_weight_scaling_zero_sums_and_accumulation(
 ) -> None:
     with jax.enable_x64(True):
         rt = runtime64
-        _nonzero_b(rt, "acc", 3)
+        nonzero_b(rt, "acc", 3)
         toks = [random_tokens(10 + i, 17) for i in range(3)]
         rng = np.random.default_rng(4)
         weights = [rng.normal(size=16) for _ in range(3)]

@@ -16,6 +16,8 @@ from tinkjax.models import DatumArrays, ModelRuntime, SampleJob
 from tinkjax.models import _programs as programs
 from tinkjax.models._batching import pack_rows, validate_datum
 
+from .helpers import nonzero_b
+
 
 def _packed(rt: ModelRuntime, adapters: list[str], loss: str, cfg: dict[str, float]) -> Any:
     rng = np.random.default_rng(7)
@@ -58,16 +60,6 @@ def _run_core(rt: ModelRuntime, loss: str, packed: Any, chunk_tokens: int) -> An
         programs.FB_CHUNK_TOKENS = old
 
 
-def _nonzero_b(rt: ModelRuntime, name: str, seed: int) -> None:
-    rt.create_adapter(name, rank=4, seed=seed)
-    state = rt.export_state(name, include_optimizer=False)
-    rng = np.random.default_rng(seed)
-    for key in state:
-        if key.endswith(".b"):
-            state[key] = rng.normal(scale=0.1, size=state[key].shape)
-    rt.import_state(name, state, info=rt.adapter_info(name), include_optimizer=False)
-
-
 @pytest.mark.parametrize(
     ("loss", "cfg", "n_adapters"),
     [("cross_entropy", {}, 1), ("ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}, 2)],
@@ -79,7 +71,7 @@ def test_backward_micro_batches_match_one_batch(
         rt = runtime64
         names = [f"chunk-{loss}-{i}" for i in range(n_adapters)]
         for i, name in enumerate(names):
-            _nonzero_b(rt, name, 20 + i)
+            nonzero_b(rt, name, 20 + i)
         packed = _packed(rt, names, loss, cfg)
         assert programs.chunk_rows(8, 32) == 8  # 256 tokens: one micro-batch
         assert programs.chunk_rows(8, 32 * 3) == 2
@@ -101,7 +93,7 @@ def test_sampling_with_an_adapter_matches_training_logprobs(
     training forward pass's (unmerged) logprobs to float64 rounding."""
     with jax.enable_x64(True):
         rt = runtime64
-        _nonzero_b(rt, "merge", 31)
+        nonzero_b(rt, "merge", 31)
         toks = random_tokens(40, 24)
         from tinkjax.models import FwdBwdItem
 

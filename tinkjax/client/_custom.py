@@ -21,11 +21,12 @@ from __future__ import annotations
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from tinkjax.client._training import TrainingClient, noop_datum
 from tinkjax.engine import (
     Bucketing,
     CustomLossResult,
@@ -37,10 +38,7 @@ from tinkjax.engine import (
 )
 from tinkjax.engine._spec import validate_regularizers
 from tinkjax.errors import EngineInputError
-from tinkjax.types import Datum, ForwardBackwardOutput, ModelInput, TensorData
-
-if TYPE_CHECKING:
-    from tinkjax.client._training import TrainingClient
+from tinkjax.types import Datum, ForwardBackwardOutput, TensorData
 
 __all__ = ["CustomForwardBackwardOutput", "forward_backward_custom_async_impl"]
 
@@ -135,22 +133,11 @@ def _backward_datum(datum: Datum, grad: npt.NDArray[Any]) -> Datum:
     )
 
 
-def _noop_datum() -> Datum:
-    """One token, zero weight: a forward-only request built from it changes nothing."""
-    return Datum(
-        model_input=ModelInput.from_ints([0]),
-        loss_fn_inputs={
-            "target_tokens": TensorData.from_numpy(np.zeros(1, np.int64)),
-            "weights": TensorData.from_numpy(np.zeros(1, np.float32)),
-        },
-    )
-
-
 async def _release(tc: TrainingClient, seq_ids: list[int]) -> None:
     """Consume reserved ids with forward-only no-ops so later requests are not blocked."""
     try:
         await tc._send_fwdbwd_chunks(
-            [[_noop_datum()] for _ in seq_ids],
+            [[noop_datum()] for _ in seq_ids],
             seq_ids,
             loss_fn="cross_entropy",
             loss_fn_config=None,

@@ -60,7 +60,9 @@ __all__ = ["TrainingClient"]
 T = TypeVar("T")
 
 
-def _noop_datum() -> Datum:
+def noop_datum() -> Datum:
+    """One token with zero weight: a forward-only request of it changes nothing on the server
+    (used to occupy a reserved ``seq_id`` that will not carry its real request)."""
     return Datum(
         model_input=ModelInput.from_ints([0]),
         loss_fn_inputs={
@@ -204,7 +206,7 @@ class TrainingClient:
         delivered the client is poisoned: later calls raise instead of hanging.
         """
         try:
-            await self._post_fwdbwd([_noop_datum()], seq_id, "cross_entropy", None, True)
+            await self._post_fwdbwd([noop_datum()], seq_id, "cross_entropy", None, True)
         except Exception:
             await self._poison(cause)
 

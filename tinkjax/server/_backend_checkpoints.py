@@ -178,14 +178,7 @@ class _CheckpointsMixin(_ModelsBase):
         job = Job(_new_request_id(), "load_weights", run=run, model_id=model_id, seq_id=seq_id)
         if not create:
             return self._submit_ordered(job, record, digest)
-        self._register(record)
-        try:
-            request_id = self.scheduler.submit(job, digest=digest, register_next_seq=0)
-        except Exception:
-            with self._lock:
-                self._models.pop(model_id, None)
-            raise
-        return UntypedAPIFuture(request_id=request_id, model_id=model_id)
+        return self._submit_new_model(job, record, digest)
 
     def submit_unload_model(self, req: UnloadModelRequest) -> UntypedAPIFuture:
         """``/unload_model``: frees the adapter once the model's queued requests ran."""

@@ -198,14 +198,19 @@ class _ModelsBase:
             return CreateModelResponse(model_id=model_id)
 
         job = Job(_new_request_id(), "create_model", run=run, model_id=model_id, seq_id=0)
+        return self._submit_new_model(job, record, digest)
+
+    def _submit_new_model(self, job: Job, record: ModelRecord, digest: str) -> UntypedAPIFuture:
+        """Registers ``record`` and submits the job that creates it (the model's first
+        ``seq_id``); a refused submission leaves no model behind."""
         self._register(record)
         try:
             request_id = self.scheduler.submit(job, digest=digest, register_next_seq=0)
         except Exception:
             with self._lock:
-                self._models.pop(model_id, None)
+                self._models.pop(record.model_id, None)
             raise
-        return UntypedAPIFuture(request_id=request_id, model_id=model_id)
+        return UntypedAPIFuture(request_id=request_id, model_id=record.model_id)
 
     def _ordered(
         self, model_id: str, seq_id: Any, digest: str
