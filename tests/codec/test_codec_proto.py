@@ -30,6 +30,11 @@ from tinkjax.codec import (
     encode_sample_response,
 )
 from tinkjax.codec._pb import tinkjax_wire_pb2 as mpb
+from tinkjax.codec._proto_request_write import (
+    WeightedChunk,
+    encode_datum_prefix,
+    encode_weighted_request,
+)
 
 from . import official as O
 from . import strategies as S
@@ -349,3 +354,58 @@ def test_non_canonical_layouts_decode_like_the_generated_module() -> None:
     assert td.data.tobytes() == ref.data[0].loss_fn_inputs[name].dense == values.tobytes()
     assert d.model_input.to_ints() == [5, 6]
     assert (ours.model_id, ours.seq_id, ours.forward_backward_input.loss_fn) == ("m", 7, "ppo")
+
+
+@SETTINGS
+@given(
+    st.lists(
+        st.tuples(S.datum(proto=True), st.integers(0, 40), st.integers(0, 2**31 - 1)),
+        min_size=1,
+        max_size=4,
+    ),
+    st.booleans(),
+)
+def test_pre_encoded_datums_with_weights_equal_the_full_encoding(
+    items: list[tuple[T.Datum, int, int]], forward_only: bool
+) -> None:
+    """``encode_datum_prefix`` + ``encode_weighted_request`` (``forward_backward_custom``'s
+    route) write the same bytes as the full encoder given the equivalent datums; loss inputs
+    other than ``target_tokens`` are left out of the prefix."""
+    full, prefixes, lengths, weights = [], [], [], []
+    for source, n, seed in items:
+        rng = np.random.default_rng(seed)
+        targets = T.TensorData.from_numpy(rng.integers(0, 1 << 40, n).astype(np.int64))
+        w = rng.normal(size=n).astype(np.float32)
+        extra = T.TensorData.from_numpy(np.ones(n, np.float32))
+        with_extra = T.Datum(
+            model_input=source.model_input,
+            loss_fn_inputs={"target_tokens": targets, "advantages": extra, "weights": extra},
+        )
+        prefixes.append(encode_datum_prefix(with_extra, len(full)))
+        lengths.append(n)
+        weights.append(w)
+        full.append(
+            T.Datum(
+                model_input=source.model_input,
+                loss_fn_inputs={"target_tokens": targets, "weights": T.TensorData.from_numpy(w)},
+            )
+        )
+    chunk = WeightedChunk(prefixes, lengths, np.concatenate(weights))
+    fb_input = T.ForwardBackwardInput(data=full, loss_fn="cross_entropy")
+    request: T.ForwardRequest | T.ForwardBackwardRequest = (
+        T.ForwardRequest(forward_input=fb_input, model_id="m:1", seq_id=7)
+        if forward_only
+        else T.ForwardBackwardRequest(forward_backward_input=fb_input, model_id="m:1", seq_id=7)
+    )
+    encoded = encode_weighted_request(
+        chunk, model_id="m:1", seq_id=7, loss_fn="cross_entropy", forward_only=forward_only
+    )
+    assert encoded == encode_forward_backward_request(request)
+    assert decode_forward_backward_request(encoded) == request
+
+
+def test_weighted_chunk_rejects_mismatched_weights() -> None:
+    with pytest.raises(ValueError, match=r"shape \(5,\)"):
+        WeightedChunk([b"", b""], [2, 3], np.zeros(4, np.float32))
+    with pytest.raises(ValueError, match="2 prefixes but 1 lengths"):
+        WeightedChunk([b"", b""], [2], np.zeros(2, np.float32))

@@ -20,6 +20,7 @@ from tinkjax.types import (
 __all__ = [
     "MAX_CHUNK_BYTES",
     "MAX_CHUNK_LEN",
+    "chunk_counts",
     "chunk_data",
     "combine_outputs",
     "estimate_datum_bytes",
@@ -63,19 +64,30 @@ def chunk_data(
 ) -> list[list[Datum]]:
     """Split ``data`` in order into chunks of ≤ ``max_len`` datums and ≤ ``max_bytes`` estimated
     bytes (a single datum larger than ``max_bytes`` gets a chunk of its own)."""
-    chunks: list[list[Datum]] = []
-    current: list[Datum] = []
-    size = 0
-    for datum in data:
-        n = estimate_datum_bytes(datum)
-        if current and (size + n > max_bytes or len(current) >= max_len):
-            chunks.append(current)
-            current, size = [], 0
-        current.append(datum)
-        size += n
-    if current:
-        chunks.append(current)
+    counts = chunk_counts(
+        [estimate_datum_bytes(d) for d in data], max_len=max_len, max_bytes=max_bytes
+    )
+    chunks, start = [], 0
+    for count in counts:
+        chunks.append(list(data[start : start + count]))
+        start += count
     return chunks
+
+
+def chunk_counts(sizes: Sequence[int], *, max_len: int, max_bytes: int) -> list[int]:
+    """How many items of ``sizes`` (bytes per item, in order) go in each chunk: ≤ ``max_len``
+    items and ≤ ``max_bytes`` bytes per chunk, an item larger than that alone."""
+    counts: list[int] = []
+    count = size = 0
+    for n in sizes:
+        if count and (size + n > max_bytes or count >= max_len):
+            counts.append(count)
+            count = size = 0
+        count += 1
+        size += n
+    if count:
+        counts.append(count)
+    return counts
 
 
 _KNOWN = frozenset({"sum", "min", "max", "mean", "slack", "hash2", "hash_unordered", "unique"})

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from tinkjax.client._chunking import chunk_counts
 from tinkjax.client._training import TrainingClient, noop_datum
+from tinkjax.codec._proto_request_write import WeightedChunk, encode_datum_prefix
 from tinkjax.engine import (
     Bucketing,
     CustomLossResult,
@@ -110,27 +112,91 @@ def _as_datum(item: Any, index: int) -> Datum:
     return item
 
 
-def _forward_datum(datum: Datum) -> Datum:
-    """The datum as the forward pass sends it: only ``target_tokens`` and zero ``weights``."""
-    targets = datum.loss_fn_inputs["target_tokens"]
-    zeros = np.zeros(targets.to_numpy().shape, np.float32)
-    return Datum(
-        model_input=datum.model_input,
-        loss_fn_inputs={"target_tokens": targets, "weights": TensorData.from_numpy(zeros)},
-    )
+class _DatumChunks:
+    """Both passes as :class:`Datum` chunks: the general route (JSON wire mode, 2-D target
+    tokens, whose ``weights`` may travel as CSR)."""
+
+    def __init__(self, tc: TrainingClient, datums: list[Datum]) -> None:
+        self.datums = datums
+        self.forward = tc._chunk_data([self._forward_datum(d) for d in datums])
+        self.counts = [len(c) for c in self.forward]
+
+    @staticmethod
+    def _forward_datum(datum: Datum) -> Datum:
+        """Only ``target_tokens`` and zero ``weights``."""
+        targets = datum.loss_fn_inputs["target_tokens"]
+        zeros = np.zeros(targets.dense_shape, np.float32)
+        return Datum(
+            model_input=datum.model_input,
+            loss_fn_inputs={"target_tokens": targets, "weights": TensorData.from_numpy(zeros)},
+        )
+
+    def backward(self, gradients: Sequence[npt.NDArray[Any]]) -> list[list[Datum]]:
+        data = []
+        for datum, grad in zip(self.datums, gradients, strict=True):
+            weights = (-np.asarray(grad)).astype(np.float32)
+            tensor = (
+                TensorData.from_numpy_sparse(weights)
+                if weights.ndim == 2
+                else TensorData.from_numpy(weights)
+            )
+            targets = datum.loss_fn_inputs["target_tokens"]
+            data.append(
+                Datum(
+                    model_input=datum.model_input,
+                    loss_fn_inputs={"target_tokens": targets, "weights": tensor},
+                )
+            )
+        chunks, start = [], 0
+        for count in self.counts:  # the forward pass's chunk boundaries
+            chunks.append(data[start : start + count])
+            start += count
+        return chunks
 
 
-def _backward_datum(datum: Datum, grad: npt.NDArray[Any]) -> Datum:
-    weights = (-np.asarray(grad)).astype(np.float32)
-    tensor = (
-        TensorData.from_numpy_sparse(weights)
-        if weights.ndim == 2
-        else TensorData.from_numpy(weights)
-    )
-    return Datum(
-        model_input=datum.model_input,
-        loss_fn_inputs={"target_tokens": datum.loss_fn_inputs["target_tokens"], "weights": tensor},
-    )
+class _EncodedChunks:
+    """Both passes from one encoding of each datum (model input and ``target_tokens``): the
+    forward pass completes it with zero weights, the backward pass with ``−grad``, sliced
+    from one array. The common route (protobuf wire, 1-D target tokens): no per-pass
+    :class:`Datum` objects and no second encoding of the tokens."""
+
+    def __init__(self, tc: TrainingClient, datums: list[Datum]) -> None:
+        self.prefixes = [encode_datum_prefix(d, i) for i, d in enumerate(datums)]
+        self.lengths = [d.loss_fn_inputs["target_tokens"].dense_shape[0] for d in datums]
+        cfg = tc.service.server_config
+        self.counts = chunk_counts(
+            [len(p) + 4 * n + 24 for p, n in zip(self.prefixes, self.lengths, strict=True)],
+            max_len=cfg.fwdbwd_max_chunk_len,
+            max_bytes=cfg.fwdbwd_max_chunk_bytes_count,
+        )
+        self.forward = self._chunks(np.zeros(sum(self.lengths), np.float32))
+
+    def _chunks(self, weights: npt.NDArray[np.float32]) -> list[WeightedChunk]:
+        chunks, start, pos = [], 0, 0
+        for count in self.counts:
+            lengths = self.lengths[start : start + count]
+            size = sum(lengths)
+            chunks.append(
+                WeightedChunk(
+                    self.prefixes[start : start + count], lengths, weights[pos : pos + size]
+                )
+            )
+            start, pos = start + count, pos + size
+        return chunks
+
+    def backward(self, gradients: Sequence[npt.NDArray[Any]]) -> list[WeightedChunk]:
+        flat = np.concatenate(gradients) if len(gradients) > 1 else np.asarray(gradients[0])
+        return self._chunks(np.negative(flat, dtype=np.float32))
+
+
+def _plan(tc: TrainingClient, datums: list[Datum]) -> _DatumChunks | _EncodedChunks:
+    if tc.service.transport.config.wire_mode == "json":
+        return _DatumChunks(tc, datums)
+    for d in datums:
+        targets = d.loss_fn_inputs["target_tokens"]
+        if targets.is_sparse or len(targets.dense_shape) != 1:
+            return _DatumChunks(tc, datums)
+    return _EncodedChunks(tc, datums)
 
 
 async def _release(tc: TrainingClient, seq_ids: list[int]) -> None:
@@ -181,12 +247,12 @@ def forward_backward_custom_async_impl(
     datums = [_as_datum(d, i) for i, d in enumerate(data)]
     if not datums:
         raise EngineInputError("data: forward_backward_custom needs at least one datum")
-    chunks = tc._chunk_data([_forward_datum(d) for d in datums])
-    n = len(chunks)
+    plan = _plan(tc, datums)
+    n = len(plan.forward)
     ids = tc._reserve_seq_ids(2 * n)
     forward_ids, backward_ids = ids[:n], ids[n:]
     return _run(
-        tc, datums, chunks, forward_ids, backward_ids, loss_fn,
+        tc, datums, plan, forward_ids, backward_ids, loss_fn,
         regularizers=regularizers, track_grad_norms=track_grad_norms,
         loss_fn_config=loss_fn_config, norm_method=norm_method, dtype=dtype, bucketing=bucketing,
     )  # fmt: skip
@@ -195,7 +261,7 @@ def forward_backward_custom_async_impl(
 async def _run(
     tc: TrainingClient,
     datums: list[Datum],
-    chunks: list[list[Datum]],
+    plan: _DatumChunks | _EncodedChunks,
     forward_ids: list[int],
     backward_ids: list[int],
     loss_fn: LossSpec,
@@ -209,7 +275,11 @@ async def _run(
 ) -> CustomForwardBackwardOutput:
     try:
         forward = await tc._send_fwdbwd_chunks(
-            chunks, forward_ids, loss_fn="cross_entropy", loss_fn_config=None, forward_only=True
+            plan.forward,
+            forward_ids,
+            loss_fn="cross_entropy",
+            loss_fn_config=None,
+            forward_only=True,
         )
     except BaseException:
         await _release(tc, backward_ids)
@@ -240,13 +310,7 @@ async def _run(
     except BaseException:
         await _release(tc, backward_ids)
         raise
-    backward_data = [_backward_datum(d, g) for d, g in zip(datums, result.gradients, strict=True)]
-    # Same chunk boundaries as the forward pass.
-    sizes = [len(c) for c in chunks]
-    backward_chunks, start = [], 0
-    for size in sizes:
-        backward_chunks.append(backward_data[start : start + size])
-        start += size
+    backward_chunks = plan.backward(result.gradients)
     backward = await tc._send_fwdbwd_chunks(
         backward_chunks, backward_ids, loss_fn="cross_entropy", loss_fn_config=None,
         forward_only=False,

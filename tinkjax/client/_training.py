@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypeVar
 import numpy as np
 
 from tinkjax.codec import encode_forward_backward_request
+from tinkjax.codec._proto_request_write import WeightedChunk, encode_weighted_request
 from tinkjax.errors import APIConnectionError, APIResponseValidationError
 from tinkjax.types import (
     AdamParams,
@@ -116,7 +117,7 @@ class TrainingClient:
 
     async def _send_fwdbwd_chunks(
         self,
-        chunks: list[list[Datum]],
+        chunks: Sequence[list[Datum] | WeightedChunk],
         seq_ids: list[int],
         *,
         loss_fn: str,
@@ -223,12 +224,30 @@ class TrainingClient:
 
     async def _post_fwdbwd(
         self,
-        chunk: list[Datum],
+        chunk: list[Datum] | WeightedChunk,
         seq_id: int,
         loss_fn: str,
         loss_fn_config: dict[str, float | str] | None,
         forward_only: bool,
     ) -> UntypedAPIFuture:
+        transport = self.service.transport
+        if isinstance(chunk, WeightedChunk):  # pre-encoded datums (forward_backward_custom)
+            if loss_fn_config or transport.config.wire_mode == "json":
+                raise ValueError("pre-encoded chunks are sent as protobuf without a config")
+            resp = await transport.request(
+                "POST",
+                "/api/v1/forward_backward",
+                content=encode_weighted_request(
+                    chunk,
+                    model_id=self.model_id,
+                    seq_id=seq_id,
+                    loss_fn=loss_fn,
+                    forward_only=forward_only,
+                ),
+                content_type="application/x-protobuf",
+                ids=self._ids,
+            )
+            return decode_response(resp, UntypedAPIFuture)
         fb_input = ForwardBackwardInput(
             data=chunk,
             loss_fn=loss_fn,  # type: ignore[arg-type]
@@ -241,7 +260,6 @@ class TrainingClient:
             request = ForwardBackwardRequest(
                 forward_backward_input=fb_input, model_id=self.model_id, seq_id=seq_id
             )
-        transport = self.service.transport
         if transport.config.wire_mode == "json":
             path = "/api/v1/forward" if forward_only else "/api/v1/forward_backward"
             return await self._post(path, request)

@@ -6,6 +6,7 @@ through the generated module (see ``_pbwriter``).
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from typing import Any
 
 import numpy as np
@@ -20,11 +21,16 @@ from tinkjax.types import (
 )
 
 from ._pb import tinkjax_wire_pb2 as pb
-from ._pbwriter import Writer, byte_view, varint
+from ._pbwriter import Writer, varint
 from ._pbwriter import varint_size as _vlen
 from ._proto_common import _DTYPE_TO_PB, _INT32_MAX, _INT32_MIN, _chunk_to_pb, _spans_to_pb
 
-__all__ = ["encode_forward_backward_request"]
+__all__ = [
+    "WeightedChunk",
+    "encode_datum_prefix",
+    "encode_forward_backward_request",
+    "encode_weighted_request",
+]
 
 _NP_OF: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8")}
 # Field 3 (dtype) of a ``Tensor``, per wire dtype.
@@ -53,8 +59,16 @@ def _sparse_tensor_writer(td: TensorData) -> Writer:
     return w
 
 
-def _datum_parts(datum: Datum, index: int, parts: list[bytes | memoryview]) -> int:
+def _datum_parts(
+    datum: Datum,
+    index: int,
+    parts: list[Any],
+    keys: Collection[str] | None = None,
+) -> int:
     """Append the serialized fields of ``datum`` to ``parts``; return their total length.
+
+    ``parts`` receives ``bytes`` and C-contiguous NumPy arrays (``bytes.join`` takes any
+    buffer). ``keys``, when given, limits the ``loss_fn_inputs`` written to those names.
 
     The hot path (text chunks, dense tensors) writes each field as one header (keys and varint
     lengths of the nested messages, computed up front) followed by the raw little-endian
@@ -70,8 +84,8 @@ def _datum_parts(datum: Datum, index: int, parts: list[bytes | memoryview]) -> i
                     field=f"data[{index}].model_input[{j}].tokens",
                 )
             if toks.size:
-                data = byte_view(toks.astype("<i4"))
-                n = len(data)
+                data = toks.astype("<i4")
+                n = data.nbytes
                 text_len = 1 + _vlen(n) + n  # EncodedTextChunk {1: tokens}
                 chunk_len = 1 + _vlen(text_len) + text_len  # Chunk {1: encoded_text}
                 head = (
@@ -92,6 +106,8 @@ def _datum_parts(datum: Datum, index: int, parts: list[bytes | memoryview]) -> i
             parts.append(body)
             length += len(head) + len(body)
     for name, td in datum.loss_fn_inputs.items():
+        if keys is not None and name not in keys:
+            continue
         name_b = name.encode("utf-8")
         name_field = b"\x0a" + varint(len(name_b)) + name_b
         if td.is_sparse:
@@ -107,8 +123,7 @@ def _datum_parts(datum: Datum, index: int, parts: list[bytes | memoryview]) -> i
         arr = td.data
         if arr.dtype != _NP_OF[td.dtype] or not arr.flags.c_contiguous:
             arr = np.ascontiguousarray(arr, dtype=_NP_OF[td.dtype])
-        data = byte_view(arr)
-        n = len(data)
+        n = arr.nbytes
         tail = _tensor_tail(td.dtype, td.shape)
         tensor_len = 1 + _vlen(n) + n + len(tail)
         entry_len = len(name_field) + 1 + _vlen(tensor_len) + tensor_len
@@ -122,7 +137,7 @@ def _datum_parts(datum: Datum, index: int, parts: list[bytes | memoryview]) -> i
             + varint(n)
         )
         parts.append(head)
-        parts.append(data)
+        parts.append(arr)
         parts.append(tail)
         length += len(head) + n + len(tail)
     if datum.model_input_spans is not None or datum.loss_fn_input_spans is not None:
@@ -157,10 +172,91 @@ def encode_forward_backward_request(request: ForwardBackwardRequest | ForwardReq
         else:
             head.loss_fn_config[cfg_key] = float(value)
             head.loss_fn_config_v2[cfg_key].number = float(value)
-    parts: list[bytes | memoryview] = [head.SerializeToString()]
+    parts: list[Any] = [head.SerializeToString()]
     for i, datum in enumerate(fb_input.data):
         slot = len(parts)
         parts.append(b"")
         size = _datum_parts(datum, i, parts)
         parts[slot] = b"\x1a" + varint(size)
+    return b"".join(parts)
+
+
+# -- pre-encoded datums with separate weights (forward_backward_custom) ---------------------------
+_WEIGHTS_NAME_FIELD = b"\x0a\x07weights"
+_weight_frames: dict[int, tuple[bytes, bytes]] = {}
+
+
+def _weights_frame(n: int) -> tuple[bytes, bytes]:
+    """Header and tail of the ``weights`` map entry of an ``[n]`` float32 tensor (cached by n)."""
+    frame = _weight_frames.get(n)
+    if frame is None:
+        tail = _tensor_tail("float32", [n])
+        nbytes = 4 * n
+        tensor_len = 1 + _vlen(nbytes) + nbytes + len(tail)
+        entry_len = len(_WEIGHTS_NAME_FIELD) + 1 + _vlen(tensor_len) + tensor_len
+        head = (
+            b"\x12"
+            + varint(entry_len)
+            + _WEIGHTS_NAME_FIELD
+            + b"\x12"
+            + varint(tensor_len)
+            + b"\x0a"
+            + varint(nbytes)
+        )
+        frame = _weight_frames.setdefault(n, (head, tail))
+    return frame
+
+
+def encode_datum_prefix(datum: Datum, index: int) -> bytes:
+    """A datum's serialized fields except ``loss_fn_inputs['weights']`` (and any key other
+    than ``target_tokens``): what the two passes of ``forward_backward_custom`` share.
+
+    ``index`` is the datum's position, for error messages.
+    """
+    parts: list[Any] = []
+    _datum_parts(datum, index, parts, keys=("target_tokens",))
+    return b"".join(parts)
+
+
+class WeightedChunk:
+    """Datums pre-encoded by :func:`encode_datum_prefix`, with the ``[n]`` float32 weights to
+    send with each of them: ``weights`` is every datum's weights back to back (``lengths[i]``
+    values for datum ``i``)."""
+
+    __slots__ = ("lengths", "prefixes", "weights")
+
+    def __init__(
+        self, prefixes: Sequence[bytes], lengths: Sequence[int], weights: np.ndarray[Any, Any]
+    ) -> None:
+        if len(prefixes) != len(lengths):
+            raise ValueError(f"{len(prefixes)} prefixes but {len(lengths)} lengths")
+        total = sum(lengths)
+        if weights.shape != (total,):
+            raise ValueError(f"weights must have shape ({total},), got {weights.shape}")
+        self.prefixes = prefixes
+        self.lengths = lengths
+        self.weights = np.ascontiguousarray(weights, dtype="<f4")
+
+    def __len__(self) -> int:
+        return len(self.prefixes)
+
+
+def encode_weighted_request(
+    chunk: WeightedChunk, *, model_id: str, seq_id: int, loss_fn: str, forward_only: bool
+) -> bytes:
+    """A ``ForwardBackwardRequest`` of pre-encoded datums, each completed with its weights
+    (no config: the custom-loss passes use ``cross_entropy`` without one)."""
+    head = pb.ForwardBackwardRequest()
+    head.model_id = model_id
+    head.seq_id = seq_id
+    head.forward_only = forward_only
+    head.loss_fn = loss_fn
+    parts: list[Any] = [head.SerializeToString()]
+    weights = chunk.weights
+    pos = 0
+    for prefix, n in zip(chunk.prefixes, chunk.lengths, strict=True):
+        entry_head, tail = _weights_frame(n)
+        size = len(prefix) + len(entry_head) + 4 * n + len(tail)
+        parts += (b"\x1a" + varint(size), prefix, entry_head, weights[pos : pos + n], tail)
+        pos += n
     return b"".join(parts)

@@ -119,47 +119,58 @@ def pack_inputs(
     trailing = _check_logprobs(lps)
     keys = _check_keys(inputs)
     chunk = bucketing.chunk
-    shapes = tuple(tuple(int(d) for d in lp.shape) for lp in lps)
-    padded = [-(-s[0] // chunk) * chunk for s in shapes]
-    offsets = tuple(int(x) for x in np.concatenate([[0], np.cumsum(padded)[:-1]]))
-    total = bucket_size(sum(padded), minimum=bucketing.min_tokens, growth=bucketing.token_growth)
+    shapes = tuple(lp.shape for lp in lps)
+    lengths = np.fromiter((s[0] for s in shapes), dtype=np.int64, count=len(shapes))
+    padded = -(-lengths // chunk) * chunk
+    offsets_np = np.cumsum(padded) - padded
+    offsets = tuple(offsets_np.tolist())
+    total = bucket_size(
+        int(padded.sum()), minimum=bucketing.min_tokens, growth=bucketing.token_growth
+    )
     n_seq = bucket_size(len(lps), minimum=bucketing.min_sequences, growth=bucketing.sequence_growth)
     layout = DatumLayout(offsets=offsets, shapes=shapes, present=tuple(sorted(keys)))
     float_dtype = np.dtype(dtype)
+    # Every real position of the packed axis, datum after datum: one fancy-index store per
+    # field instead of a slice assignment per datum.
+    n_real = int(lengths.sum())
+    dest: npt.NDArray[np.int64] | slice = (
+        slice(0, n_real)
+        if np.array_equal(padded, lengths)
+        else np.arange(n_real) + np.repeat(offsets_np - (np.cumsum(lengths) - lengths), lengths)
+    )
 
     def packed(arrays: Sequence[npt.NDArray[Any]], out_dtype: npt.DTypeLike) -> npt.NDArray[Any]:
         out = np.zeros((total, *trailing), dtype=out_dtype)
-        for off, arr in zip(offsets, arrays, strict=True):
-            out[off : off + arr.shape[0]] = arr
+        if n_real:
+            out[dest] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         return out
 
     def field(key: str, out_dtype: npt.DTypeLike) -> npt.NDArray[Any]:
         if key not in keys:
             return np.zeros((total, *trailing), dtype=out_dtype)
-        arrays = []
-        for i, (item, shape) in enumerate(zip(inputs, shapes, strict=True)):
-            arr = np.asarray(item[key])
+        arrays = [np.asarray(item[key]) for item in inputs]
+        for i, (arr, shape) in enumerate(zip(arrays, shapes, strict=True)):
             if arr.shape != shape:
                 raise EngineInputError(
                     f"loss input {key!r} of datum {i} has shape {arr.shape}, but its "
                     f"logprobs have shape {shape}"
                 )
-            if key == "target_tokens" and not np.issubdtype(arr.dtype, np.integer):
+            if key == "target_tokens" and arr.dtype.kind not in "iu":
                 raise EngineInputError(
                     f"loss input 'target_tokens' of datum {i} has dtype {arr.dtype}; "
                     "integers required"
                 )
-            arrays.append(arr)
         return packed(arrays, out_dtype)
 
-    mask = packed([np.ones(s, dtype=float_dtype) for s in shapes], float_dtype)
+    mask = np.zeros((total, *trailing), dtype=float_dtype)
+    mask[dest] = 1.0
     seg_per_chunk = np.full(total // chunk, n_seq - 1, dtype=np.int32)
-    for i, (off, width) in enumerate(zip(offsets, padded, strict=True)):
-        seg_per_chunk[off // chunk : (off + width) // chunk] = i
+    used = np.repeat(np.arange(len(lps), dtype=np.int32), padded // chunk)
+    seg_per_chunk[: used.size] = used
     seq_valid = np.zeros(n_seq, dtype=float_dtype)
     seq_valid[: len(lps)] = 1.0
     seq_lengths = np.zeros(n_seq, dtype=float_dtype)
-    seq_lengths[: len(lps)] = [math.prod(s) for s in shapes]
+    seq_lengths[: len(lps)] = lengths * math.prod(trailing)
     std = {attr: field(key, float_dtype) for key, attr in STANDARD_INPUTS.items()}
     std["target_tokens"] = field("target_tokens", np.int32)
     extras = {k: field(k, float_dtype) for k in sorted(keys - STANDARD_INPUTS.keys())}
@@ -219,8 +230,12 @@ def _check_logprobs(lps: Sequence[npt.NDArray[Any]]) -> tuple[int, ...]:
                 f"logprobs of datum {i} have shape {lp.shape}, but datum 0 has {lps[0].shape}; "
                 "all datums need the same trailing shape"
             )
-        if not np.issubdtype(lp.dtype, np.floating):
+        if lp.dtype.kind != "f":
             raise EngineInputError(f"logprobs of datum {i} have dtype {lp.dtype}; floats required")
+    flat = lps[0] if len(lps) == 1 else np.concatenate([lp.reshape(-1) for lp in lps])
+    if np.isfinite(flat).all():  # one pass over the batch; the loop below only names the datum
+        return tuple(int(d) for d in trailing)
+    for i, lp in enumerate(lps):
         if not np.isfinite(lp).all():
             bad = int(np.argmin(np.isfinite(lp).reshape(-1)))
             raise NonFiniteError(
