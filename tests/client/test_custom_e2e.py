@@ -350,3 +350,38 @@ def test_multi_chunk_passes_equal_builtin_on_both_routes(local_server: Any, wire
             rtol=1e-5,
             atol=2e-6,
         )
+
+
+def test_async_regularizer_io_overlaps_the_forward_pass(
+    local_server: Any, service: ServiceClient
+) -> None:
+    """A regularizer's ``prepare`` starts once the forward request is out, not after its
+    result came back: the I/O overlaps the server's forward pass."""
+    log: list[tuple[str, str, int | None]] = []
+    seen_at_prepare: list[list[tuple[str, str, int | None]]] = []
+
+    def record(name: Any, measurements: dict[str, Any], metadata: dict[str, Any]) -> None:
+        log.append((str(name[-1]), metadata["path"], metadata.get("status")))
+
+    async def prepare(data: Sequence[Any]) -> dict[str, list[float]]:
+        seen_at_prepare.append(list(log))
+        await asyncio.sleep(0.05)  # a reward model's latency
+        return {"reward": [float(i) for i in range(len(data))]}
+
+    tc = service.create_lora_training_client(MICRO, rank=4, seed=23).result()
+    events.attach(
+        "overlap", [("tinkjax", "request", "start"), ("tinkjax", "request", "stop")], record
+    )
+    try:
+        out = tc.forward_backward_custom(
+            _data(8),
+            "cross_entropy",
+            regularizers=[Regularizer("rm", reward_term, prepare=prepare)],
+        ).result(timeout=60)
+    finally:
+        events.detach("overlap")
+    (seen,) = seen_at_prepare
+    assert ("start", "/api/v1/forward_backward", None) in seen  # the forward pass was sent
+    assert not [e for e in seen if e[1] == "/api/v1/retrieve_future" and e[0] == "stop"]
+    # and the reward entered the loss: Σ reward·seq_valid over the 3 datums
+    assert out.regularizers["rm"].value == pytest.approx(0.0 + 1.0 + 2.0)

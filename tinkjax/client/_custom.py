@@ -9,6 +9,12 @@ cannot compute,
 3. a second ``cross_entropy`` pass over the same chunks with ``weights = −g`` accumulates
    ``∂C/∂θ`` on the server (its loss ``Σ −lp·w = Σ lp·g`` has that parameter gradient).
 
+Each datum's model input and target tokens are encoded once for both passes (the protobuf
+route; JSON wire mode and 2-D target tokens go through per-pass ``Datum`` objects). While the
+server runs the forward pass the engine prepares everything that needs no logprobs
+(:func:`~tinkjax.engine._pending.prepare_custom_loss_async`: async regularizers' I/O,
+packing, planning).
+
 The ``2N`` sequence ids of both passes are reserved when the call is made, so an ``optim_step``
 issued afterwards is ordered after the backward pass. When the engine fails (a non-finite value
 or gradient, a failing regularizer, bad input) no backward request is sent: the reserved
@@ -18,6 +24,7 @@ model's queue does not stall on a gap; then the error is raised.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
@@ -36,8 +43,8 @@ from tinkjax.engine import (
     NormMethod,
     Regularizer,
     RegularizerOutput,
-    compute_custom_loss_async,
 )
+from tinkjax.engine._pending import prepare_custom_loss_async
 from tinkjax.engine._spec import validate_regularizers
 from tinkjax.errors import EngineInputError
 from tinkjax.types import Datum, ForwardBackwardOutput, TensorData
@@ -199,6 +206,12 @@ def _plan(tc: TrainingClient, datums: list[Datum]) -> _DatumChunks | _EncodedChu
     return _EncodedChunks(tc, datums)
 
 
+def _retrieve(task: asyncio.Future[Any]) -> None:
+    """Mark a task's exception as retrieved (no "never retrieved" warning)."""
+    if not task.cancelled():
+        task.exception()
+
+
 async def _release(tc: TrainingClient, seq_ids: list[int]) -> None:
     """Consume reserved ids with forward-only no-ops so later requests are not blocked."""
     try:
@@ -273,30 +286,24 @@ async def _run(
     dtype: npt.DTypeLike,
     bucketing: Bucketing | None,
 ) -> CustomForwardBackwardOutput:
-    try:
-        forward = await tc._send_fwdbwd_chunks(
+    forward_task = asyncio.ensure_future(
+        tc._send_fwdbwd_chunks(
             plan.forward,
             forward_ids,
             loss_fn="cross_entropy",
             loss_fn_config=None,
             forward_only=True,
         )
-    except BaseException:
-        await _release(tc, backward_ids)
-        raise
-    outputs = [out for chunk in forward for out in chunk.loss_fn_outputs]
-    if len(outputs) != len(datums):
-        await _release(tc, backward_ids)
-        raise EngineInputError(
-            f"forward pass returned {len(outputs)} outputs for {len(datums)} datums"
-        )
-    logprobs = [out["logprobs"].to_numpy() for out in outputs]
+    )
+    # Let the forward request go out first; the engine then prepares everything but the
+    # logprobs (and awaits async regularizers) while the server runs the forward pass.
+    await asyncio.sleep(0)
     inputs = [{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()} for d in datums]
     extra: dict[str, Any] = {} if bucketing is None else {"bucketing": bucketing}
     try:
-        result = await compute_custom_loss_async(
+        pending = await prepare_custom_loss_async(
             inputs,
-            logprobs,
+            [d.loss_fn_inputs["target_tokens"].dense_shape for d in datums],
             loss_fn,
             regularizers=regularizers,
             loss_fn_config=loss_fn_config,
@@ -307,6 +314,23 @@ async def _run(
             dtype=dtype,
             **extra,
         )
+    except BaseException:
+        forward_task.add_done_callback(_retrieve)  # its outcome no longer matters
+        await _release(tc, backward_ids)
+        raise
+    try:
+        forward = await forward_task
+        outputs = [out for chunk in forward for out in chunk.loss_fn_outputs]
+        if len(outputs) != len(datums):
+            raise EngineInputError(
+                f"forward pass returned {len(outputs)} outputs for {len(datums)} datums"
+            )
+    except BaseException as exc:
+        pending.abandon(exc)
+        await _release(tc, backward_ids)
+        raise
+    try:
+        result = await pending.run([out["logprobs"].to_numpy() for out in outputs])
     except BaseException:
         await _release(tc, backward_ids)
         raise

@@ -18,17 +18,16 @@ from tinkjax.engine._engine import (
     NormMethod,
     Prepared,
     _build_step,
-    _emit,
     _exception,
     _finish,
     _report,
-    _run_prepares,
 )
 from tinkjax.engine._errors import EngineInputError
 from tinkjax.engine._kernel import program
 from tinkjax.engine._pack import Bucketing
+from tinkjax.engine._pending import _emit_start, prepare_custom_loss_async
 from tinkjax.engine._result import CustomLossResult
-from tinkjax.engine._spec import Regularizer, validate_regularizers
+from tinkjax.engine._spec import Regularizer
 
 
 def compute_custom_loss(
@@ -132,30 +131,26 @@ async def compute_custom_loss_async(
     bucketing: Bucketing = _DEFAULT_BUCKETING,
 ) -> CustomLossResult:
     """:func:`compute_custom_loss`, awaiting ``prepare`` steps concurrently (each with its
-    ``prepare_timeout``) and running the kernel in a worker thread."""
-    started = time.perf_counter()
-    _emit_start(emit, regularizers, track_grad_norms)
-    try:
-        regs = validate_regularizers(regularizers)
-        prepared = await _run_prepares(regs, inputs if data is None else data)
-    except Exception as exc:
-        _exception(emit, exc, started)
-        raise
-    return await asyncio.to_thread(
-        _compute,
+    ``prepare_timeout``). The kernel runs as :meth:`PendingCustomLoss.run` runs it (in a
+    worker thread, or inline for a small batch whose program has run before)."""
+    if len(inputs) != len(logprobs):
+        raise EngineInputError(
+            f"got {len(inputs)} datums but {len(logprobs)} logprobs arrays; they must match"
+        )
+    pending = await prepare_custom_loss_async(
         inputs,
-        logprobs,
+        [np.shape(lp) for lp in logprobs],
         loss,
-        regularizers=regs,
+        regularizers=regularizers,
         loss_fn_config=loss_fn_config,
         track_grad_norms=track_grad_norms,
         norm_method=norm_method,
+        data=data,
         emit=emit,
         dtype=dtype,
         bucketing=bucketing,
-        prepared=prepared,
-        started=started,
     )
+    return await pending.run(logprobs)
 
 
 def lower_custom_loss(
@@ -191,15 +186,6 @@ def lower_custom_loss(
     return program.lower(*step.args, plan=step.plan)
 
 
-def _emit_start(emit: EmitFn | None, regularizers: Sequence[Any], track: bool) -> None:
-    _emit(
-        emit,
-        "custom_loss.start",
-        {"system_time": time.time()},
-        {"regularizer_count": len(regularizers), "track_grad_norms": track},
-    )
-
-
 def _compute(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     logprobs: Sequence[npt.ArrayLike],
@@ -213,11 +199,9 @@ def _compute(
     dtype: npt.DTypeLike,
     bucketing: Bucketing,
     prepared: Prepared,
-    started: float | None = None,
 ) -> CustomLossResult:
-    if started is None:  # the async entry point announced the step already
-        started = time.perf_counter()
-        _emit_start(emit, regularizers, track_grad_norms)
+    started = time.perf_counter()
+    _emit_start(emit, regularizers, track_grad_norms)
     try:
         step = _build_step(
             inputs,
@@ -233,7 +217,7 @@ def _compute(
         )
         result = _finish(step)
     except Exception as exc:
-        _exception(emit, exc, started)
+        _exception(emit, exc, time.perf_counter() - started)
         raise
-    _report(emit, result, started)
+    _report(emit, result, time.perf_counter() - started)
     return result

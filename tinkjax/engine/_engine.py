@@ -13,7 +13,6 @@ import asyncio
 import dataclasses
 import logging
 import math
-import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -22,8 +21,15 @@ import numpy as np
 import numpy.typing as npt
 
 from tinkjax.engine._errors import EngineInputError, NonFiniteError, RegularizerError
-from tinkjax.engine._kernel import Plan, program
-from tinkjax.engine._pack import Bucketing, PackedInputs, pack_inputs, pack_per_datum
+from tinkjax.engine._kernel import Plan, fetch, program
+from tinkjax.engine._pack import (
+    Bucketing,
+    PackedBatch,
+    PackedInputs,
+    _check_logprobs,
+    pack_batch,
+    pack_per_datum,
+)
 from tinkjax.engine._result import CustomLossResult, RegularizerOutput, as_floats
 from tinkjax.engine._spec import DatumLoss, DatumLossFn, PackedLoss, Regularizer
 from tinkjax.engine._spec import validate_regularizers as _validate_regularizers
@@ -55,9 +61,20 @@ class _Step:
     dtype: np.dtype[Any]
 
     def run(self, plan: Plan | None = None) -> dict[str, Any]:
-        outputs = program(*self.args, plan=plan or self.plan)
-        fetched: dict[str, Any] = jax.device_get(outputs)
-        return fetched
+        plan = plan or self.plan
+        return fetch(program(*self.args, plan=plan), plan, self.dtype)
+
+    @property
+    def shape_key(self) -> tuple[Any, ...]:
+        """What, besides parameter shapes, selects the compiled executable of this step."""
+        return (
+            self.plan,
+            self.dtype,
+            self.packed.logprobs.shape,
+            self.packed.batch.mask.shape,
+            self.packed.batch.seq_valid.shape,
+            self.packed.layout.present,
+        )
 
 
 def _emit(
@@ -114,9 +131,55 @@ def _check_requires(label: str, requires: Sequence[str], present: Sequence[str])
         )
 
 
+@dataclasses.dataclass(frozen=True)
+class _Template:
+    """A step without its logprobs: the plan and every other argument, ready for them."""
+
+    plan: Plan
+    packed: PackedBatch
+    args: tuple[Any, ...]  # the program's arguments after the logprobs
+    regularizers: tuple[Regularizer, ...]
+    slots: tuple[tuple[int, int], ...]
+    dtype: np.dtype[Any]
+
+    def step(self, logprobs: Sequence[npt.ArrayLike]) -> _Step:
+        """The step with these per-datum logprobs (checked against the layout)."""
+        return self._step(self.packed.with_logprobs(logprobs))
+
+    def _step(self, packed: PackedInputs) -> _Step:
+        return _Step(
+            self.plan,
+            (packed.logprobs, *self.args),
+            packed,
+            self.regularizers,
+            self.slots,
+            self.dtype,
+        )
+
+
 def _build_step(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     logprobs: Sequence[npt.ArrayLike],
+    loss: LossSpec,
+    **kwargs: Any,
+) -> _Step:
+    """Validate, pack and plan a step (see :func:`_build_template` for the keywords)."""
+    dt = _check_dtype(kwargs["dtype"])
+    if len(inputs) != len(logprobs):
+        raise EngineInputError(
+            f"got {len(inputs)} datums but {len(logprobs)} logprobs arrays; they must match"
+        )
+    if not inputs:
+        raise EngineInputError("the batch is empty: at least one datum is required")
+    lps = [np.asarray(lp) for lp in logprobs]
+    _check_logprobs(lps)
+    template = _build_template(inputs, [lp.shape for lp in lps], loss, **{**kwargs, "dtype": dt})
+    return template._step(template.packed._with_checked(lps))
+
+
+def _build_template(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    shapes: Sequence[tuple[int, ...]],
     loss: LossSpec,
     *,
     regularizers: Sequence[Regularizer],
@@ -126,13 +189,13 @@ def _build_step(
     dtype: npt.DTypeLike,
     bucketing: Bucketing,
     prepared: Prepared,
-) -> _Step:
+) -> _Template:
     dt = _check_dtype(dtype)
     if norm_method not in ("grads", "vmap"):
         raise EngineInputError(f"norm_method must be 'grads' or 'vmap', got {norm_method!r}")
     regs = _validate_regularizers(regularizers)
     base, base_requires = _resolve_base(loss, loss_fn_config)
-    packed = pack_inputs(inputs, logprobs, dtype=dt, bucketing=bucketing)
+    packed = pack_batch(inputs, shapes, dtype=dt, bucketing=bucketing)
     present = packed.layout.present
     _check_requires("the base loss", base_requires, present)
     for reg in regs:
@@ -157,8 +220,8 @@ def _build_step(
         # vmapped group's gradient was measured 200x slower than per-regularizer terms on
         # XLA:CPU (16 regularizers, 1M tokens: 5-7 s against 25 ms), so plain steps never group.
         if norm_method == "vmap" and track_grad_norms and reg.prepare is None:
-            shapes = tuple(np.shape(reg.params[k]) for k in reg.param_names)
-            key: Any = (reg.fn, reg.static_key, reg.param_names, shapes)
+            shapes_key = tuple(np.shape(reg.params[k]) for k in reg.param_names)
+            key: Any = (reg.fn, reg.static_key, reg.param_names, shapes_key)
         else:
             key = ("single", i)
         members.setdefault(key, []).append(i)
@@ -189,15 +252,16 @@ def _build_step(
             slots[i] = (g, j)
     plan = Plan(base=base_plan, groups=tuple(groups), track_grad_norms=track_grad_norms)
     # Host arrays go straight to the jitted program: its C++ dispatch transfers them faster
-    # than a Python-level jax.device_put of the pytree.
-    args = (packed.logprobs, packed.batch, base_params, tuple(weights), tuple(params), tuple(prep))
-    return _Step(plan, args, packed, regs, tuple(slots), dt)
+    # than a Python-level jax.device_put of the pytree (even ahead of time, off the critical
+    # path, that measured 3x the time the dispatch saved).
+    args = (packed.batch, base_params, tuple(weights), tuple(params), tuple(prep))
+    return _Template(plan, packed, args, regs, tuple(slots), dt)
 
 
 def _pack_prepared(
     reg: Regularizer,
     result: Mapping[str, Sequence[npt.ArrayLike]],
-    packed: PackedInputs,
+    packed: PackedBatch,
     dtype: np.dtype[Any],
 ) -> dict[str, npt.NDArray[Any]]:
     if not isinstance(result, Mapping):
@@ -302,7 +366,7 @@ def _finish(step: _Step) -> CustomLossResult:
     )
 
 
-def _report(emit: EmitFn | None, result: CustomLossResult, started: float) -> None:
+def _report(emit: EmitFn | None, result: CustomLossResult, duration: float) -> None:
     for reg in result.regularizers.values():
         measurements = {"value": reg.value, "contribution": reg.contribution}
         if reg.grad_norm is not None:
@@ -317,7 +381,7 @@ def _report(emit: EmitFn | None, result: CustomLossResult, started: float) -> No
         emit,
         "custom_loss.stop",
         {
-            "duration": time.perf_counter() - started,
+            "duration": duration,
             "loss_total": result.loss_total,
             "regularizer_total": result.regularizer_total,
         },
@@ -325,12 +389,12 @@ def _report(emit: EmitFn | None, result: CustomLossResult, started: float) -> No
     )
 
 
-def _exception(emit: EmitFn | None, exc: BaseException, started: float) -> None:
+def _exception(emit: EmitFn | None, exc: BaseException, duration: float) -> None:
     metadata: dict[str, Any] = {"reason": type(exc).__name__, "message": str(exc)}
     for attr in ("term", "datum", "name"):
         if hasattr(exc, attr):
             metadata[attr] = getattr(exc, attr)
-    _emit(emit, "custom_loss.exception", {"duration": time.perf_counter() - started}, metadata)
+    _emit(emit, "custom_loss.exception", {"duration": duration}, metadata)
 
 
 async def _run_prepares(regs: Sequence[Regularizer], data: Sequence[Any]) -> Prepared:

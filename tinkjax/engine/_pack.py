@@ -84,9 +84,75 @@ class DatumLayout:
 class PackedInputs:
     """A packed step: the batch, the packed logprobs (NumPy) and the layout."""
 
-    batch: LossBatch  # leaves already on the device
+    batch: LossBatch
     logprobs: npt.NDArray[Any]
     layout: DatumLayout
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of the packed token arrays."""
+        return tuple(self.logprobs.shape)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class PackedBatch:
+    """The loss inputs of a step, packed and waiting for their logprobs (so a client can pack
+    them while the forward pass that yields the logprobs is still running).
+
+    Attributes:
+        batch: the packed :class:`LossBatch`.
+        layout: where each datum lives on the packed token axis.
+        dtype: float dtype of the packed floats.
+    """
+
+    batch: LossBatch
+    layout: DatumLayout
+    dtype: np.dtype[Any]
+    rows: int  # packed length of the token axis
+    positions: slice | npt.NDArray[np.int64]  # every real position, datum after datum
+
+    @property
+    def token_shape(self) -> tuple[int, ...]:
+        """Shape of the packed token arrays."""
+        return (self.rows, *self.layout.shapes[0][1:])
+
+    def with_logprobs(self, logprobs: Sequence[npt.ArrayLike]) -> PackedInputs:
+        """Check the per-datum logprobs against the layout and pack them.
+
+        Raises:
+            EngineInputError: wrong count, shape or dtype (the message names the datum).
+            NonFiniteError: a datum's logprobs contain NaN or ±Inf.
+        """
+        lps = [np.asarray(lp) for lp in logprobs]
+        shapes = self.layout.shapes
+        if len(lps) != len(shapes):
+            raise EngineInputError(f"got {len(lps)} logprobs arrays for {len(shapes)} datums")
+        for i, (lp, shape) in enumerate(zip(lps, shapes, strict=True)):
+            if lp.shape != shape:
+                raise EngineInputError(
+                    f"logprobs of datum {i} have shape {lp.shape}, but its loss inputs have "
+                    f"shape {shape}"
+                )
+        _check_logprobs(lps)
+        return self._with_checked(lps)
+
+    def _with_checked(self, lps: Sequence[npt.NDArray[Any]]) -> PackedInputs:
+        packed = _scatter(lps, self.rows, self.positions, self.layout.shapes[0][1:], self.dtype)
+        return PackedInputs(batch=self.batch, logprobs=packed, layout=self.layout)
+
+
+def _scatter(
+    arrays: Sequence[npt.NDArray[Any]],
+    rows: int,
+    positions: slice | npt.NDArray[np.int64],
+    trailing: tuple[int, ...],
+    dtype: npt.DTypeLike,
+) -> npt.NDArray[Any]:
+    """Per-datum arrays laid onto a zero ``[rows, *trailing]`` array at ``positions``."""
+    out = np.zeros((rows, *trailing), dtype=dtype)
+    if arrays and out.size:
+        out[positions] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    return out
 
 
 def pack_inputs(
@@ -116,34 +182,59 @@ def pack_inputs(
     if not inputs:
         raise EngineInputError("the batch is empty: at least one datum is required")
     lps = [np.asarray(lp) for lp in logprobs]
-    trailing = _check_logprobs(lps)
+    _check_logprobs(lps)
+    shapes = [lp.shape for lp in lps]
+    return pack_batch(inputs, shapes, dtype=dtype, bucketing=bucketing)._with_checked(lps)
+
+
+def pack_batch(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    shapes: Sequence[tuple[int, ...]],
+    *,
+    dtype: npt.DTypeLike,
+    bucketing: Bucketing,
+) -> PackedBatch:
+    """Pack ragged per-datum loss inputs whose logprobs will have ``shapes`` (``[n]`` or
+    ``[n, K]`` per datum, one ``K``); add the logprobs with :meth:`PackedBatch.with_logprobs`.
+
+    Raises:
+        EngineInputError: mismatched counts, shapes, keys or dtypes (message names the datum).
+    """
+    if len(inputs) != len(shapes):
+        raise EngineInputError(f"got {len(inputs)} datums but {len(shapes)} logprobs shapes")
+    if not inputs:
+        raise EngineInputError("the batch is empty: at least one datum is required")
+    shapes = tuple(tuple(int(d) for d in s) for s in shapes)
+    trailing = shapes[0][1:]
+    for i, shape in enumerate(shapes):
+        if len(shape) not in (1, 2) or shape[1:] != trailing:
+            raise EngineInputError(
+                f"logprobs of datum {i} have shape {shape}; expected [n] or [n, K] with the "
+                f"trailing shape of datum 0 ({shapes[0]})"
+            )
     keys = _check_keys(inputs)
     chunk = bucketing.chunk
-    shapes = tuple(lp.shape for lp in lps)
     lengths = np.fromiter((s[0] for s in shapes), dtype=np.int64, count=len(shapes))
     padded = -(-lengths // chunk) * chunk
     offsets_np = np.cumsum(padded) - padded
-    offsets = tuple(offsets_np.tolist())
     total = bucket_size(
         int(padded.sum()), minimum=bucketing.min_tokens, growth=bucketing.token_growth
     )
-    n_seq = bucket_size(len(lps), minimum=bucketing.min_sequences, growth=bucketing.sequence_growth)
-    layout = DatumLayout(offsets=offsets, shapes=shapes, present=tuple(sorted(keys)))
+    n_seq = bucket_size(
+        len(shapes), minimum=bucketing.min_sequences, growth=bucketing.sequence_growth
+    )
+    layout = DatumLayout(
+        offsets=tuple(offsets_np.tolist()), shapes=shapes, present=tuple(sorted(keys))
+    )
     float_dtype = np.dtype(dtype)
     # Every real position of the packed axis, datum after datum: one fancy-index store per
     # field instead of a slice assignment per datum.
     n_real = int(lengths.sum())
-    dest: npt.NDArray[np.int64] | slice = (
+    positions: npt.NDArray[np.int64] | slice = (
         slice(0, n_real)
         if np.array_equal(padded, lengths)
         else np.arange(n_real) + np.repeat(offsets_np - (np.cumsum(lengths) - lengths), lengths)
     )
-
-    def packed(arrays: Sequence[npt.NDArray[Any]], out_dtype: npt.DTypeLike) -> npt.NDArray[Any]:
-        out = np.zeros((total, *trailing), dtype=out_dtype)
-        if n_real:
-            out[dest] = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        return out
 
     def field(key: str, out_dtype: npt.DTypeLike) -> npt.NDArray[Any]:
         if key not in keys:
@@ -160,17 +251,17 @@ def pack_inputs(
                     f"loss input 'target_tokens' of datum {i} has dtype {arr.dtype}; "
                     "integers required"
                 )
-        return packed(arrays, out_dtype)
+        return _scatter(arrays, total, positions, trailing, out_dtype)
 
     mask = np.zeros((total, *trailing), dtype=float_dtype)
-    mask[dest] = 1.0
+    mask[positions] = 1.0
     seg_per_chunk = np.full(total // chunk, n_seq - 1, dtype=np.int32)
-    used = np.repeat(np.arange(len(lps), dtype=np.int32), padded // chunk)
+    used = np.repeat(np.arange(len(shapes), dtype=np.int32), padded // chunk)
     seg_per_chunk[: used.size] = used
     seq_valid = np.zeros(n_seq, dtype=float_dtype)
-    seq_valid[: len(lps)] = 1.0
+    seq_valid[: len(shapes)] = 1.0
     seq_lengths = np.zeros(n_seq, dtype=float_dtype)
-    seq_lengths[: len(lps)] = lengths * math.prod(trailing)
+    seq_lengths[: len(shapes)] = lengths * math.prod(trailing)
     std = {attr: field(key, float_dtype) for key, attr in STANDARD_INPUTS.items()}
     std["target_tokens"] = field("target_tokens", np.int32)
     extras = {k: field(k, float_dtype) for k in sorted(keys - STANDARD_INPUTS.keys())}
@@ -185,12 +276,12 @@ def pack_inputs(
     )
     # host arrays: jit's C++ dispatch transfers them faster than a Python-level device_put
     batch = LossBatch(chunk=chunk, **fields)
-    return PackedInputs(batch=batch, logprobs=packed(lps, float_dtype), layout=layout)
+    return PackedBatch(batch, layout, float_dtype, total, positions)
 
 
 def pack_per_datum(
     values: Sequence[npt.ArrayLike],
-    like: PackedInputs,
+    like: PackedInputs | PackedBatch,
     *,
     dtype: npt.DTypeLike,
     what: str,
@@ -207,7 +298,7 @@ def pack_per_datum(
         out = np.zeros(like.batch.seq_valid.shape, dtype=dtype)
         out[: len(arrays)] = arrays
         return out
-    out = np.zeros(like.logprobs.shape, dtype=dtype)
+    out = np.zeros(like.token_shape, dtype=dtype)
     for i, (arr, off, shape) in enumerate(zip(arrays, layout.offsets, layout.shapes, strict=True)):
         if arr.shape != shape:
             raise EngineInputError(

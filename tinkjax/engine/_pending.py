@@ -1,0 +1,164 @@
+"""A custom-loss step prepared before its logprobs exist.
+
+``forward_backward_custom`` knows everything about its step except the logprobs once it has
+sent the forward pass: the loss inputs, the regularizers, the shapes.
+:func:`prepare_custom_loss_async` does all the work that needs no logprobs (validation, awaiting the regularizers' ``prepare``
+steps, packing the loss inputs, planning) while the server runs the forward pass;
+:meth:`PendingCustomLoss.run` then only packs the logprobs and runs the compiled program. The
+packing leaves the step's critical path, and regularizers' I/O (a reward model, a database)
+overlaps the server's forward pass instead of following it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import math
+import time
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from tinkjax.engine._engine import (
+    _DEFAULT_BUCKETING,
+    EmitFn,
+    LossSpec,
+    NormMethod,
+    _build_template,
+    _emit,
+    _exception,
+    _finish,
+    _report,
+    _run_prepares,
+    _Step,
+    _Template,
+)
+from tinkjax.engine._pack import Bucketing
+from tinkjax.engine._result import CustomLossResult
+from tinkjax.engine._spec import Regularizer, validate_regularizers
+
+__all__ = ["PendingCustomLoss", "prepare_custom_loss_async"]
+
+#: Batches up to this many logprobs are packed and run on the calling (event-loop) thread
+#: once their program has run in this process: two thread hops (~0.1–0.3 ms) would cost more
+#: than the work. Larger batches, and any first run (it compiles), go to a worker thread so
+#: the loop stays responsive.
+INLINE_MAX_LOGPROBS = 16_384
+_ran: set[Any] = set()  # shape keys of programs that have run
+
+
+def _emit_start(emit: EmitFn | None, regularizers: Sequence[Any], track: bool) -> None:
+    _emit(
+        emit,
+        "custom_loss.start",
+        {"system_time": time.time()},
+        {"regularizer_count": len(regularizers), "track_grad_norms": track},
+    )
+
+
+class PendingCustomLoss:
+    """A prepared step waiting for its logprobs; :meth:`run` it once, or :meth:`abandon` it.
+
+    The ``custom_loss.start`` event was emitted when it was prepared; ``run`` ends the span
+    with ``custom_loss.stop`` (or ``custom_loss.exception``), ``abandon`` with
+    ``custom_loss.exception``. Their ``duration`` is the engine's own time: preparing plus
+    running, not the wait for the logprobs in between.
+    """
+
+    def __init__(self, template: _Template, emit: EmitFn | None, spent: float) -> None:
+        self._template = template
+        self._emit = emit
+        self._spent = spent
+        self._done = False
+        tokens = math.prod(template.packed.token_shape)
+        self._inline_ok = tokens <= INLINE_MAX_LOGPROBS
+
+    @property
+    def shapes(self) -> tuple[tuple[int, ...], ...]:
+        """Every datum's expected logprobs shape."""
+        return self._template.packed.layout.shapes
+
+    async def run(self, logprobs: Sequence[npt.ArrayLike]) -> CustomLossResult:
+        """Values, breakdown and gradients for these per-datum logprobs.
+
+        Raises:
+            EngineInputError: logprobs of the wrong count, shape or dtype.
+            NonFiniteError: a non-finite logprob, value or gradient (names the term and datum).
+            RuntimeError: the step was already run or abandoned.
+        """
+        if self._done:
+            raise RuntimeError("this custom-loss step was already run or abandoned")
+        self._done = True
+        t0 = time.perf_counter()
+        try:
+            if self._inline_ok:
+                step = self._template.step(logprobs)
+                if step.shape_key in _ran:
+                    result = _finish(step)
+                else:  # the first run compiles: keep it off the loop
+                    result = await asyncio.to_thread(_finish, step)
+            else:
+                step, result = await asyncio.to_thread(self._step_and_finish, logprobs)
+            _ran.add(step.shape_key)
+        except Exception as exc:
+            _exception(self._emit, exc, self._spent + time.perf_counter() - t0)
+            raise
+        _report(self._emit, result, self._spent + time.perf_counter() - t0)
+        return result
+
+    def abandon(self, exc: BaseException) -> None:
+        """End the step without running it (its logprobs never came), reporting ``exc``."""
+        if not self._done:
+            self._done = True
+            _exception(self._emit, exc, self._spent)
+
+    def _step_and_finish(self, logprobs: Sequence[npt.ArrayLike]) -> tuple[_Step, CustomLossResult]:
+        step = self._template.step(logprobs)
+        return step, _finish(step)
+
+
+async def prepare_custom_loss_async(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]],
+    shapes: Sequence[tuple[int, ...]],
+    loss: LossSpec = None,
+    *,
+    regularizers: Sequence[Regularizer] = (),
+    loss_fn_config: Mapping[str, float] | None = None,
+    track_grad_norms: bool = False,
+    norm_method: NormMethod = "vmap",
+    data: Sequence[Any] | None = None,
+    emit: EmitFn | None = None,
+    dtype: npt.DTypeLike = np.float32,
+    bucketing: Bucketing = _DEFAULT_BUCKETING,
+) -> PendingCustomLoss:
+    """Everything of a :func:`~tinkjax.engine.compute_custom_loss_async` step that does not
+    need the logprobs, for logprobs of per-datum ``shapes`` (``[n]`` or ``[n, K]``).
+
+    Arguments and errors are those of :func:`~tinkjax.engine.compute_custom_loss`.
+    """
+    started = time.perf_counter()
+    _emit_start(emit, regularizers, track_grad_norms)
+    try:
+        regs = validate_regularizers(regularizers)
+        prepared = await _run_prepares(regs, inputs if data is None else data)
+        kwargs: dict[str, Any] = dict(
+            regularizers=regs,
+            loss_fn_config=loss_fn_config,
+            track_grad_norms=track_grad_norms,
+            norm_method=norm_method,
+            dtype=dtype,
+            bucketing=bucketing,
+            prepared=prepared,
+        )
+        if sum(math.prod(s) for s in shapes) <= INLINE_MAX_LOGPROBS:
+            template = _build_template(inputs, shapes, loss, **kwargs)
+        else:
+            template = await asyncio.to_thread(
+                functools.partial(_build_template, inputs, shapes, loss, **kwargs)
+            )
+    except Exception as exc:
+        _exception(emit, exc, time.perf_counter() - started)
+        raise
+    return PendingCustomLoss(template, emit, time.perf_counter() - started)
