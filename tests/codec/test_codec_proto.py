@@ -32,9 +32,10 @@ from tinkjax.codec import (
 from tinkjax.codec._pb import tinkjax_wire_pb2 as mpb
 from tinkjax.codec._proto_request_write import (
     WeightedChunk,
-    encode_datum_prefix,
+    encode_datum_prefixes,
     encode_weighted_request,
 )
+from tinkjax.errors import TensorError
 
 from . import official as O
 from . import strategies as S
@@ -368,10 +369,10 @@ def test_non_canonical_layouts_decode_like_the_generated_module() -> None:
 def test_pre_encoded_datums_with_weights_equal_the_full_encoding(
     items: list[tuple[T.Datum, int, int]], forward_only: bool
 ) -> None:
-    """``encode_datum_prefix`` + ``encode_weighted_request`` (``forward_backward_custom``'s
+    """``encode_datum_prefixes`` + ``encode_weighted_request`` (``forward_backward_custom``'s
     route) write the same bytes as the full encoder given the equivalent datums; loss inputs
     other than ``target_tokens`` are left out of the prefix."""
-    full, prefixes, lengths, weights = [], [], [], []
+    full, sources, lengths, weights = [], [], [], []
     for source, n, seed in items:
         rng = np.random.default_rng(seed)
         targets = T.TensorData.from_numpy(rng.integers(0, 1 << 40, n).astype(np.int64))
@@ -381,7 +382,7 @@ def test_pre_encoded_datums_with_weights_equal_the_full_encoding(
             model_input=source.model_input,
             loss_fn_inputs={"target_tokens": targets, "advantages": extra, "weights": extra},
         )
-        prefixes.append(encode_datum_prefix(with_extra, len(full)))
+        sources.append(with_extra)
         lengths.append(n)
         weights.append(w)
         full.append(
@@ -390,7 +391,7 @@ def test_pre_encoded_datums_with_weights_equal_the_full_encoding(
                 loss_fn_inputs={"target_tokens": targets, "weights": T.TensorData.from_numpy(w)},
             )
         )
-    chunk = WeightedChunk(prefixes, lengths, np.concatenate(weights))
+    chunk = WeightedChunk(encode_datum_prefixes(sources), lengths, np.concatenate(weights))
     fb_input = T.ForwardBackwardInput(data=full, loss_fn="cross_entropy")
     request: T.ForwardRequest | T.ForwardBackwardRequest = (
         T.ForwardRequest(forward_input=fb_input, model_id="m:1", seq_id=7)
@@ -409,3 +410,17 @@ def test_weighted_chunk_rejects_mismatched_weights() -> None:
         WeightedChunk([b"", b""], [2, 3], np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="2 prefixes but 1 lengths"):
         WeightedChunk([b"", b""], [2], np.zeros(2, np.float32))
+
+
+def test_pre_encoding_names_the_datum_with_an_out_of_range_token() -> None:
+    ok = T.Datum(
+        model_input=T.ModelInput.from_ints([1, 2]),
+        loss_fn_inputs={"target_tokens": T.TensorData.from_numpy(np.array([2, 3]))},
+    )
+    bad = T.Datum(
+        model_input=T.ModelInput.from_ints([5, 2**31]),
+        loss_fn_inputs={"target_tokens": T.TensorData.from_numpy(np.array([2, 3]))},
+    )
+    with pytest.raises(TensorError, match="int32") as info:
+        encode_datum_prefixes([ok, bad])
+    assert info.value.field == "data[1].model_input[0].tokens"

@@ -35,7 +35,7 @@ import numpy.typing as npt
 
 from tinkjax.client._chunking import chunk_counts
 from tinkjax.client._training import TrainingClient, noop_datum
-from tinkjax.codec._proto_request_write import WeightedChunk, encode_datum_prefix
+from tinkjax.codec._proto_request_write import WeightedChunk, encode_datum_prefixes
 from tinkjax.engine import (
     Bucketing,
     CustomLossResult,
@@ -168,7 +168,7 @@ class _EncodedChunks:
     :class:`Datum` objects and no second encoding of the tokens."""
 
     def __init__(self, tc: TrainingClient, datums: list[Datum]) -> None:
-        self.prefixes = [encode_datum_prefix(d, i) for i, d in enumerate(datums)]
+        self.prefixes = encode_datum_prefixes(datums)
         self.lengths = [d.loss_fn_inputs["target_tokens"].dense_shape[0] for d in datums]
         cfg = tc.service.server_config
         self.counts = chunk_counts(

@@ -27,7 +27,7 @@ from ._proto_common import _DTYPE_TO_PB, _INT32_MAX, _INT32_MIN, _chunk_to_pb, _
 
 __all__ = [
     "WeightedChunk",
-    "encode_datum_prefix",
+    "encode_datum_prefixes",
     "encode_forward_backward_request",
     "encode_weighted_request",
 ]
@@ -64,11 +64,13 @@ def _datum_parts(
     index: int,
     parts: list[Any],
     keys: Collection[str] | None = None,
+    check_tokens: bool = True,
 ) -> int:
     """Append the serialized fields of ``datum`` to ``parts``; return their total length.
 
     ``parts`` receives ``bytes`` and C-contiguous NumPy arrays (``bytes.join`` takes any
     buffer). ``keys``, when given, limits the ``loss_fn_inputs`` written to those names.
+    ``check_tokens=False`` skips the int32 range check of token ids (the caller did it).
 
     The hot path (text chunks, dense tensors) writes each field as one header (keys and varint
     lengths of the nested messages, computed up front) followed by the raw little-endian
@@ -78,7 +80,7 @@ def _datum_parts(
     for j, chunk in enumerate(datum.model_input.chunks):
         if isinstance(chunk, EncodedTextChunk):
             toks = chunk.tokens
-            if toks.size and (toks.max() > _INT32_MAX or toks.min() < _INT32_MIN):
+            if check_tokens and toks.size and (toks.max() > _INT32_MAX or toks.min() < _INT32_MIN):
                 raise TensorError(
                     "token id does not fit in int32",
                     field=f"data[{index}].model_input[{j}].tokens",
@@ -207,19 +209,33 @@ def _weights_frame(n: int) -> tuple[bytes, bytes]:
     return frame
 
 
-def encode_datum_prefix(datum: Datum, index: int) -> bytes:
-    """A datum's serialized fields except ``loss_fn_inputs['weights']`` (and any key other
+def encode_datum_prefixes(data: Sequence[Datum]) -> list[bytes]:
+    """Each datum's serialized fields except ``loss_fn_inputs['weights']`` (and any key other
     than ``target_tokens``): what the two passes of ``forward_backward_custom`` share.
 
-    ``index`` is the datum's position, for error messages.
+    Token ids are range-checked over the whole batch at once (one pass instead of two
+    reductions per datum); an out-of-range id is reported with its datum's field path.
     """
-    parts: list[Any] = []
-    _datum_parts(datum, index, parts, keys=("target_tokens",))
-    return b"".join(parts)
+    tokens = [
+        chunk.tokens
+        for datum in data
+        for chunk in datum.model_input.chunks
+        if isinstance(chunk, EncodedTextChunk)
+    ]
+    flat = np.concatenate(tokens) if len(tokens) > 1 else (tokens[0] if tokens else None)
+    in_range = (
+        flat is None or not flat.size or (flat.max() <= _INT32_MAX and flat.min() >= _INT32_MIN)
+    )
+    out = []
+    for index, datum in enumerate(data):
+        parts: list[Any] = []
+        _datum_parts(datum, index, parts, keys=("target_tokens",), check_tokens=not in_range)
+        out.append(b"".join(parts))
+    return out
 
 
 class WeightedChunk:
-    """Datums pre-encoded by :func:`encode_datum_prefix`, with the ``[n]`` float32 weights to
+    """Datums pre-encoded by :func:`encode_datum_prefixes`, with the ``[n]`` float32 weights to
     send with each of them: ``weights`` is every datum's weights back to back (``lengths[i]``
     values for datum ``i``)."""
 
