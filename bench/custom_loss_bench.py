@@ -8,7 +8,8 @@ every term's gradient norm. tinkjax computes everything in one compiled program
 per-term reporting, gets each term's norm from its own ``torch.autograd.grad`` call (one
 backward per term) before its own ``loss.backward()``.
 
-Measured per step, medians over warm steps, in one run:
+Measured per step, medians over warm steps, in one run, the two SDKs taking turns in three
+interleaved rounds per size (so a drift of the machine's speed hits both alike):
 
 * ``step``: wall time of ``forward_backward_custom(...).result()``;
 * ``client-side``: the part of the step during which nothing server-side was active for it
@@ -46,6 +47,8 @@ sys.path.insert(0, str(ROOT))
 
 import _harness as H  # noqa: E402
 
+#: Each size's warm steps run as this many interleaved rounds (tinkjax, official, tinkjax, …).
+ROUNDS = 3
 WEIGHTS = {"l1": 0.01, "entropy": -0.02, "l2": 0.05, "sequence_variance": 0.5}
 
 
@@ -121,62 +124,100 @@ class TorchLoss:
         return total, {f"{k}/value": float(v.detach()) for k, v in terms.items()}
 
 
-def bench_tinkjax(url: str, model: str, data: list[Any], steps: int, warmup: int) -> dict[str, Any]:
-    import tinkjax.regularizers as R
-    from tinkjax import events
-    from tinkjax.client import ServiceClient
+class Side:
+    """One SDK's training client on the shared server, stepping the same data; per warm
+    step it keeps the wall window, the process CPU time and the loss time."""
 
-    regs = [
-        R.l1(weight=WEIGHTS["l1"]),
-        R.entropy(weight=WEIGHTS["entropy"]),
-        R.l2(weight=WEIGHTS["l2"], target="probs", center=1.0, reduction="mean"),
-        R.sequence_variance(weight=WEIGHTS["sequence_variance"]),
-    ]
-    engine_s: list[float] = []
-    events.attach(
-        "bench", "tinkjax.custom_loss.stop", lambda n, m, md: engine_s.append(m["duration"])
-    )
-    service = ServiceClient(base_url=url, api_key="tml-bench-tinkjax")
-    tc = service.create_lora_training_client(model, rank=16, seed=0).result()
-    windows, cpu = [], []
-    out = None
-    for i in range(warmup + steps):
-        t0, c0 = time.monotonic(), time.process_time()
-        out = tc.forward_backward_custom(
-            data, "cross_entropy", regularizers=regs, track_grad_norms=True
+    def __init__(self) -> None:
+        self.windows: list[tuple[float, float]] = []
+        self.cpu: list[float] = []
+        self.loss_s: list[float] = []
+
+    def one_step(self) -> None:
+        raise NotImplementedError
+
+    def run(self, steps: int, *, warm: bool = True) -> None:
+        for _ in range(steps):
+            mark = len(self._loss_log())
+            t0, c0 = time.monotonic(), time.process_time()
+            self.one_step()
+            t1, c1 = time.monotonic(), time.process_time()
+            if warm:
+                self.windows.append((t0, t1))
+                self.cpu.append(c1 - c0)
+                self.loss_s.extend(self._loss_log()[mark:])
+
+    def _loss_log(self) -> list[float]:
+        raise NotImplementedError
+
+    def raw(self) -> dict[str, Any]:
+        return {"windows": self.windows, "cpu_s": self.cpu, "loss_s": self.loss_s}
+
+
+class TinkjaxSide(Side):
+    def __init__(self, url: str, model: str, data: list[Any]) -> None:
+        super().__init__()
+        import tinkjax.regularizers as R
+        from tinkjax import events
+        from tinkjax.client import ServiceClient
+
+        self.regs = [
+            R.l1(weight=WEIGHTS["l1"]),
+            R.entropy(weight=WEIGHTS["entropy"]),
+            R.l2(weight=WEIGHTS["l2"], target="probs", center=1.0, reduction="mean"),
+            R.sequence_variance(weight=WEIGHTS["sequence_variance"]),
+        ]
+        self.engine_s: list[float] = []
+        events.attach(
+            "bench",
+            "tinkjax.custom_loss.stop",
+            lambda n, m, md: self.engine_s.append(m["duration"]),
+        )
+        self.service = ServiceClient(base_url=url, api_key="tml-bench-tinkjax")
+        self.tc = self.service.create_lora_training_client(model, rank=16, seed=0).result()
+        self.data = data
+        self.out: Any = None
+
+    def one_step(self) -> None:
+        self.out = self.tc.forward_backward_custom(
+            self.data, "cross_entropy", regularizers=self.regs, track_grad_norms=True
         ).result()
-        t1, c1 = time.monotonic(), time.process_time()
-        if i >= warmup:
-            windows.append((t0, t1))
-            cpu.append(c1 - c0)
-    events.detach("bench")
-    service.close()
-    assert out is not None
-    norms = {"base": out.base_grad_norm} | {k: r.grad_norm for k, r in out.regularizers.items()}
-    return {"windows": windows, "cpu_s": cpu, "loss_s": engine_s[warmup:], "norms": norms}
+
+    def _loss_log(self) -> list[float]:
+        return self.engine_s
+
+    def close(self) -> dict[str, float]:
+        from tinkjax import events
+
+        events.detach("bench")
+        self.service.close()
+        out = self.out
+        return {"base": out.base_grad_norm} | {k: r.grad_norm for k, r in out.regularizers.items()}
 
 
-def bench_official(
-    url: str, model: str, data: list[Any], steps: int, warmup: int
-) -> dict[str, Any]:
-    os.environ.update(
-        TINKER_BASE_URL=url, TINKER_API_KEY="tml-bench-official", TINKER_TELEMETRY="0"
-    )
-    import tinker
+class OfficialSide(Side):
+    def __init__(self, url: str, model: str, data: list[Any]) -> None:
+        super().__init__()
+        os.environ.update(
+            TINKER_BASE_URL=url, TINKER_API_KEY="tml-bench-official", TINKER_TELEMETRY="0"
+        )
+        import tinker
 
-    service = tinker.ServiceClient()
-    tc = service.create_lora_training_client(base_model=model, rank=16, seed=0).result()
-    odata = to_official(data)
-    loss = TorchLoss()
-    windows, cpu = [], []
-    for i in range(warmup + steps):
-        t0, c0 = time.monotonic(), time.process_time()
-        tc.forward_backward_custom(odata, loss).result()
-        t1, c1 = time.monotonic(), time.process_time()
-        if i >= warmup:
-            windows.append((t0, t1))
-            cpu.append(c1 - c0)
-    return {"windows": windows, "cpu_s": cpu, "loss_s": loss.loss_s[warmup:], "norms": loss.norms}
+        self.service = tinker.ServiceClient()
+        self.tc = self.service.create_lora_training_client(
+            base_model=model, rank=16, seed=0
+        ).result()
+        self.data = to_official(data)
+        self.loss = TorchLoss()
+
+    def one_step(self) -> None:
+        self.tc.forward_backward_custom(self.data, self.loss).result()
+
+    def _loss_log(self) -> list[float]:
+        return self.loss.loss_s
+
+    def close(self) -> dict[str, float]:
+        return dict(self.loss.norms)
 
 
 def summarise(raw: dict[str, Any], rec: dict[str, list[dict[str, Any]]]) -> dict[str, float]:
@@ -200,8 +241,9 @@ def write_markdown(result: dict[str, Any], command: str) -> None:
         f"model {result['model']} (client-side work does not depend on the model; the small "
         "model keeps the server's share short). Loss: cross-entropy + 4 regularizers (L1 on "
         "logprobs, entropy bonus, L2 on probabilities, sequence variance) with every term's "
-        "gradient norm. Medians over the warm steps of each size (*steps*; more where a step is "
-        "short and its client-side share a few ms of a noisy machine), ms. Official SDK "
+        "gradient norm. Medians over the warm steps of each size (*steps*, in 3 rounds "
+        "interleaved with the other SDK's; more where a step is short and its client-side "
+        "share a few ms of a noisy machine), ms. Official SDK "
         f"{result['tinker']} with torch {result['torch']} (CPU): one `autograd.grad` per term "
         "for the norms. *client-side* = the part of a step when nothing server-side was active "
         "for it (client code, loss, encoding, and the wire); *loss* = the loss and per-term "
@@ -265,7 +307,7 @@ def main() -> None:
 
     def steps_for(tokens: int) -> int:
         # a small batch's step is short, its client-side share a few ms: more steps
-        return 5 if args.quick else (60 if tokens <= 8192 else 15)
+        return 6 if args.quick else (60 if tokens <= 8192 else 15)
 
     load = os.getloadavg()[0]
     server = H.launch("timed", H.timed_cmd(), timed=True)
@@ -274,8 +316,18 @@ def main() -> None:
         for batch, length in sizes:
             steps = steps_for(batch * length)
             data = make_data(batch, length, seed=0)
-            raw_t = bench_tinkjax(server.url, model, data, steps, warmup)
-            raw_o = bench_official(server.url, model, data, steps, warmup)
+            ours, theirs = (
+                TinkjaxSide(server.url, model, data),
+                OfficialSide(server.url, model, data),
+            )
+            ours.run(warmup, warm=False)
+            theirs.run(warmup, warm=False)
+            # interleaved rounds: a drift of the machine's speed hits both SDKs alike
+            for _ in range(ROUNDS):
+                ours.run(steps // ROUNDS)
+                theirs.run(steps // ROUNDS)
+            raw_t = ours.raw() | {"norms": ours.close()}
+            raw_o = theirs.raw() | {"norms": theirs.close()}
             rec = server.timings()
             rel = max(
                 abs(raw_t["norms"][k] - raw_o["norms"][k]) / max(abs(raw_o["norms"][k]), 1e-12)
