@@ -47,6 +47,23 @@ def _tensor_tail(dtype: str, shape: list[int] | None) -> bytes:
     return tail
 
 
+def _dense_entry_head(name_field: bytes, nbytes: int, tail_len: int) -> bytes:
+    """Everything of a ``loss_fn_inputs`` map entry (``{1: name, 2: Tensor}``) that precedes
+    the ``nbytes`` of a dense tensor's buffer (``Tensor {1: data}``), ``tail_len`` bytes of
+    dtype and shape fields following it."""
+    tensor_len = 1 + _vlen(nbytes) + nbytes + tail_len
+    entry_len = len(name_field) + 1 + _vlen(tensor_len) + tensor_len
+    return (
+        b"\x12"
+        + varint(entry_len)
+        + name_field
+        + b"\x12"
+        + varint(tensor_len)
+        + b"\x0a"
+        + varint(nbytes)
+    )
+
+
 def _sparse_tensor_writer(td: TensorData) -> Writer:
     w = Writer()
     np_dtype = "<f4" if td.dtype == "float32" else "<i8"
@@ -127,17 +144,7 @@ def _datum_parts(
             arr = np.ascontiguousarray(arr, dtype=_NP_OF[td.dtype])
         n = arr.nbytes
         tail = _tensor_tail(td.dtype, td.shape)
-        tensor_len = 1 + _vlen(n) + n + len(tail)
-        entry_len = len(name_field) + 1 + _vlen(tensor_len) + tensor_len
-        head = (
-            b"\x12"
-            + varint(entry_len)
-            + name_field
-            + b"\x12"
-            + varint(tensor_len)
-            + b"\x0a"
-            + varint(n)
-        )
+        head = _dense_entry_head(name_field, n, len(tail))
         parts.append(head)
         parts.append(arr)
         parts.append(tail)
@@ -193,18 +200,7 @@ def _weights_frame(n: int) -> tuple[bytes, bytes]:
     frame = _weight_frames.get(n)
     if frame is None:
         tail = _tensor_tail("float32", [n])
-        nbytes = 4 * n
-        tensor_len = 1 + _vlen(nbytes) + nbytes + len(tail)
-        entry_len = len(_WEIGHTS_NAME_FIELD) + 1 + _vlen(tensor_len) + tensor_len
-        head = (
-            b"\x12"
-            + varint(entry_len)
-            + _WEIGHTS_NAME_FIELD
-            + b"\x12"
-            + varint(tensor_len)
-            + b"\x0a"
-            + varint(nbytes)
-        )
+        head = _dense_entry_head(_WEIGHTS_NAME_FIELD, 4 * n, len(tail))
         frame = _weight_frames.setdefault(n, (head, tail))
     return frame
 

@@ -26,7 +26,7 @@ from tinkjax.engine._pack import (
     Bucketing,
     PackedBatch,
     PackedInputs,
-    _check_logprobs,
+    checked_logprobs,
     pack_batch,
     pack_per_datum,
 )
@@ -165,14 +165,7 @@ def _build_step(
 ) -> _Step:
     """Validate, pack and plan a step (see :func:`_build_template` for the keywords)."""
     dt = _check_dtype(kwargs["dtype"])
-    if len(inputs) != len(logprobs):
-        raise EngineInputError(
-            f"got {len(inputs)} datums but {len(logprobs)} logprobs arrays; they must match"
-        )
-    if not inputs:
-        raise EngineInputError("the batch is empty: at least one datum is required")
-    lps = [np.asarray(lp) for lp in logprobs]
-    _check_logprobs(lps)
+    lps = checked_logprobs(inputs, logprobs)
     template = _build_template(inputs, [lp.shape for lp in lps], loss, **{**kwargs, "dtype": dt})
     return template._step(template.packed._with_checked(lps))
 

@@ -250,21 +250,12 @@ def _scan_terms(
 _layouts: dict[tuple[Plan, str], tuple[Any, tuple[tuple[int, ...], ...]]] = {}
 
 
-def _run_packed(
-    lp: Array,
-    batch: LossBatch,
-    base_params: dict[str, Array],
-    weights: tuple[Array, ...],
-    params: tuple[dict[str, Array], ...],
-    prepared: tuple[dict[str, Array], ...],
-    *,
-    plan: Plan,
-) -> tuple[Array, Any]:
-    """:func:`_run` with its outputs as ``(grad, small)``: ``small`` is every other output
+def _run_packed(lp: Array, *args: Any, plan: Plan) -> tuple[Array, Any]:
+    """:func:`_run` (same arguments) with its outputs as ``(grad, small)``: ``small`` is every other output
     (values, norms, metrics) raveled into one vector of ``lp``'s dtype, so the host fetches
     two arrays instead of a few dozen (each fetch costs ~10 µs of Python in ``device_get``).
     With ``plan.diagnose`` (the error path) ``small`` is the plain dict of outputs."""
-    out = _run(lp, batch, base_params, weights, params, prepared, plan=plan)
+    out = _run(lp, *args, plan=plan)
     grad = out.pop("grad")
     if plan.diagnose:
         return grad, out

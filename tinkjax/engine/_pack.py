@@ -175,6 +175,21 @@ def pack_inputs(
         EngineInputError: mismatched counts, shapes, keys or dtypes (message names the datum).
         NonFiniteError: a datum's logprobs contain NaN or ±Inf.
     """
+    lps = checked_logprobs(inputs, logprobs)
+    shapes = [lp.shape for lp in lps]
+    return pack_batch(inputs, shapes, dtype=dtype, bucketing=bucketing)._with_checked(lps)
+
+
+def checked_logprobs(
+    inputs: Sequence[Mapping[str, npt.ArrayLike]], logprobs: Sequence[npt.ArrayLike]
+) -> list[npt.NDArray[Any]]:
+    """The per-datum logprobs as arrays, checked: one per datum, ``[n]`` or ``[n, K]`` with
+    one ``K``, floating, finite.
+
+    Raises:
+        EngineInputError: a count, shape or dtype problem (naming the datum).
+        NonFiniteError: a datum's logprobs contain NaN or ±Inf.
+    """
     if len(inputs) != len(logprobs):
         raise EngineInputError(
             f"got {len(inputs)} datums but {len(logprobs)} logprobs arrays; they must match"
@@ -183,8 +198,7 @@ def pack_inputs(
         raise EngineInputError("the batch is empty: at least one datum is required")
     lps = [np.asarray(lp) for lp in logprobs]
     _check_logprobs(lps)
-    shapes = [lp.shape for lp in lps]
-    return pack_batch(inputs, shapes, dtype=dtype, bucketing=bucketing)._with_checked(lps)
+    return lps
 
 
 def pack_batch(
