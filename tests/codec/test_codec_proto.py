@@ -370,17 +370,22 @@ def test_pre_encoded_datums_with_weights_equal_the_full_encoding(
     items: list[tuple[T.Datum, int, int]], forward_only: bool
 ) -> None:
     """``encode_datum_prefixes`` + ``encode_weighted_request`` (``forward_backward_custom``'s
-    route) write the same bytes as the full encoder given the equivalent datums; loss inputs
-    other than ``target_tokens`` are left out of the prefix."""
+    route) write the same bytes as the full encoder given the equivalent datums (provenance
+    spans included); loss inputs other than ``target_tokens`` are left out of the prefix."""
     full, sources, lengths, weights = [], [], [], []
     for source, n, seed in items:
         rng = np.random.default_rng(seed)
         targets = T.TensorData.from_numpy(rng.integers(0, 1 << 40, n).astype(np.int64))
         w = rng.normal(size=n).astype(np.float32)
         extra = T.TensorData.from_numpy(np.ones(n, np.float32))
+        spans = {
+            "model_input_spans": source.model_input_spans,
+            "loss_fn_input_spans": source.loss_fn_input_spans,
+        }
         with_extra = T.Datum(
             model_input=source.model_input,
             loss_fn_inputs={"target_tokens": targets, "advantages": extra, "weights": extra},
+            **spans,
         )
         sources.append(with_extra)
         lengths.append(n)
@@ -389,6 +394,7 @@ def test_pre_encoded_datums_with_weights_equal_the_full_encoding(
             T.Datum(
                 model_input=source.model_input,
                 loss_fn_inputs={"target_tokens": targets, "weights": T.TensorData.from_numpy(w)},
+                **spans,
             )
         )
     chunk = WeightedChunk(encode_datum_prefixes(sources), lengths, np.concatenate(weights))
@@ -407,9 +413,9 @@ def test_pre_encoded_datums_with_weights_equal_the_full_encoding(
 
 def test_weighted_chunk_rejects_mismatched_weights() -> None:
     with pytest.raises(ValueError, match=r"shape \(5,\)"):
-        WeightedChunk([b"", b""], [2, 3], np.zeros(4, np.float32))
+        WeightedChunk([(b"", b"")] * 2, [2, 3], np.zeros(4, np.float32))
     with pytest.raises(ValueError, match="2 prefixes but 1 lengths"):
-        WeightedChunk([b"", b""], [2], np.zeros(2, np.float32))
+        WeightedChunk([(b"", b"")] * 2, [2], np.zeros(2, np.float32))
 
 
 def test_pre_encoding_names_the_datum_with_an_out_of_range_token() -> None:

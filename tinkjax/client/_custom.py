@@ -119,6 +119,17 @@ def _as_datum(item: Any, index: int) -> Datum:
     return item
 
 
+def _with_weights(datum: Datum, weights: TensorData) -> Datum:
+    """The datum as a pass sends it: model input, ``target_tokens``, these ``weights`` and
+    its provenance spans."""
+    return Datum(
+        model_input=datum.model_input,
+        loss_fn_inputs={"target_tokens": datum.loss_fn_inputs["target_tokens"], "weights": weights},
+        model_input_spans=datum.model_input_spans,
+        loss_fn_input_spans=datum.loss_fn_input_spans,
+    )
+
+
 class _DatumChunks:
     """Both passes as :class:`Datum` chunks: the general route (JSON wire mode, 2-D target
     tokens, whose ``weights`` may travel as CSR)."""
@@ -133,10 +144,7 @@ class _DatumChunks:
         """Only ``target_tokens`` and zero ``weights``."""
         targets = datum.loss_fn_inputs["target_tokens"]
         zeros = np.zeros(targets.dense_shape, np.float32)
-        return Datum(
-            model_input=datum.model_input,
-            loss_fn_inputs={"target_tokens": targets, "weights": TensorData.from_numpy(zeros)},
-        )
+        return _with_weights(datum, TensorData.from_numpy(zeros))
 
     def backward(self, gradients: Sequence[npt.NDArray[Any]]) -> list[list[Datum]]:
         data = []
@@ -147,13 +155,7 @@ class _DatumChunks:
                 if weights.ndim == 2
                 else TensorData.from_numpy(weights)
             )
-            targets = datum.loss_fn_inputs["target_tokens"]
-            data.append(
-                Datum(
-                    model_input=datum.model_input,
-                    loss_fn_inputs={"target_tokens": targets, "weights": tensor},
-                )
-            )
+            data.append(_with_weights(datum, tensor))
         chunks, start = [], 0
         for count in self.counts:  # the forward pass's chunk boundaries
             chunks.append(data[start : start + count])

@@ -82,12 +82,14 @@ def _datum_parts(
     parts: list[Any],
     keys: Collection[str] | None = None,
     check_tokens: bool = True,
+    with_spans: bool = True,
 ) -> int:
     """Append the serialized fields of ``datum`` to ``parts``; return their total length.
 
     ``parts`` receives ``bytes`` and C-contiguous NumPy arrays (``bytes.join`` takes any
     buffer). ``keys``, when given, limits the ``loss_fn_inputs`` written to those names.
-    ``check_tokens=False`` skips the int32 range check of token ids (the caller did it).
+    ``check_tokens=False`` skips the int32 range check of token ids (the caller did it);
+    ``with_spans=False`` leaves out the provenance spans (written last otherwise).
 
     The hot path (text chunks, dense tensors) writes each field as one header (keys and varint
     lengths of the nested messages, computed up front) followed by the raw little-endian
@@ -149,14 +151,22 @@ def _datum_parts(
         parts.append(arr)
         parts.append(tail)
         length += len(head) + n + len(tail)
-    if datum.model_input_spans is not None or datum.loss_fn_input_spans is not None:
-        spans = pb.Datum()
-        _spans_to_pb(datum.model_input_spans or (), spans.model_input_spans)
-        _spans_to_pb(datum.loss_fn_input_spans or (), spans.loss_fn_input_spans)
-        body = spans.SerializeToString()
-        parts.append(body)
-        length += len(body)
+    if with_spans:
+        body = _spans_bytes(datum)
+        if body:
+            parts.append(body)
+            length += len(body)
     return length
+
+
+def _spans_bytes(datum: Datum) -> bytes:
+    """The datum's provenance span fields, serialized (empty without provenance)."""
+    if datum.model_input_spans is None and datum.loss_fn_input_spans is None:
+        return b""
+    spans = pb.Datum()
+    _spans_to_pb(datum.model_input_spans or (), spans.model_input_spans)
+    _spans_to_pb(datum.loss_fn_input_spans or (), spans.loss_fn_input_spans)
+    return spans.SerializeToString()
 
 
 def encode_forward_backward_request(request: ForwardBackwardRequest | ForwardRequest) -> bytes:
@@ -205,9 +215,11 @@ def _weights_frame(n: int) -> tuple[bytes, bytes]:
     return frame
 
 
-def encode_datum_prefixes(data: Sequence[Datum]) -> list[bytes]:
-    """Each datum's serialized fields except ``loss_fn_inputs['weights']`` (and any key other
-    than ``target_tokens``): what the two passes of ``forward_backward_custom`` share.
+def encode_datum_prefixes(data: Sequence[Datum]) -> list[tuple[bytes, bytes]]:
+    """What the two passes of ``forward_backward_custom`` share of each datum: its serialized
+    fields except ``loss_fn_inputs['weights']`` (and any key other than ``target_tokens``), as
+    ``(before, after)``: the fields the full encoder writes before the weights, and after them
+    (the provenance spans, usually empty).
 
     Token ids are range-checked over the whole batch at once (one pass instead of two
     reductions per datum); an out-of-range id is reported with its datum's field path.
@@ -225,8 +237,15 @@ def encode_datum_prefixes(data: Sequence[Datum]) -> list[bytes]:
     out = []
     for index, datum in enumerate(data):
         parts: list[Any] = []
-        _datum_parts(datum, index, parts, keys=("target_tokens",), check_tokens=not in_range)
-        out.append(b"".join(parts))
+        _datum_parts(
+            datum,
+            index,
+            parts,
+            keys=("target_tokens",),
+            check_tokens=not in_range,
+            with_spans=False,
+        )
+        out.append((b"".join(parts), _spans_bytes(datum)))
     return out
 
 
@@ -238,7 +257,10 @@ class WeightedChunk:
     __slots__ = ("lengths", "prefixes", "weights")
 
     def __init__(
-        self, prefixes: Sequence[bytes], lengths: Sequence[int], weights: np.ndarray[Any, Any]
+        self,
+        prefixes: Sequence[tuple[bytes, bytes]],
+        lengths: Sequence[int],
+        weights: np.ndarray[Any, Any],
     ) -> None:
         if len(prefixes) != len(lengths):
             raise ValueError(f"{len(prefixes)} prefixes but {len(lengths)} lengths")
@@ -266,9 +288,11 @@ def encode_weighted_request(
     parts: list[Any] = [head.SerializeToString()]
     weights = chunk.weights
     pos = 0
-    for prefix, n in zip(chunk.prefixes, chunk.lengths, strict=True):
+    for (before, after), n in zip(chunk.prefixes, chunk.lengths, strict=True):
         entry_head, tail = _weights_frame(n)
-        size = len(prefix) + len(entry_head) + 4 * n + len(tail)
-        parts += (b"\x1a" + varint(size), prefix, entry_head, weights[pos : pos + n], tail)
+        size = len(before) + len(entry_head) + 4 * n + len(tail) + len(after)
+        parts += (b"\x1a" + varint(size), before, entry_head, weights[pos : pos + n], tail)
+        if after:
+            parts.append(after)
         pos += n
     return b"".join(parts)
