@@ -52,10 +52,14 @@ def test_kernels_import_as_tinkjax_kernels_only() -> None:
 
 
 def _package_folders() -> set[str]:
+    """Every folder shipping files, as a dotted name: setuptools treats each folder inside a
+    package as a package (data-only ones too) and warns unless it is declared."""
     found = set()
     for base, dotted in ((ROOT / "tinkjax", "tinkjax"), (ROOT / "kernels", "tinkjax.kernels")):
-        for init in base.rglob("__init__.py"):
-            rel = init.parent.relative_to(base)
+        for path in base.rglob("*"):
+            if not path.is_file():
+                continue
+            rel = path.parent.relative_to(base)
             if any(part.startswith(".") or part == "__pycache__" for part in rel.parts):
                 continue
             found.add(".".join((dotted, *rel.parts)))
