@@ -14,6 +14,7 @@ import tarfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 __all__ = ["fsync_dir", "make_tar_gz", "safe_members", "write_atomic"]
 
@@ -32,13 +33,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace)."""
+@contextlib.contextmanager
+def _atomic_open(path: Path) -> Iterator[BinaryIO]:
+    """A binary file that becomes ``path`` atomically when the block ends without an error:
+    written to a temp file in the same directory, fsynced, then renamed over ``path`` (and the
+    directory fsynced); on an error the temp file is removed and ``path`` is untouched."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as f:
-            f.write(data)
+            yield f
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -47,6 +51,12 @@ def write_atomic(path: Path, data: bytes) -> None:
             tmp.unlink()
         raise
     fsync_dir(path.parent)
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` atomically (temp file in the same directory, fsync, replace)."""
+    with _atomic_open(path) as f:
+        f.write(data)
 
 
 def _regular_files(root: Path) -> Iterator[tuple[Path, str]]:
@@ -71,29 +81,18 @@ def make_tar_gz(src_dir: Path, dest: Path, *, mtime: float = 0.0) -> None:
     """
     if not src_dir.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(src_dir)!r} does not exist")
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dest.parent / f".tmp-{dest.name}-{uuid.uuid4().hex}"
-    try:
-        with open(tmp, "wb") as raw:
-            with (
-                gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=int(mtime)) as gz,
-                tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
-            ):
-                for full, rel in _regular_files(src_dir):
-                    info = tarfile.TarInfo(rel)
-                    info.size = full.stat().st_size
-                    info.mode = 0o644
-                    info.mtime = int(mtime)
-                    with open(full, "rb") as f:
-                        tar.addfile(info, f)
-            raw.flush()
-            os.fsync(raw.fileno())
-        os.replace(tmp, dest)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    fsync_dir(dest.parent)
+    with (
+        _atomic_open(dest) as raw,
+        gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=int(mtime)) as gz,
+        tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
+    ):
+        for full, rel in _regular_files(src_dir):
+            info = tarfile.TarInfo(rel)
+            info.size = full.stat().st_size
+            info.mode = 0o644
+            info.mtime = int(mtime)
+            with open(full, "rb") as f:
+                tar.addfile(info, f)
 
 
 def safe_members(tar: tarfile.TarFile) -> list[tarfile.TarInfo]:

@@ -203,12 +203,7 @@ class Backend(_TrainingMixin, _CheckpointsMixin):
         if req.model_path is not None:
             _, meta, _ = self._checkpoint(req.model_path, field="model_path")
             base_model = str(meta.get("base_model"))
-            if req.base_model is not None and req.base_model != base_model:
-                raise ApiError(
-                    400,
-                    f"base_model: {req.base_model!r} does not match the weights' {base_model!r}",
-                    field="base_model",
-                )
+            self._check_base_model(req.base_model, base_model, "the weights'")
         elif req.base_model is not None:
             base_model = req.base_model
         else:

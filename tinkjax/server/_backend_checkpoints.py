@@ -103,17 +103,10 @@ class _CheckpointsMixin(_ModelsBase):
     def submit_load_weights(self, req: LoadWeightsRequest, digest: str) -> UntypedAPIFuture:
         """``/load_weights``: create-via-load (session + model_seq_id) or legacy reload."""
         if req.session_id is not None and req.model_seq_id is not None:
-            self._require_session(req.session_id)
-            _check_int(req.model_seq_id, "model_seq_id", low=0)
-            model_id = f"{req.session_id}:train:{req.model_seq_id}"
-            seq_id: int | None = 0
-            existing = self.scheduler.lookup(model_id, 0, digest)
+            model_id, existing = self._new_model_id(req.session_id, req.model_seq_id, digest)
             if existing is not None:
                 return UntypedAPIFuture(request_id=existing, model_id=model_id)
-            if self.scheduler.known_model(model_id) or self.store.has_training_run(model_id):
-                raise ApiError(
-                    400, f"model_seq_id: model {model_id!r} already exists", field="model_seq_id"
-                )
+            seq_id: int | None = 0
             create = True
         elif req.model_id is not None:
             record, seq_id, existing = self._ordered(req.model_id, req.seq_id, digest)
@@ -135,12 +128,7 @@ class _CheckpointsMixin(_ModelsBase):
                 field="path",
             )
         base_model = str(meta.get("base_model"))
-        if req.base_model is not None and req.base_model != base_model:
-            raise ApiError(
-                400,
-                f"base_model: {req.base_model!r} does not match the checkpoint's {base_model!r}",
-                field="base_model",
-            )
+        self._check_base_model(req.base_model, base_model, "the checkpoint's")
         self._config(base_model, field="path")
         if create:
             record = ModelRecord(

@@ -120,6 +120,35 @@ class _ModelsBase:
         if not self.store.has_session(session_id):
             raise ApiError(404, f"session_id: unknown session {session_id!r}", field="session_id")
 
+    def _new_model_id(
+        self, session_id: str, model_seq_id: int, digest: str
+    ) -> tuple[str, str | None]:
+        """``(model_id, request_id)`` of a model created in ``session_id`` as its
+        ``model_seq_id``-th: ``request_id`` answers a repeat of the same creating request
+        (else ``None``); a different request for an existing model is a 400."""
+        self._require_session(session_id)
+        _check_int(model_seq_id, "model_seq_id", low=0)
+        model_id = f"{session_id}:train:{model_seq_id}"
+        existing = self.scheduler.lookup(model_id, 0, digest)
+        if existing is None and (
+            self.scheduler.known_model(model_id) or self.store.has_training_run(model_id)
+        ):
+            raise ApiError(
+                400, f"model_seq_id: model {model_id!r} already exists", field="model_seq_id"
+            )
+        return model_id, existing
+
+    @staticmethod
+    def _check_base_model(requested: str | None, actual: str, of: str) -> None:
+        """400 unless ``requested`` (when given) is ``actual``, the base model named by ``of``
+        (a possessive, e.g. ``"the checkpoint's"``)."""
+        if requested is not None and requested != actual:
+            raise ApiError(
+                400,
+                f"base_model: {requested!r} does not match {of} {actual!r}",
+                field="base_model",
+            )
+
     def _adapter_info(self, record: ModelRecord) -> AdapterInfo:
         from tinkjax.models import AdapterInfo
 
@@ -149,16 +178,9 @@ class _ModelsBase:
 
     def submit_create_model(self, req: CreateModelRequest, digest: str) -> UntypedAPIFuture:
         """``/create_model``: a LoRA adapter ``{session_id}:train:{model_seq_id}``."""
-        self._require_session(req.session_id)
-        _check_int(req.model_seq_id, "model_seq_id", low=0)
-        model_id = f"{req.session_id}:train:{req.model_seq_id}"
-        existing = self.scheduler.lookup(model_id, 0, digest)
+        model_id, existing = self._new_model_id(req.session_id, req.model_seq_id, digest)
         if existing is not None:
             return UntypedAPIFuture(request_id=existing, model_id=model_id)
-        if self.scheduler.known_model(model_id) or self.store.has_training_run(model_id):
-            raise ApiError(
-                400, f"model_seq_id: model {model_id!r} already exists", field="model_seq_id"
-            )
         self._config(req.base_model)
         if isinstance(req.optimizer_config, DimuonOptimizerConfig):
             raise ApiError(
