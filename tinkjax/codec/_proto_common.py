@@ -29,6 +29,7 @@ from tinkjax.types import (
 )
 
 from ._pb import tinkjax_wire_pb2 as pb
+from ._pbreader import fields
 
 _INT32_MAX = np.iinfo(np.int32).max
 _INT32_MIN = np.iinfo(np.int32).min
@@ -49,6 +50,22 @@ def _parse(message: Any, data: bytes, what: str) -> Any:
     except (_PbDecodeError, RuntimeError, ValueError) as exc:
         raise DecodeError(f"malformed protobuf {what}: {exc}") from None
     return message
+
+
+def _split_bulk(
+    data: bytes, message: Any, bulk_field: int, what: str
+) -> tuple[Any, list[memoryview]]:
+    """``(message parsed from every field but one, views of that repeated field's entries)``:
+    the bulk of a large message (its datums or records) stays zero-copy, the small rest goes
+    through the generated module."""
+    head_parts: list[memoryview] = []
+    bulk: list[memoryview] = []
+    for number, wire, value, raw in fields(memoryview(data), what):
+        if number == bulk_field and wire == 2:
+            bulk.append(value)
+        else:
+            head_parts.append(raw)
+    return _parse(message, b"".join(head_parts), what), bulk
 
 
 def _le_bytes(arr: npt.NDArray[Any], dtype: np.dtype[Any]) -> bytes:

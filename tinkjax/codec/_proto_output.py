@@ -13,7 +13,7 @@ from tinkjax.types import ForwardBackwardOutput, TensorData
 from ._pb import tinkjax_wire_pb2 as pb
 from ._pbreader import fields, packed_varints
 from ._pbwriter import Writer
-from ._proto_common import _DTYPE_TO_PB, _buffer_dtype, _frombuffer, _parse, _utf8, _widen
+from ._proto_common import _DTYPE_TO_PB, _buffer_dtype, _frombuffer, _split_bulk, _utf8, _widen
 
 __all__ = ["decode_forward_backward_output", "encode_forward_backward_output"]
 
@@ -121,15 +121,7 @@ def _read_batched(buf: memoryview, field: str) -> list[TensorData]:
 
 def decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
     """Parse a ``ForwardBackwardOutput`` into per-datum ``TensorData`` dicts (zero-copy)."""
-    view = memoryview(data)
-    head_parts: list[memoryview] = []
-    records: list[memoryview] = []
-    for number, wire, value, raw in fields(view, "ForwardBackwardOutput"):
-        if number == 2 and wire == 2:
-            records.append(value)
-        else:
-            head_parts.append(raw)
-    msg = _parse(pb.ForwardBackwardOutput(), b"".join(head_parts), "ForwardBackwardOutput")
+    msg, records = _split_bulk(data, pb.ForwardBackwardOutput(), 2, "ForwardBackwardOutput")
     metrics = {k: float(v) for k, v in msg.metrics.items()}
     if not records:
         return ForwardBackwardOutput(

@@ -30,6 +30,7 @@ from ._proto_common import (
     _frombuffer,
     _parse,
     _spans_from_pb,
+    _split_bulk,
     _utf8,
     _widen,
 )
@@ -223,15 +224,7 @@ def decode_forward_backward_request(data: bytes) -> ForwardBackwardRequest | For
     Tensors and tokens are read without copying (``np.frombuffer`` over ``data``), so the
     returned request keeps ``data`` alive.
     """
-    view = memoryview(data)
-    head_parts: list[memoryview] = []
-    datum_views: list[memoryview] = []
-    for number, wire, value, raw in fields(view, "ForwardBackwardRequest"):
-        if number == 3 and wire == 2:
-            datum_views.append(value)
-        else:
-            head_parts.append(raw)
-    msg = _parse(pb.ForwardBackwardRequest(), b"".join(head_parts), "ForwardBackwardRequest")
+    msg, datum_views = _split_bulk(data, pb.ForwardBackwardRequest(), 3, "ForwardBackwardRequest")
     config: dict[str, float | str] = {k: float(v) for k, v in msg.loss_fn_config.items()}
     for cfg_key, value in msg.loss_fn_config_v2.items():  # v2 wins over the legacy mirror
         kind = value.WhichOneof("value")
