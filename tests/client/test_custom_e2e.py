@@ -322,28 +322,40 @@ def test_async_twin_and_two_dimensional_targets(local_server: Any, service: Serv
     assert out.base_grad_norm == pytest.approx(float(np.linalg.norm(weights)), rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("limit", "ids"),
+    [
+        ({"fwdbwd_max_chunk_len": 2}, 6),  # 3 chunks of ≤ 2 datums per pass
+        # every datum of this batch is 200-460 bytes on the wire: one chunk each
+        ({"fwdbwd_max_chunk_bytes_count": 199}, 10),
+    ],
+    ids=["by-count", "by-bytes"],
+)
 @pytest.mark.parametrize("wire_mode", ["protobuf", "json"])
-def test_multi_chunk_passes_equal_builtin_on_both_routes(local_server: Any, wire_mode: str) -> None:
+def test_multi_chunk_passes_equal_builtin_on_both_routes(
+    local_server: Any, wire_mode: str, limit: dict[str, int], ids: int
+) -> None:
     """Datums pre-encoded once for both passes (protobuf) and per-pass ``Datum`` objects
-    (JSON wire mode) give the built-in gradient, also when each pass spans several chunks."""
+    (JSON wire mode) give the built-in gradient, also when each pass spans several chunks
+    (split by datum count or by bytes)."""
     data = _data(3, n=5)
     with ServiceClient(
         base_url=local_server.base_url, api_key="tml-custom-loss-tests", wire_mode=wire_mode
     ) as sc:
         assert sc.session_id  # the server's config is in
-        sc.server_config = msgspec.structs.replace(sc.server_config, fwdbwd_max_chunk_len=2)
+        sc.server_config = msgspec.structs.replace(sc.server_config, **limit)
         builtin, custom = _pair(sc, seed=21)
         route = _EncodedChunks if wire_mode == "protobuf" else _DatumChunks
         assert type(_plan(custom, data)) is route
         builtin.forward_backward(data, "cross_entropy").result()
         first = custom._next_seq
         out = custom.forward_backward_custom(data, "cross_entropy").result()
-        assert custom._next_seq - first == 6  # 3 chunks of ≤ 2 datums per pass
+        assert custom._next_seq - first == ids
         assert len(out.loss_fn_outputs) == len(data)
         for datum, output in zip(data, out.loss_fn_outputs, strict=True):
             assert output["logprobs"].to_numpy().shape == datum.model_input.to_numpy().shape
-        # Same weights as the built-in call; the three chunks' float32 gradients may be
-        # summed in another order: agreement to float32 rounding of the sum.
+        # Same weights as the built-in call; the chunks' float32 gradients may be summed in
+        # another order: agreement to float32 rounding of the sum.
         _close(
             _acc(local_server, builtin.model_id),
             _acc(local_server, custom.model_id),

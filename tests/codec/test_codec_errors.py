@@ -91,43 +91,37 @@ def test_every_truncation_of_an_output_is_a_tinkjax_error() -> None:
 FUZZ = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
+def _corrupted(encoded: bytes, data: st.DataObject) -> bytes:
+    """``encoded`` with 1–3 bytes overwritten at drawn positions (unchanged when empty)."""
+    body = bytearray(encoded)
+    for _ in range(data.draw(st.integers(1, 3)) if body else 0):
+        i = data.draw(st.integers(0, len(body) - 1))
+        body[i] = data.draw(st.integers(0, 255))
+    return bytes(body)
+
+
 @FUZZ
 @given(S.fwd_request(proto=True), st.data())
 def test_corrupted_request_bytes_raise_only_tinkjax_errors(req: Any, data: st.DataObject) -> None:
-    body = bytearray(encode_forward_backward_request(req))
-    if not body:
-        return
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(body) - 1))
-        body[i] = data.draw(st.integers(0, 255))
+    body = _corrupted(encode_forward_backward_request(req), data)
     with contextlib.suppress(WireFormatError):
-        decode_forward_backward_request(bytes(body))
+        decode_forward_backward_request(body)
 
 
 @FUZZ
 @given(S.forward_backward_output(), st.data())
 def test_corrupted_output_bytes_raise_only_tinkjax_errors(out: Any, data: st.DataObject) -> None:
-    body = bytearray(encode_forward_backward_output(out))
-    if not body:
-        return
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(body) - 1))
-        body[i] = data.draw(st.integers(0, 255))
+    body = _corrupted(encode_forward_backward_output(out), data)
     with contextlib.suppress(WireFormatError):
-        decode_forward_backward_output(bytes(body))
+        decode_forward_backward_output(body)
 
 
 @FUZZ
 @given(S.sample_response(proto=True), st.data())
 def test_corrupted_sample_bytes_raise_only_tinkjax_errors(resp: Any, data: st.DataObject) -> None:
-    body = bytearray(encode_sample_response(resp))
-    if not body:
-        return
-    for _ in range(data.draw(st.integers(1, 3))):
-        i = data.draw(st.integers(0, len(body) - 1))
-        body[i] = data.draw(st.integers(0, 255))
+    body = _corrupted(encode_sample_response(resp), data)
     with contextlib.suppress(WireFormatError):
-        decode_sample_response(bytes(body))
+        decode_sample_response(body)
 
 
 @FUZZ

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from typing import TypeVar
 
 import numpy as np
 
@@ -24,9 +25,12 @@ __all__ = [
     "chunk_data",
     "combine_outputs",
     "estimate_datum_bytes",
+    "split_by_counts",
 ]
 
 logger = logging.getLogger("tinkjax.client")
+
+T = TypeVar("T")
 
 MAX_CHUNK_LEN = 1024
 MAX_CHUNK_BYTES = 5_000_000
@@ -67,11 +71,16 @@ def chunk_data(
     counts = chunk_counts(
         [estimate_datum_bytes(d) for d in data], max_len=max_len, max_bytes=max_bytes
     )
-    chunks, start = [], 0
+    return split_by_counts(data, counts)
+
+
+def split_by_counts(items: Sequence[T], counts: Sequence[int]) -> list[list[T]]:
+    """``items`` cut in order into lists of ``counts[0]``, ``counts[1]``, … items."""
+    out, start = [], 0
     for count in counts:
-        chunks.append(list(data[start : start + count]))
+        out.append(list(items[start : start + count]))
         start += count
-    return chunks
+    return out
 
 
 def chunk_counts(sizes: Sequence[int], *, max_len: int, max_bytes: int) -> list[int]:

@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from tinkjax.client._chunking import chunk_counts
+from tinkjax.client._chunking import chunk_counts, split_by_counts
 from tinkjax.client._training import TrainingClient, noop_datum
 from tinkjax.codec._proto_request_write import WeightedChunk, encode_datum_prefixes
 from tinkjax.engine import (
@@ -134,17 +134,16 @@ class _DatumChunks:
     """Both passes as :class:`Datum` chunks: the general route (JSON wire mode, 2-D target
     tokens, whose ``weights`` may travel as CSR)."""
 
-    def __init__(self, tc: TrainingClient, datums: list[Datum]) -> None:
+    def __init__(
+        self, tc: TrainingClient, datums: list[Datum], shapes: list[tuple[int, ...]]
+    ) -> None:
         self.datums = datums
-        self.forward = tc._chunk_data([self._forward_datum(d) for d in datums])
+        self.shapes = shapes
+        zeros = [TensorData.from_numpy(np.zeros(shape, np.float32)) for shape in shapes]
+        self.forward = tc._chunk_data(
+            [_with_weights(d, z) for d, z in zip(datums, zeros, strict=True)]
+        )
         self.counts = [len(c) for c in self.forward]
-
-    @staticmethod
-    def _forward_datum(datum: Datum) -> Datum:
-        """Only ``target_tokens`` and zero ``weights``."""
-        targets = datum.loss_fn_inputs["target_tokens"]
-        zeros = np.zeros(targets.dense_shape, np.float32)
-        return _with_weights(datum, TensorData.from_numpy(zeros))
 
     def backward(self, gradients: Sequence[npt.NDArray[Any]]) -> list[list[Datum]]:
         data = []
@@ -156,11 +155,7 @@ class _DatumChunks:
                 else TensorData.from_numpy(weights)
             )
             data.append(_with_weights(datum, tensor))
-        chunks, start = [], 0
-        for count in self.counts:  # the forward pass's chunk boundaries
-            chunks.append(data[start : start + count])
-            start += count
-        return chunks
+        return split_by_counts(data, self.counts)  # the forward pass's chunk boundaries
 
 
 class _EncodedChunks:
@@ -169,12 +164,18 @@ class _EncodedChunks:
     from one array. The common route (protobuf wire, 1-D target tokens): no per-pass
     :class:`Datum` objects and no second encoding of the tokens."""
 
-    def __init__(self, tc: TrainingClient, datums: list[Datum]) -> None:
+    def __init__(
+        self, tc: TrainingClient, datums: list[Datum], shapes: list[tuple[int, ...]]
+    ) -> None:
+        self.shapes = shapes
         self.prefixes = encode_datum_prefixes(datums)
-        self.lengths = [d.loss_fn_inputs["target_tokens"].dense_shape[0] for d in datums]
+        self.lengths = [shape[0] for shape in shapes]
         cfg = tc.service.server_config
         self.counts = chunk_counts(
-            [len(p) + 4 * n + 24 for p, n in zip(self.prefixes, self.lengths, strict=True)],
+            [
+                len(before) + len(after) + 4 * n + 24
+                for (before, after), n in zip(self.prefixes, self.lengths, strict=True)
+            ],
             max_len=cfg.fwdbwd_max_chunk_len,
             max_bytes=cfg.fwdbwd_max_chunk_bytes_count,
         )
@@ -199,13 +200,14 @@ class _EncodedChunks:
 
 
 def _plan(tc: TrainingClient, datums: list[Datum]) -> _DatumChunks | _EncodedChunks:
-    if tc.service.transport.config.wire_mode == "json":
-        return _DatumChunks(tc, datums)
-    for d in datums:
-        targets = d.loss_fn_inputs["target_tokens"]
-        if targets.is_sparse or len(targets.dense_shape) != 1:
-            return _DatumChunks(tc, datums)
-    return _EncodedChunks(tc, datums)
+    """The route of both passes, with every datum's logprobs shape (its target tokens')."""
+    targets = [d.loss_fn_inputs["target_tokens"] for d in datums]
+    shapes = [t.dense_shape for t in targets]
+    if tc.service.transport.config.wire_mode == "json" or any(
+        t.is_sparse or len(shape) != 1 for t, shape in zip(targets, shapes, strict=True)
+    ):
+        return _DatumChunks(tc, datums, shapes)
+    return _EncodedChunks(tc, datums, shapes)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -305,7 +307,7 @@ async def _run(
     try:
         pending = await prepare_custom_loss_async(
             inputs,
-            [d.loss_fn_inputs["target_tokens"].dense_shape for d in datums],
+            plan.shapes,
             loss_fn,
             regularizers=regularizers,
             loss_fn_config=loss_fn_config,

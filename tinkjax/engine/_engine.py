@@ -70,9 +70,8 @@ class _Step:
         return (
             self.plan,
             self.dtype,
-            self.packed.logprobs.shape,
-            self.packed.batch.mask.shape,
-            self.packed.batch.seq_valid.shape,
+            self.packed.logprobs.shape,  # the token arrays' shape
+            self.packed.batch.seq_valid.shape,  # the sequence bucket
             self.packed.layout.present,
         )
 

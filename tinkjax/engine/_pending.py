@@ -67,18 +67,14 @@ class PendingCustomLoss:
     running, not the wait for the logprobs in between.
     """
 
-    def __init__(self, template: _Template, emit: EmitFn | None, spent: float) -> None:
+    def __init__(
+        self, template: _Template, emit: EmitFn | None, spent: float, *, small: bool
+    ) -> None:
         self._template = template
         self._emit = emit
         self._spent = spent
         self._done = False
-        tokens = math.prod(template.packed.token_shape)
-        self._inline_ok = tokens <= INLINE_MAX_LOGPROBS
-
-    @property
-    def shapes(self) -> tuple[tuple[int, ...], ...]:
-        """Every datum's expected logprobs shape."""
-        return self._template.packed.layout.shapes
+        self._small = small  # ≤ INLINE_MAX_LOGPROBS logprobs
 
     async def run(self, logprobs: Sequence[npt.ArrayLike]) -> CustomLossResult:
         """Values, breakdown and gradients for these per-datum logprobs.
@@ -93,7 +89,7 @@ class PendingCustomLoss:
         self._done = True
         t0 = time.perf_counter()
         try:
-            if self._inline_ok:
+            if self._small:
                 step = self._template.step(logprobs)
                 if step.shape_key in _ran:
                     result = _finish(step)
@@ -152,7 +148,8 @@ async def prepare_custom_loss_async(
             bucketing=bucketing,
             prepared=prepared,
         )
-        if sum(math.prod(s) for s in shapes) <= INLINE_MAX_LOGPROBS:
+        small = sum(math.prod(s) for s in shapes) <= INLINE_MAX_LOGPROBS
+        if small:
             template = _build_template(inputs, shapes, loss, **kwargs)
         else:
             template = await asyncio.to_thread(
@@ -161,4 +158,4 @@ async def prepare_custom_loss_async(
     except Exception as exc:
         _exception(emit, exc, time.perf_counter() - started)
         raise
-    return PendingCustomLoss(template, emit, time.perf_counter() - started)
+    return PendingCustomLoss(template, emit, time.perf_counter() - started, small=small)
