@@ -18,6 +18,7 @@ from tinkjax.engine._engine import (
     NormMethod,
     Prepared,
     _build_step,
+    _emit_start,
     _exception,
     _finish,
     _report,
@@ -25,7 +26,7 @@ from tinkjax.engine._engine import (
 from tinkjax.engine._errors import EngineInputError
 from tinkjax.engine._kernel import program
 from tinkjax.engine._pack import Bucketing
-from tinkjax.engine._pending import _emit_start, prepare_custom_loss_async
+from tinkjax.engine._pending import prepare_custom_loss_async
 from tinkjax.engine._result import CustomLossResult
 from tinkjax.engine._spec import Regularizer
 

@@ -13,6 +13,7 @@ import asyncio
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Literal
 
@@ -355,6 +356,15 @@ def _finish(step: _Step) -> CustomLossResult:
         total_grad_norm=float(out["total_norm"]),
         metrics=metrics,
         gradients=step.packed.layout.split(np.asarray(out["grad"])),
+    )
+
+
+def _emit_start(emit: EmitFn | None, regularizers: Sequence[Any], track: bool) -> None:
+    _emit(
+        emit,
+        "custom_loss.start",
+        {"system_time": time.time()},
+        {"regularizer_count": len(regularizers), "track_grad_norms": track},
     )
 
 

@@ -1,9 +1,9 @@
 """The one jitted program of a custom-loss step.
 
 ``program(lp, batch, base_params, weights, params, prepared, plan=plan)`` computes, in one
-XLA program (read its outputs with :func:`fetch`): the base value, every regularizer's value, the weighted total, ∂total/∂lp, user
-metrics, the norm of the total gradient and, with ``plan.track_grad_norms``, the gradient norm
-of the base and of every regularizer.
+XLA program (read its outputs with :func:`fetch`): the base value, every regularizer's value,
+the weighted total, ∂total/∂lp, user metrics, the norm of the total gradient and, with
+``plan.track_grad_norms``, the gradient norm of the base and of every regularizer.
 
 How the norms are computed (engine study §2.4, re-measured in ``bench/engine_bench.py``): the
 base gets its own ``value_and_grad``; then a ``lax.scan`` over the regularizers runs, per step,
@@ -251,10 +251,10 @@ _layouts: dict[tuple[Plan, str], tuple[Any, tuple[tuple[int, ...], ...]]] = {}
 
 
 def _run_packed(lp: Array, *args: Any, plan: Plan) -> tuple[Array, Any]:
-    """:func:`_run` (same arguments) with its outputs as ``(grad, small)``: ``small`` is every other output
-    (values, norms, metrics) raveled into one vector of ``lp``'s dtype, so the host fetches
-    two arrays instead of a few dozen (each fetch costs ~10 µs of Python in ``device_get``).
-    With ``plan.diagnose`` (the error path) ``small`` is the plain dict of outputs."""
+    """:func:`_run` (same arguments) with its outputs as ``(grad, small)``: ``small`` is every
+    other output (values, norms, metrics) raveled into one vector of ``lp``'s dtype, so the
+    host fetches two arrays instead of a few dozen (each fetch costs ~10 µs of Python in
+    ``device_get``). With ``plan.diagnose`` (the error path) ``small`` is the plain dict."""
     out = _run(lp, *args, plan=plan)
     grad = out.pop("grad")
     if plan.diagnose:

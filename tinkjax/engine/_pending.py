@@ -2,11 +2,11 @@
 
 ``forward_backward_custom`` knows everything about its step except the logprobs once it has
 sent the forward pass: the loss inputs, the regularizers, the shapes.
-:func:`prepare_custom_loss_async` does all the work that needs no logprobs (validation, awaiting the regularizers' ``prepare``
-steps, packing the loss inputs, planning) while the server runs the forward pass;
-:meth:`PendingCustomLoss.run` then only packs the logprobs and runs the compiled program. The
-packing leaves the step's critical path, and regularizers' I/O (a reward model, a database)
-overlaps the server's forward pass instead of following it.
+:func:`prepare_custom_loss_async` does all the work that needs no logprobs (validation,
+awaiting the regularizers' ``prepare`` steps, packing the loss inputs, planning) while the
+server runs the forward pass; :meth:`PendingCustomLoss.run` then only packs the logprobs and
+runs the compiled program. The packing leaves the step's critical path, and regularizers' I/O
+(a reward model, a database) overlaps the server's forward pass instead of following it.
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from tinkjax.engine._engine import (
     LossSpec,
     NormMethod,
     _build_template,
-    _emit,
+    _emit_start,
     _exception,
     _finish,
     _report,
@@ -47,15 +47,6 @@ __all__ = ["PendingCustomLoss", "prepare_custom_loss_async"]
 #: the loop stays responsive.
 INLINE_MAX_LOGPROBS = 16_384
 _ran: set[Any] = set()  # shape keys of programs that have run
-
-
-def _emit_start(emit: EmitFn | None, regularizers: Sequence[Any], track: bool) -> None:
-    _emit(
-        emit,
-        "custom_loss.start",
-        {"system_time": time.time()},
-        {"regularizer_count": len(regularizers), "track_grad_norms": track},
-    )
 
 
 class PendingCustomLoss:
