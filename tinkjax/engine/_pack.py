@@ -219,13 +219,8 @@ def pack_batch(
     if not inputs:
         raise EngineInputError("the batch is empty: at least one datum is required")
     shapes = tuple(tuple(int(d) for d in s) for s in shapes)
+    _check_shapes(shapes)
     trailing = shapes[0][1:]
-    for i, shape in enumerate(shapes):
-        if len(shape) not in (1, 2) or shape[1:] != trailing:
-            raise EngineInputError(
-                f"logprobs of datum {i} have shape {shape}; expected [n] or [n, K] with the "
-                f"trailing shape of datum 0 ({shapes[0]})"
-            )
     keys = _check_keys(inputs)
     chunk = bucketing.chunk
     lengths = np.fromiter((s[0] for s in shapes), dtype=np.int64, count=len(shapes))
@@ -323,23 +318,29 @@ def pack_per_datum(
     return out
 
 
-def _check_logprobs(lps: Sequence[npt.NDArray[Any]]) -> tuple[int, ...]:
-    trailing = lps[0].shape[1:]
-    for i, lp in enumerate(lps):
-        if lp.ndim not in (1, 2):
+def _check_shapes(shapes: Sequence[tuple[int, ...]]) -> None:
+    """Every datum's logprobs shape is ``[n]`` or ``[n, K]``, with datum 0's trailing shape."""
+    trailing = shapes[0][1:]
+    for i, shape in enumerate(shapes):
+        if len(shape) not in (1, 2):
             raise EngineInputError(
-                f"logprobs of datum {i} have shape {lp.shape}; expected [n] or [n, K]"
+                f"logprobs of datum {i} have shape {shape}; expected [n] or [n, K]"
             )
-        if lp.shape[1:] != trailing:
+        if shape[1:] != trailing:
             raise EngineInputError(
-                f"logprobs of datum {i} have shape {lp.shape}, but datum 0 has {lps[0].shape}; "
+                f"logprobs of datum {i} have shape {shape}, but datum 0 has {shapes[0]}; "
                 "all datums need the same trailing shape"
             )
+
+
+def _check_logprobs(lps: Sequence[npt.NDArray[Any]]) -> None:
+    _check_shapes([lp.shape for lp in lps])
+    for i, lp in enumerate(lps):
         if lp.dtype.kind != "f":
             raise EngineInputError(f"logprobs of datum {i} have dtype {lp.dtype}; floats required")
     flat = lps[0] if len(lps) == 1 else np.concatenate([lp.reshape(-1) for lp in lps])
     if np.isfinite(flat).all():  # one pass over the batch; the loop below only names the datum
-        return tuple(int(d) for d in trailing)
+        return
     for i, lp in enumerate(lps):
         if not np.isfinite(lp).all():
             bad = int(np.argmin(np.isfinite(lp).reshape(-1)))
@@ -349,7 +350,6 @@ def _check_logprobs(lps: Sequence[npt.NDArray[Any]]) -> tuple[int, ...]:
                 term="logprobs",
                 datum=i,
             )
-    return tuple(int(d) for d in trailing)
 
 
 def _check_keys(inputs: Sequence[Mapping[str, npt.ArrayLike]]) -> set[str]:
