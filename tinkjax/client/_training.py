@@ -231,42 +231,40 @@ class TrainingClient:
         forward_only: bool,
     ) -> UntypedAPIFuture:
         transport = self.service.transport
+        body: bytes
         if isinstance(chunk, WeightedChunk):  # pre-encoded datums (forward_backward_custom)
             if loss_fn_config or transport.config.wire_mode == "json":
                 raise ValueError("pre-encoded chunks are sent as protobuf without a config")
-            resp = await transport.request(
-                "POST",
-                "/api/v1/forward_backward",
-                content=encode_weighted_request(
-                    chunk,
-                    model_id=self.model_id,
-                    seq_id=seq_id,
-                    loss_fn=loss_fn,
-                    forward_only=forward_only,
-                ),
-                content_type="application/x-protobuf",
-                ids=self._ids,
+            body = encode_weighted_request(
+                chunk,
+                model_id=self.model_id,
+                seq_id=seq_id,
+                loss_fn=loss_fn,
+                forward_only=forward_only,
             )
-            return decode_response(resp, UntypedAPIFuture)
-        fb_input = ForwardBackwardInput(
-            data=chunk,
-            loss_fn=loss_fn,  # type: ignore[arg-type]
-            loss_fn_config=loss_fn_config,
-        )
-        request: ForwardRequest | ForwardBackwardRequest
-        if forward_only:
-            request = ForwardRequest(forward_input=fb_input, model_id=self.model_id, seq_id=seq_id)
         else:
-            request = ForwardBackwardRequest(
-                forward_backward_input=fb_input, model_id=self.model_id, seq_id=seq_id
+            fb_input = ForwardBackwardInput(
+                data=chunk,
+                loss_fn=loss_fn,  # type: ignore[arg-type]
+                loss_fn_config=loss_fn_config,
             )
-        if transport.config.wire_mode == "json":
-            path = "/api/v1/forward" if forward_only else "/api/v1/forward_backward"
-            return await self._post(path, request)
+            request: ForwardRequest | ForwardBackwardRequest
+            if forward_only:
+                request = ForwardRequest(
+                    forward_input=fb_input, model_id=self.model_id, seq_id=seq_id
+                )
+            else:
+                request = ForwardBackwardRequest(
+                    forward_backward_input=fb_input, model_id=self.model_id, seq_id=seq_id
+                )
+            if transport.config.wire_mode == "json":
+                path = "/api/v1/forward" if forward_only else "/api/v1/forward_backward"
+                return await self._post(path, request)
+            body = encode_forward_backward_request(request)
         resp = await transport.request(
             "POST",
             "/api/v1/forward_backward",
-            content=encode_forward_backward_request(request),
+            content=body,
             content_type="application/x-protobuf",
             ids=self._ids,
         )
