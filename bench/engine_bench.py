@@ -39,15 +39,16 @@ import numpy as np
 import tinkjax.regularizers as R
 from tinkjax.engine import (
     Bucketing,
+    CustomLossSpec,
     LossBatch,
     Regularizer,
     compute_custom_loss,
     pack_inputs,
     trace_count,
 )
-from tinkjax.engine._engine import _build_step
-from tinkjax.engine._kernel import program
-from tinkjax.engine._reference import _jacobian_norms_jit
+from tinkjax.engine._program import program
+from tinkjax.engine._reference import jacobian_norms
+from tinkjax.engine._step import build_step
 
 ROOT = Path(__file__).resolve().parent
 
@@ -127,21 +128,18 @@ def make_data(
 def _runner(method: str, inputs: Any, lps: Any, regs: list[Regularizer]) -> tuple[Any, Any]:
     """(callable running the kernel once and blocking, lowered program)."""
     track = method in ("grads", "vmap")
-    step = _build_step(
-        inputs,
-        lps,
+    spec = CustomLossSpec(
         "ppo",
         regularizers=regs,
-        loss_fn_config=None,
         track_grad_norms=track,
         norm_method="vmap" if method == "vmap" else "grads",
         dtype=np.float32,
         bucketing=Bucketing(),
-        prepared={},
     )
+    step = build_step(spec, inputs, lps, prepared={})
     if method == "jacrev":
         lp, batch, base_params, _w, params, prepared = step.args
-        lowered = _jacobian_norms_jit.lower(
+        lowered = jacobian_norms.lower(
             lp, batch, base_params, params, prepared, plan=step.plan
         )
         compiled = lowered.compile()

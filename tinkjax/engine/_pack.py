@@ -51,6 +51,10 @@ class Bucketing:
                 )
 
 
+#: The default padding ladder.
+DEFAULT_BUCKETING = Bucketing()
+
+
 @dataclasses.dataclass(frozen=True)
 class DatumLayout:
     """Where each datum lives in the packed token axis (hashable; static under ``jit``).
@@ -134,9 +138,10 @@ class PackedBatch:
                     f"shape {shape}"
                 )
         _check_logprobs(lps)
-        return self._with_checked(lps)
+        return self.with_checked_logprobs(lps)
 
-    def _with_checked(self, lps: Sequence[npt.NDArray[Any]]) -> PackedInputs:
+    def with_checked_logprobs(self, lps: Sequence[npt.NDArray[Any]]) -> PackedInputs:
+        """:meth:`with_logprobs` for logprobs already checked (by :func:`checked_logprobs`)."""
         packed = _scatter(lps, self.rows, self.positions, self.layout.shapes[0][1:], self.dtype)
         return PackedInputs(batch=self.batch, logprobs=packed, layout=self.layout)
 
@@ -177,7 +182,7 @@ def pack_inputs(
     """
     lps = checked_logprobs(inputs, logprobs)
     shapes = [lp.shape for lp in lps]
-    return pack_batch(inputs, shapes, dtype=dtype, bucketing=bucketing)._with_checked(lps)
+    return pack_batch(inputs, shapes, dtype=dtype, bucketing=bucketing).with_checked_logprobs(lps)
 
 
 def checked_logprobs(

@@ -16,28 +16,15 @@ import functools
 import math
 import time
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
-import numpy as np
 import numpy.typing as npt
 
-from tinkjax.engine._engine import (
-    _DEFAULT_BUCKETING,
-    EmitFn,
-    LossSpec,
-    NormMethod,
-    _build_template,
-    _emit_start,
-    _exception,
-    _finish,
-    _report,
-    _run_prepares,
-    _Step,
-    _Template,
-)
-from tinkjax.engine._pack import Bucketing
+from tinkjax.engine._events import EmitFn, emit_exception, emit_stop, open_span
+from tinkjax.engine._loss_spec import CustomLossSpec, LossSpec, SpecOptions
+from tinkjax.engine._prepare import run_prepares
 from tinkjax.engine._result import CustomLossResult
-from tinkjax.engine._spec import Regularizer, validate_regularizers
+from tinkjax.engine._step import Step, StepTemplate, finish_step, plan_step
 
 __all__ = ["PendingCustomLoss", "prepare_custom_loss_async"]
 
@@ -59,7 +46,7 @@ class PendingCustomLoss:
     """
 
     def __init__(
-        self, template: _Template, emit: EmitFn | None, spent: float, *, small: bool
+        self, template: StepTemplate, emit: EmitFn | None, spent: float, *, small: bool
     ) -> None:
         self._template = template
         self._emit = emit
@@ -83,70 +70,56 @@ class PendingCustomLoss:
             if self._small:
                 step = self._template.step(logprobs)
                 if step.shape_key in _ran:
-                    result = _finish(step)
+                    result = finish_step(step)
                 else:  # the first run compiles: keep it off the loop
-                    result = await asyncio.to_thread(_finish, step)
+                    result = await asyncio.to_thread(finish_step, step)
             else:
-                step, result = await asyncio.to_thread(self._step_and_finish, logprobs)
+                step, result = await asyncio.to_thread(self._step_andfinish_step, logprobs)
             _ran.add(step.shape_key)
         except Exception as exc:
-            _exception(self._emit, exc, self._spent + time.perf_counter() - t0)
+            emit_exception(self._emit, exc, self._spent + time.perf_counter() - t0)
             raise
-        _report(self._emit, result, self._spent + time.perf_counter() - t0)
+        emit_stop(self._emit, result, self._spent + time.perf_counter() - t0)
         return result
 
     def abandon(self, exc: BaseException) -> None:
         """End the step without running it (its logprobs never came), reporting ``exc``."""
         if not self._done:
             self._done = True
-            _exception(self._emit, exc, self._spent)
+            emit_exception(self._emit, exc, self._spent)
 
-    def _step_and_finish(self, logprobs: Sequence[npt.ArrayLike]) -> tuple[_Step, CustomLossResult]:
+    def _step_andfinish_step(self, logprobs: Sequence[npt.ArrayLike]) -> tuple[Step, CustomLossResult]:
         step = self._template.step(logprobs)
-        return step, _finish(step)
+        return step, finish_step(step)
 
 
 async def prepare_custom_loss_async(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     shapes: Sequence[tuple[int, ...]],
-    loss: LossSpec = None,
+    loss: LossSpec | CustomLossSpec = None,
     *,
-    regularizers: Sequence[Regularizer] = (),
-    loss_fn_config: Mapping[str, float] | None = None,
-    track_grad_norms: bool = False,
-    norm_method: NormMethod = "vmap",
     data: Sequence[Any] | None = None,
     emit: EmitFn | None = None,
-    dtype: npt.DTypeLike = np.float32,
-    bucketing: Bucketing = _DEFAULT_BUCKETING,
+    **options: Unpack[SpecOptions],
 ) -> PendingCustomLoss:
     """Everything of a :func:`~tinkjax.engine.compute_custom_loss_async` step that does not
     need the logprobs, for logprobs of per-datum ``shapes`` (``[n]`` or ``[n, K]``).
 
-    Arguments and errors are those of :func:`~tinkjax.engine.compute_custom_loss`.
+    Arguments and errors are those of :func:`~tinkjax.engine.compute_custom_loss`: ``loss``
+    is a :class:`~tinkjax.engine.CustomLossSpec`, or the base loss of the spec that
+    ``options`` build.
     """
-    started = time.perf_counter()
-    _emit_start(emit, regularizers, track_grad_norms)
+    spec, started = open_span(emit, loss, options)
     try:
-        regs = validate_regularizers(regularizers)
-        prepared = await _run_prepares(regs, inputs if data is None else data)
-        kwargs: dict[str, Any] = dict(
-            regularizers=regs,
-            loss_fn_config=loss_fn_config,
-            track_grad_norms=track_grad_norms,
-            norm_method=norm_method,
-            dtype=dtype,
-            bucketing=bucketing,
-            prepared=prepared,
-        )
+        prepared = await run_prepares(spec.regularizers, inputs if data is None else data)
         small = sum(math.prod(s) for s in shapes) <= INLINE_MAX_LOGPROBS
         if small:
-            template = _build_template(inputs, shapes, loss, **kwargs)
+            template = plan_step(spec, inputs, shapes, prepared)
         else:
             template = await asyncio.to_thread(
-                functools.partial(_build_template, inputs, shapes, loss, **kwargs)
+                functools.partial(plan_step, spec, inputs, shapes, prepared)
             )
     except Exception as exc:
-        _exception(emit, exc, time.perf_counter() - started)
+        emit_exception(emit, exc, time.perf_counter() - started)
         raise
     return PendingCustomLoss(template, emit, time.perf_counter() - started, small=small)

@@ -8,19 +8,21 @@ numbers, which is what a test reference needs; the engine never uses it.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Unpack
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpy.typing as npt
 
-from tinkjax.engine._engine import _DEFAULT_BUCKETING, LossSpec, _build_step
-from tinkjax.engine._kernel import Plan, _base_eval
-from tinkjax.engine._pack import Bucketing
-from tinkjax.engine._spec import Regularizer
+from tinkjax.engine._loss_spec import CustomLossSpec, LossSpec, SpecOptions, as_spec
+from tinkjax.engine._program import Plan, base_value
+from tinkjax.engine._step import build_step
 from tinkjax.engine._terms import group_values
+
+__all__ = ["jacobian_norms", "reference_grad_norms"]
 
 Array = jax.Array
 
@@ -28,7 +30,7 @@ Array = jax.Array
 def _term_vector(
     lp: Array, batch: Any, base_params: Any, params: Any, prepared: Any, plan: Plan
 ) -> Array:
-    base, _ = _base_eval(plan, lp, batch, base_params)
+    base, _ = base_value(plan, lp, batch, base_params)
     parts = [base[None]]
     for term, p, pre in zip(plan.groups, params, prepared, strict=True):
         parts.append(group_values(term, lp, batch, p, pre)[0])
@@ -43,35 +45,26 @@ def _jacobian_norms(
     return jnp.sqrt(jnp.sum(jac.reshape(jac.shape[0], -1) ** 2, axis=1))
 
 
-_jacobian_norms_jit = jax.jit(_jacobian_norms, static_argnames=("plan",))
+#: ``jacobian_norms(lp, batch, base_params, params, prepared, plan=plan)``: the norms ``[1 + K]``
+#: of a step without gradient norms (its arguments without the weights), jitted.
+jacobian_norms = jax.jit(_jacobian_norms, static_argnames=("plan",))
 
 
 def reference_grad_norms(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     logprobs: Sequence[npt.ArrayLike],
-    loss: LossSpec = None,
-    *,
-    regularizers: Sequence[Regularizer] = (),
-    loss_fn_config: Mapping[str, float] | None = None,
-    dtype: npt.DTypeLike = np.float32,
-    bucketing: Bucketing = _DEFAULT_BUCKETING,
+    loss: LossSpec | CustomLossSpec = None,
+    **options: Unpack[SpecOptions],
 ) -> npt.NDArray[Any]:
     """Norms ``[1 + K]`` of ∂base/∂lp and each ∂regᵢ/∂lp (unweighted), via ``jacrev``.
 
-    Regularizers with a ``prepare`` step are not supported.
+    Arguments as for :func:`~tinkjax.engine.compute_custom_loss` (the spec's norm settings are
+    ignored). Regularizers with a ``prepare`` step are not supported.
     """
-    step = _build_step(
-        inputs,
-        logprobs,
-        loss,
-        regularizers=regularizers,
-        loss_fn_config=loss_fn_config,
-        track_grad_norms=False,
-        norm_method="grads",
-        dtype=dtype,
-        bucketing=bucketing,
-        prepared={},
-    )
+    spec = as_spec(loss, **options)
+    if spec.track_grad_norms:  # a plain step: one term per regularizer, in order
+        spec = dataclasses.replace(spec, track_grad_norms=False)
+    step = build_step(spec, inputs, logprobs, prepared={})
     lp, batch, base_params, _weights, params, prepared = step.args
-    norms = _jacobian_norms_jit(lp, batch, base_params, params, prepared, plan=step.plan)
+    norms = jacobian_norms(lp, batch, base_params, params, prepared, plan=step.plan)
     return np.asarray(norms)

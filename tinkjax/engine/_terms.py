@@ -2,8 +2,8 @@
 
 A term is the base loss or a group of regularizers sharing one function ("kind"). Without
 gradient norms a group of size ``n > 1`` is evaluated with ``vmap`` over its stacked
-parameters, size 1 directly; with them the kernel evaluates one member at a time
-(:mod:`tinkjax.engine._kernel`).
+parameters, size 1 directly; with them the program evaluates one member at a time
+(:mod:`tinkjax.engine._program`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import jax.numpy as jnp
 from tinkjax.engine._batch import LossBatch
 from tinkjax.engine._errors import EngineInputError
 from tinkjax.engine._pack import DatumLayout
-from tinkjax.engine._spec import DatumLossFn, TermFn
+from tinkjax.engine._term_specs import DatumLossFn, TermFn
 from tinkjax.losses import compute_elementwise_loss, get_loss_definition
 
 Array = jax.Array

@@ -68,9 +68,10 @@ class Plan:
     diagnose: bool = False
 
 
-def _base_eval(
+def base_value(
     plan: Plan, lp: Array, batch: LossBatch, base_params: dict[str, Array]
 ) -> tuple[Array, Metrics]:
+    """The base loss's value and metrics under ``plan`` (zero and none without a base)."""
     if plan.base is None:
         return jnp.zeros((), lp.dtype), {}
     if isinstance(plan.base, DatumPlan):
@@ -108,7 +109,7 @@ def _run(
         return _run_tracked(lp, batch, base_params, weights, params, prepared, plan=plan)
 
     def total_fn(x: Array) -> tuple[Array, Any]:
-        base, base_metrics = _base_eval(plan, x, batch, base_params)
+        base, base_metrics = base_value(plan, x, batch, base_params)
         values, metrics = [], []
         total = base
         for term, w, p, pre in zip(plan.groups, weights, params, prepared, strict=True):
@@ -145,7 +146,7 @@ def _run_tracked(
     plan: Plan,
 ) -> dict[str, Any]:
     (base, base_metrics), base_grad = jax.value_and_grad(
-        lambda x: _base_eval(plan, x, batch, base_params), has_aux=True
+        lambda x: base_value(plan, x, batch, base_params), has_aux=True
     )(lp)
     base_grad = _masked(base_grad, batch.mask)
     out: dict[str, Any] = {
