@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The README's test command: create .venv (if missing), install tinkjax with its dev extras,
-# check lint, types and the layer contracts (lint-imports), run the test suite. Needs only Python >= 3.11 on the machine.
+# check lint, types and the layer contracts (lint-imports), run the test suite.
+# Needs only Python >= 3.11 on the machine.
 # Extra arguments go to pytest, e.g. `bash scripts/test.sh tests/codec -x`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
