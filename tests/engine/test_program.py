@@ -1,7 +1,8 @@
-"""The engine program: base losses, gradients and per-term gradient norms.
+"""The engine program: base losses, gradients, per-term gradient norms, and compile once.
 
 Values are checked against NumPy float64 formulas, gradients against float64 central finite
 differences of those formulas (under x64), norms against separate gradients and ``jacrev``.
+A stream of ragged batches compiles once per bucket; weights and parameters never recompile.
 """
 
 from __future__ import annotations
@@ -16,37 +17,19 @@ import pytest
 
 import tinkjax.regularizers as R
 from tinkjax.engine import (
+    Bucketing,
     DatumLoss,
     LossBatch,
     Regularizer,
     compute_custom_loss,
+    pack_inputs,
     reference_grad_norms,
     trace_count,
 )
 
+from .data import Inputs, rl_data, stream_batch
+
 LENGTHS = (7, 30, 1, 19)
-Inputs = list[dict[str, np.ndarray]]
-
-
-def rl_data(
-    lengths: tuple[int, ...], *, seed: int = 0, k: int | None = None, dtype: Any = np.float32
-) -> tuple[Inputs, list[np.ndarray]]:
-    rng = np.random.default_rng(seed)
-    inputs, lps = [], []
-    for n in lengths:
-        shape = (n,) if k is None else (n, k)
-        lp = -rng.exponential(size=shape)
-        lps.append(lp.astype(dtype))
-        inputs.append(
-            {
-                "target_tokens": rng.integers(0, 100, size=shape),
-                "weights": rng.normal(size=shape).astype(dtype),
-                "advantages": rng.normal(size=shape).astype(dtype),
-                # ±0.3 noise: a good share of ratios fall outside PPO's [0.8, 1.2]
-                "logprobs": (lp + rng.normal(0, 0.3, size=shape)).astype(dtype),
-            }
-        )
-    return inputs, lps
 
 
 def _cat(inputs: Inputs, key: str) -> np.ndarray:
@@ -60,6 +43,8 @@ def _ppo_ref(lp: np.ndarray, q: np.ndarray, a: np.ndarray, cfg: dict[str, float]
 
 
 RefFn = Callable[[np.ndarray, Inputs, dict[str, float]], float]
+
+
 BASE_REFS: dict[str, RefFn] = {
     "cross_entropy": lambda lp, d, c: float(-(lp * _cat(d, "weights")).sum()),
     "importance_sampling": lambda lp, d, c: float(
@@ -73,6 +58,8 @@ BASE_REFS: dict[str, RefFn] = {
         -(lp * _cat(d, "advantages") - 0.5 * c["beta"] * (lp - _cat(d, "logprobs")) ** 2).sum()
     ),
 }
+
+
 CONFIGS: dict[str, dict[str, float]] = {"dro": {"beta": 0.7}, "ppo": {"clip_high_threshold": 1.3}}
 
 
@@ -227,3 +214,48 @@ def test_tinker_style_loss_matches_builtin_and_retraces_only_on_new_shapes() -> 
     for a, b, lp in zip(datum.gradients, builtin.gradients, lps, strict=True):
         assert a.shape == lp.shape == (len(lp), 3)
         np.testing.assert_allclose(a, b, rtol=1e-6)
+
+
+def test_ragged_stream_compiles_once_per_bucket() -> None:
+    rng = np.random.default_rng(3)
+    bucketing = Bucketing()
+    buckets: set[tuple[int, int]] = set()
+    before = trace_count()
+    for step in range(40):
+        inputs, lps = stream_batch(rng)
+        # specs rebuilt every step with new weights and parameter values: still one program
+        regs = [
+            R.l1(weight=0.01 * step, center=-0.1 * step, name="l1"),
+            R.sequence_variance(weight=float(step)),
+        ]
+        result = compute_custom_loss(
+            inputs,
+            lps,
+            "ppo",
+            regularizers=regs,
+            loss_fn_config={"clip_low_threshold": 0.5 + 0.01 * step},
+        )
+        assert np.isfinite(result.loss_total)
+        batch = pack_inputs(inputs, lps, dtype=np.float32, bucketing=bucketing).batch
+        buckets.add((batch.mask.shape[0], batch.seq_valid.shape[0]))
+    assert 1 < len(buckets) <= 8
+    assert trace_count() - before == len(buckets)
+
+
+def test_weight_and_param_sweep_never_retraces() -> None:
+    rng = np.random.default_rng(4)
+    inputs, lps = stream_batch(rng)
+    regs = [R.l2(weight=1.0, center=0.0), R.entropy(weight=-0.1)]
+    compute_custom_loss(
+        inputs, lps, "importance_sampling", regularizers=regs, track_grad_norms=True
+    )
+    before = trace_count()
+    values = []
+    for w in np.linspace(-1.0, 1.0, 8):
+        swept = [regs[0].with_weight(float(w)).with_params(center=float(w)), regs[1]]
+        result = compute_custom_loss(
+            inputs, lps, "importance_sampling", regularizers=swept, track_grad_norms=True
+        )
+        values.append(result.regularizers["l2"].value)
+    assert trace_count() == before
+    assert len(set(values)) == 8  # the traced parameter really changed the value
