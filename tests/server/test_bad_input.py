@@ -36,7 +36,7 @@ def _state(server: ServerHandle, http: httpx.Client, model: str) -> tuple[Any, .
     backend = server.backend
     runs = http.get("/api/v1/training_runs", params={"limit": 1}).json()["cursor"]["total_count"]
     return (
-        len(backend.models()), len(backend.futures), server.scheduler.next_seq(model),
+        len(backend.models.records()), len(backend.futures), server.scheduler.next_seq(model),
         sum(server.scheduler.applied.values()), runs,
         len(http.get("/api/v1/checkpoints").json()["checkpoints"]),
         len(http.get("/api/v1/sessions", params={"limit": 1000}).json()["sessions"]),

@@ -233,9 +233,7 @@ def test_gspo_and_two_d_targets(http: httpx.Client, server: ServerHandle) -> Non
 def test_old_snapshot_samplers_are_evicted(
     http: httpx.Client, server: ServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import tinkjax.server._backend as backend_module
-
-    monkeypatch.setattr(backend_module, "MAX_SNAPSHOT_SAMPLERS", 1)
+    monkeypatch.setattr(server.backend.samplers, "max_snapshots", 1)
     session = new_session(http)
     model = new_model(http, session)
     ids = [

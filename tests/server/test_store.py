@@ -1,4 +1,4 @@
-"""CheckpointStore: round trips, pagination, atomic overwrite, restart, archives, concurrency."""
+"""Store: round trips, pagination, atomic overwrite, restart, archives, concurrency."""
 
 from __future__ import annotations
 
@@ -16,9 +16,9 @@ import pytest
 from tinkjax.errors import WireFormatError
 from tinkjax.server._archive import safe_members
 from tinkjax.server._store import (
-    CheckpointStore,
     DuplicateIdError,
     InvalidNameError,
+    Store,
     StoreError,
     UnknownCheckpointError,
     UnknownSamplerError,
@@ -39,12 +39,10 @@ MID = f"{SID}:train:0"
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Iterator[CheckpointStore]:
-    s = CheckpointStore(tmp_path)
-    s.add_session(SID, tags=["t"], user_metadata={"k": "v"}, sdk_version="0.38.0")
-    s.add_training_run(
-        MID, base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4, session_id=SID
-    )
+def store(tmp_path: Path) -> Iterator[Store]:
+    s = Store(tmp_path)
+    s.sessions.add(SID, tags=["t"], user_metadata={"k": "v"}, sdk_version="0.38.0")
+    s.runs.add(MID, base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4, session_id=SID)
     yield s
     s.close()
 
@@ -71,56 +69,61 @@ def _tar_contents(path: Path) -> dict[str, bytes]:
 # -- sessions ----------------------------------------------------------------------------------
 
 
-def test_session_round_trip_and_seqs(store: CheckpointStore) -> None:
-    store.add_sampler(f"{SID}:sample:0", base_model="tinkjax/bytelm-micro", session_id=SID)
-    got = store.get_session(SID)
+def test_session_round_trip_and_seqs(store: Store) -> None:
+    store.sessions.add_sampler(f"{SID}:sample:0", base_model="tinkjax/bytelm-micro", session_id=SID)
+    got = store.sessions.get(SID)
     assert got == GetSessionResponse(
         training_run_ids=[MID], sampler_ids=[f"{SID}:sample:0"], user_metadata={"k": "v"}
     )
-    assert [store.next_model_seq(SID) for _ in range(3)] == [0, 1, 2]
-    assert [store.next_sampler_seq(SID) for _ in range(2)] == [0, 1]
-    store.heartbeat(SID)
-    store.finish_session(SID, reason="success")
-    status = store.session_status(SID)
+    assert [store.sessions.next_model_seq(SID) for _ in range(3)] == [0, 1, 2]
+    assert [store.sessions.next_sampler_seq(SID) for _ in range(2)] == [0, 1]
+    store.sessions.heartbeat(SID)
+    store.sessions.finish(SID, reason="success")
+    status = store.sessions.status(SID)
     assert status["finish_reason"] == "success"
     assert isinstance(status["finished_at"], datetime)
     assert status["finished_at"].tzinfo is not None
 
 
-def test_unknown_session_errors_name_the_id(store: CheckpointStore) -> None:
-    for call in (store.heartbeat, store.finish_session, store.get_session, store.next_model_seq):
+def test_unknown_session_errors_name_the_id(store: Store) -> None:
+    for call in (
+        store.sessions.heartbeat,
+        store.sessions.finish,
+        store.sessions.get,
+        store.sessions.next_model_seq,
+    ):
         with pytest.raises(UnknownSessionError, match="nope") as info:
             call("nope")
         assert isinstance(info.value, KeyError)
         assert isinstance(info.value, StoreError)
         assert str(info.value) == "unknown session_id 'nope'"
     with pytest.raises(UnknownSessionError):
-        store.add_training_run(
+        store.runs.add(
             "x:train:0", base_model="b", is_lora=False, lora_rank=None, session_id="nope"
         )
     with pytest.raises(DuplicateIdError, match="session_id"):
-        store.add_session(SID, tags=[], user_metadata=None, sdk_version="x")
+        store.sessions.add(SID, tags=[], user_metadata=None, sdk_version="x")
 
 
 def test_list_sessions_pagination(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    s = CheckpointStore(tmp_path)
+    s = Store(tmp_path)
     request.addfinalizer(s.close)
     ids = [f"s{i}" for i in range(5)]
     for sid in ids:
-        s.add_session(sid, tags=[], user_metadata=None, sdk_version="x")
-    assert s.list_sessions(limit=2).sessions == ["s4", "s3"]
-    assert s.list_sessions(limit=2, offset=2).sessions == ["s2", "s1"]
-    assert s.list_sessions(limit=10, offset=4).sessions == ["s0"]
+        s.sessions.add(sid, tags=[], user_metadata=None, sdk_version="x")
+    assert s.sessions.page(limit=2).sessions == ["s4", "s3"]
+    assert s.sessions.page(limit=2, offset=2).sessions == ["s2", "s1"]
+    assert s.sessions.page(limit=10, offset=4).sessions == ["s0"]
     with pytest.raises(InvalidNameError, match="limit"):
-        s.list_sessions(limit=-1)
+        s.sessions.page(limit=-1)
 
 
 # -- training runs -----------------------------------------------------------------------------
 
 
-def test_training_runs_round_trip_and_pagination(store: CheckpointStore) -> None:
+def test_training_runs_round_trip_and_pagination(store: Store) -> None:
     for i in range(1, 5):
-        store.add_training_run(
+        store.runs.add(
             f"{SID}:train:{i}",
             base_model="b",
             is_lora=False,
@@ -128,7 +131,7 @@ def test_training_runs_round_trip_and_pagination(store: CheckpointStore) -> None
             session_id=SID,
             user_metadata={"i": str(i)},
         )
-    run = store.get_training_run(MID)
+    run = store.runs.get(MID)
     assert isinstance(run, TrainingRun)
     assert (run.training_run_id, run.base_model, run.is_lora, run.lora_rank) == (
         MID,
@@ -138,18 +141,18 @@ def test_training_runs_round_trip_and_pagination(store: CheckpointStore) -> None
     )
     assert run.last_checkpoint is None
     assert run.last_sampler_checkpoint is None
-    page = store.list_training_runs(limit=2, offset=1)
+    page = store.runs.page(limit=2, offset=1)
     assert isinstance(page, TrainingRunsResponse)
     assert [r.training_run_id for r in page.training_runs] == [f"{SID}:train:3", f"{SID}:train:2"]
     assert (page.cursor.offset, page.cursor.limit, page.cursor.total_count) == (1, 2, 5)
     assert page.training_runs[0].user_metadata == {"i": "3"}
-    before = store.get_training_run(MID).last_request_time
-    store.touch_training_run(MID)
-    assert store.get_training_run(MID).last_request_time >= before
+    before = store.runs.get(MID).last_request_time
+    store.runs.touch(MID)
+    assert store.runs.get(MID).last_request_time >= before
     with pytest.raises(UnknownTrainingRunError, match="missing"):
-        store.get_training_run("missing")
+        store.runs.get("missing")
     with pytest.raises(DuplicateIdError):
-        store.add_training_run(MID, base_model="b", is_lora=False, lora_rank=None, session_id=None)
+        store.runs.add(MID, base_model="b", is_lora=False, lora_rank=None, session_id=None)
     # The wire encoding carries ISO 8601 datetimes.
     wire = msgspec.json.decode(msgspec.json.encode(page))
     datetime.fromisoformat(wire["training_runs"][0]["last_request_time"])
@@ -158,8 +161,8 @@ def test_training_runs_round_trip_and_pagination(store: CheckpointStore) -> None
 # -- checkpoints -------------------------------------------------------------------------------
 
 
-def test_save_list_load_round_trip(store: CheckpointStore) -> None:
-    ck = store.save_checkpoint(
+def test_save_list_load_round_trip(store: Store) -> None:
+    ck = store.checkpoints.save(
         MID, "weights", "step-1", _files(b"a"), meta={"step": 1}, user_metadata={"note": "x"}
     )
     assert isinstance(ck, Checkpoint)
@@ -168,55 +171,55 @@ def test_save_list_load_round_trip(store: CheckpointStore) -> None:
     assert ck.tinker_path == f"tinker://{MID}/weights/step-1"
     assert ck.size_bytes == sum(len(v) for v in _files(b"a").values())
     assert ck.user_metadata == {"note": "x"}
-    sck = store.save_checkpoint(MID, "sampler_weights", "s1", {"a.bin": b"123"}, meta={})
+    sck = store.checkpoints.save(MID, "sampler_weights", "s1", {"a.bin": b"123"}, meta={})
     assert sck.checkpoint_type == "sampler"
     assert sck.tinker_path == f"tinker://{MID}/sampler_weights/s1"
 
-    folder, meta = store.checkpoint_dir(ck.tinker_path)
+    folder, meta = store.checkpoints.folder(ck.tinker_path)
     assert meta == {"step": 1}
     assert {
         p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()
     } == _files(b"a")
     assert ":" not in folder.relative_to(store.data_dir).as_posix()
 
-    listed = store.list_checkpoints(MID)
+    listed = store.checkpoints.of_run(MID)
     assert isinstance(listed, CheckpointsListResponse)
     assert [c.checkpoint_id for c in listed.checkpoints] == ["weights/step-1", "sampler_weights/s1"]
-    run = store.get_training_run(MID)
+    run = store.runs.get(MID)
     assert run.last_checkpoint == ck
     assert run.last_sampler_checkpoint == sck
-    assert store.get_checkpoint(MID, "sampler_weights/s1") == sck
+    assert store.checkpoints.get(MID, "sampler_weights/s1") == sck
     with pytest.raises(UnknownTrainingRunError):
-        store.list_checkpoints("nope:train:0")
+        store.checkpoints.of_run("nope:train:0")
     with pytest.raises(UnknownTrainingRunError):
-        store.save_checkpoint("nope:train:0", "weights", "a", {"f": b""}, meta={})
+        store.checkpoints.save("nope:train:0", "weights", "a", {"f": b""}, meta={})
 
 
-def test_user_checkpoints_pagination(store: CheckpointStore) -> None:
+def test_user_checkpoints_pagination(store: Store) -> None:
     for i in range(5):
-        store.save_checkpoint(MID, "weights", f"c{i}", {"f": b"x"}, meta={})
-    page = store.list_user_checkpoints(limit=2, offset=1)
+        store.checkpoints.save(MID, "weights", f"c{i}", {"f": b"x"}, meta={})
+    page = store.checkpoints.page(limit=2, offset=1)
     assert [c.checkpoint_id for c in page.checkpoints] == ["weights/c3", "weights/c2"]
     assert page.cursor is not None
     assert (page.cursor.offset, page.cursor.limit, page.cursor.total_count) == (1, 2, 5)
 
 
-def test_overwrite_replaces_atomically(store: CheckpointStore) -> None:
-    first = store.save_checkpoint(
+def test_overwrite_replaces_atomically(store: Store) -> None:
+    first = store.checkpoints.save(
         MID, "weights", "w", {"old.bin": b"1", "same": b"1"}, meta={"v": 1}
     )
-    arch1 = store.archive_path(MID, "weights/w")
-    second = store.save_checkpoint(MID, "weights", "w", {"same": b"22"}, meta={"v": 2})
-    folder, meta = store.checkpoint_dir(second.tinker_path)
+    arch1 = store.checkpoints.archive_path(MID, "weights/w")
+    second = store.checkpoints.save(MID, "weights", "w", {"same": b"22"}, meta={"v": 2})
+    folder, meta = store.checkpoints.folder(second.tinker_path)
     assert meta == {"v": 2}
     assert sorted(p.name for p in folder.iterdir()) == ["same"]
     assert (folder / "same").read_bytes() == b"22"
     assert second.size_bytes == 2
     assert first.size_bytes == 2
-    assert [c.checkpoint_id for c in store.list_checkpoints(MID).checkpoints] == ["weights/w"]
+    assert [c.checkpoint_id for c in store.checkpoints.of_run(MID).checkpoints] == ["weights/w"]
     # No temp or old folders are left next to it; the cached archive was rebuilt.
     assert sorted(p.name for p in folder.parent.iterdir()) == ["w"]
-    arch2 = store.archive_path(MID, "weights/w")
+    arch2 = store.checkpoints.archive_path(MID, "weights/w")
     assert arch2 != arch1
     assert not arch1.exists()
     assert _tar_contents(arch2) == {"same": b"22"}
@@ -225,68 +228,68 @@ def test_overwrite_replaces_atomically(store: CheckpointStore) -> None:
 @pytest.mark.parametrize(
     "name", ["", "..", "a/b", "../x", "a..b", ".hidden", "sp ace", "x" * 201, "é", "a\\b"]
 )
-def test_invalid_names_rejected(store: CheckpointStore, name: str) -> None:
+def test_invalid_names_rejected(store: Store, name: str) -> None:
     with pytest.raises(InvalidNameError, match="name") as info:
-        store.save_checkpoint(MID, "weights", name, {"f": b""}, meta={})
+        store.checkpoints.save(MID, "weights", name, {"f": b""}, meta={})
     assert isinstance(info.value, ValueError)
     assert isinstance(info.value, WireFormatError)
     assert info.value.field == "name"
     assert info.value.value == name
 
 
-def test_invalid_kind_and_file_names_rejected(store: CheckpointStore) -> None:
+def test_invalid_kind_and_file_names_rejected(store: Store) -> None:
     with pytest.raises(InvalidNameError, match="kind"):
-        store.save_checkpoint(MID, "external_weights", "a", {"f": b""}, meta={})  # type: ignore[arg-type]
+        store.checkpoints.save(MID, "external_weights", "a", {"f": b""}, meta={})  # type: ignore[arg-type]
     for bad in ("../evil", "/abs", "a//b", "sub/../x"):
         with pytest.raises(InvalidNameError, match="files"):
-            store.save_checkpoint(MID, "weights", "a", {bad: b""}, meta={})
+            store.checkpoints.save(MID, "weights", "a", {bad: b""}, meta={})
     with pytest.raises(InvalidNameError, match="which is a file"):
-        store.save_checkpoint(MID, "weights", "a", {"d": b"", "d/x": b""}, meta={})
+        store.checkpoints.save(MID, "weights", "a", {"d": b"", "d/x": b""}, meta={})
     with pytest.raises(InvalidNameError, match="not bytes"):
-        store.save_checkpoint(MID, "weights", "a", {"d": "text"}, meta={})  # type: ignore[dict-item]
+        store.checkpoints.save(MID, "weights", "a", {"d": "text"}, meta={})  # type: ignore[dict-item]
     with pytest.raises(InvalidNameError, match="checkpoint_id"):
-        store.delete_checkpoint(MID, "weights")
-    assert store.list_checkpoints(MID).checkpoints == []
+        store.checkpoints.delete(MID, "weights")
+    assert store.checkpoints.of_run(MID).checkpoints == []
 
 
-def test_tinker_paths_with_colons(store: CheckpointStore) -> None:
-    store.save_checkpoint(MID, "sampler_weights", "final", {"f": b"z"}, meta={})
-    folder, _ = store.checkpoint_dir(f"tinker://{MID}/sampler_weights/final")
+def test_tinker_paths_with_colons(store: Store) -> None:
+    store.checkpoints.save(MID, "sampler_weights", "final", {"f": b"z"}, meta={})
+    folder, _ = store.checkpoints.folder(f"tinker://{MID}/sampler_weights/final")
     assert (folder / "f").read_bytes() == b"z"
     with pytest.raises(UnknownCheckpointError, match=r"tinker://.*:train:0/weights/final"):
-        store.checkpoint_dir(f"tinker://{MID}/weights/final")
+        store.checkpoints.folder(f"tinker://{MID}/weights/final")
     with pytest.raises(UnknownCheckpointError):
-        store.checkpoint_dir(f"tinker://{SID}:train:1/sampler_weights/final")
+        store.checkpoints.folder(f"tinker://{SID}:train:1/sampler_weights/final")
     with pytest.raises(UnknownCheckpointError):
-        store.checkpoint_dir(f"tinker://{MID}/external_weights/final")
+        store.checkpoints.folder(f"tinker://{MID}/external_weights/final")
     for bad in ("http://x/weights/a", f"tinker://{MID}/weights", f"tinker://{MID}/bogus/a"):
         with pytest.raises(WireFormatError, match="tinker_path"):
-            store.checkpoint_dir(bad)
+            store.checkpoints.folder(bad)
 
 
-def test_delete(store: CheckpointStore) -> None:
-    ck = store.save_checkpoint(MID, "weights", "d", {"f": b"1"}, meta={})
-    folder, _ = store.checkpoint_dir(ck.tinker_path)
-    arch = store.archive_path(MID, "weights/d")
-    store.delete_checkpoint(MID, "weights/d")
+def test_delete(store: Store) -> None:
+    ck = store.checkpoints.save(MID, "weights", "d", {"f": b"1"}, meta={})
+    folder, _ = store.checkpoints.folder(ck.tinker_path)
+    arch = store.checkpoints.archive_path(MID, "weights/d")
+    store.checkpoints.delete(MID, "weights/d")
     assert not folder.exists()
     assert not arch.exists()
-    assert store.list_checkpoints(MID).checkpoints == []
-    assert store.get_training_run(MID).last_checkpoint is None
+    assert store.checkpoints.of_run(MID).checkpoints == []
+    assert store.runs.get(MID).last_checkpoint is None
     with pytest.raises(UnknownCheckpointError, match="weights/d") as info:
-        store.delete_checkpoint(MID, "weights/d")
+        store.checkpoints.delete(MID, "weights/d")
     assert isinstance(info.value, KeyError)
     with pytest.raises(UnknownCheckpointError):
-        store.checkpoint_dir(ck.tinker_path)
+        store.checkpoints.folder(ck.tinker_path)
 
 
-def test_archive_contents_and_safety(store: CheckpointStore) -> None:
-    store.save_checkpoint(MID, "sampler_weights", "s", _files(b"q"), meta={})
-    path = store.archive_path(MID, "sampler_weights/s")
+def test_archive_contents_and_safety(store: Store) -> None:
+    store.checkpoints.save(MID, "sampler_weights", "s", _files(b"q"), meta={})
+    path = store.checkpoints.archive_path(MID, "sampler_weights/s")
     assert path.name.endswith(".tar.gz")
-    assert store.archive_path(MID, "sampler_weights/s") == path  # cached
+    assert store.checkpoints.archive_path(MID, "sampler_weights/s") == path  # cached
     mtime = path.stat().st_mtime_ns
-    assert store.archive_path(MID, "sampler_weights/s").stat().st_mtime_ns == mtime
+    assert store.checkpoints.archive_path(MID, "sampler_weights/s").stat().st_mtime_ns == mtime
     assert _tar_contents(path) == _files(b"q")
     with tarfile.open(path, "r:gz") as tar:
         for m in tar.getmembers():
@@ -295,7 +298,7 @@ def test_archive_contents_and_safety(store: CheckpointStore) -> None:
             assert m.isfile()
             assert m.uid == 0
     with pytest.raises(UnknownCheckpointError):
-        store.archive_path(MID, "weights/none")
+        store.checkpoints.archive_path(MID, "weights/none")
 
 
 def test_safe_members_rejects_unsafe_archives() -> None:
@@ -313,11 +316,11 @@ def test_safe_members_rejects_unsafe_archives() -> None:
             safe_members(tar)
 
 
-def test_weights_info(store: CheckpointStore) -> None:
-    store.save_checkpoint(MID, "weights", "a", {"f": b""}, meta={})
-    info = store.weights_info(f"tinker://{MID}/weights/a")
+def test_weights_info(store: Store) -> None:
+    store.checkpoints.save(MID, "weights", "a", {"f": b""}, meta={})
+    info = store.checkpoints.weights_info(f"tinker://{MID}/weights/a")
     assert info == WeightsInfoResponse(base_model="tinkjax/bytelm-micro", is_lora=True, lora_rank=4)
-    store.save_checkpoint(
+    store.checkpoints.save(
         MID,
         "sampler_weights",
         "b",
@@ -329,42 +332,42 @@ def test_weights_info(store: CheckpointStore) -> None:
             "optimizer_config": {"type": "adamw"},
         },
     )
-    info = store.weights_info(f"tinker://{MID}/sampler_weights/b")
+    info = store.checkpoints.weights_info(f"tinker://{MID}/sampler_weights/b")
     assert (info.train_mlp, info.train_attn, info.lora_rank) == (False, True, 4)
     with pytest.raises(UnknownCheckpointError):
-        store.weights_info(f"tinker://{MID}/weights/zzz")
+        store.checkpoints.weights_info(f"tinker://{MID}/weights/zzz")
 
 
 # -- restart -----------------------------------------------------------------------------------
 
 
-def test_restart_sees_everything(store: CheckpointStore, request: pytest.FixtureRequest) -> None:
-    ck = store.save_checkpoint(MID, "weights", "keep", _files(b"r"), meta={"m": [1, 2]})
-    store.save_checkpoint(MID, "sampler_weights", "gone", {"f": b"1"}, meta={})
-    store.delete_checkpoint(MID, "sampler_weights/gone")
-    store.add_sampler("smp", base_model="b", model_path=ck.tinker_path, session_id=SID)
-    store.add_telemetry(SID, [{"event": "SESSION_START", "event_id": "e1"}])
-    assert store.next_model_seq(SID) == 0
-    runs = store.list_training_runs()
+def test_restart_sees_everything(store: Store, request: pytest.FixtureRequest) -> None:
+    ck = store.checkpoints.save(MID, "weights", "keep", _files(b"r"), meta={"m": [1, 2]})
+    store.checkpoints.save(MID, "sampler_weights", "gone", {"f": b"1"}, meta={})
+    store.checkpoints.delete(MID, "sampler_weights/gone")
+    store.sessions.add_sampler("smp", base_model="b", model_path=ck.tinker_path, session_id=SID)
+    store.telemetry.add(SID, [{"event": "SESSION_START", "event_id": "e1"}])
+    assert store.sessions.next_model_seq(SID) == 0
+    runs = store.runs.page()
     store.close()
 
-    again = CheckpointStore(store.data_dir)
+    again = Store(store.data_dir)
     request.addfinalizer(again.close)
-    assert again.list_training_runs() == runs
-    assert again.list_checkpoints(MID).checkpoints == [ck]
-    folder, meta = again.checkpoint_dir(ck.tinker_path)
+    assert again.runs.page() == runs
+    assert again.checkpoints.of_run(MID).checkpoints == [ck]
+    folder, meta = again.checkpoints.folder(ck.tinker_path)
     assert meta == {"m": [1, 2]}
     assert (folder / "optim" / "state.bin").read_bytes() == b"rrr"
-    assert again.get_sampler("smp").model_path == ck.tinker_path
-    assert again.get_session(SID).sampler_ids == ["smp"]
-    assert again.next_model_seq(SID) == 1
-    assert [e["event_id"] for e in again.query_telemetry(session_id=SID)] == ["e1"]
-    assert _tar_contents(again.archive_path(MID, "weights/keep")) == _files(b"r")
+    assert again.sessions.get_sampler("smp").model_path == ck.tinker_path
+    assert again.sessions.get(SID).sampler_ids == ["smp"]
+    assert again.sessions.next_model_seq(SID) == 1
+    assert [e["event_id"] for e in again.telemetry.query(session_id=SID)] == ["e1"]
+    assert _tar_contents(again.checkpoints.archive_path(MID, "weights/keep")) == _files(b"r")
 
 
-def test_restart_repairs_interrupted_writes(store: CheckpointStore) -> None:
-    store.save_checkpoint(MID, "weights", "w", {"f": b"new"}, meta={})
-    folder, _ = store.checkpoint_dir(f"tinker://{MID}/weights/w")
+def test_restart_repairs_interrupted_writes(store: Store) -> None:
+    store.checkpoints.save(MID, "weights", "w", {"f": b"new"}, meta={})
+    folder, _ = store.checkpoints.folder(f"tinker://{MID}/weights/w")
     kdir = folder.parent
     store.close()
     # A crash mid-overwrite: the committed folder was moved aside, a temp folder half written.
@@ -372,32 +375,32 @@ def test_restart_repairs_interrupted_writes(store: CheckpointStore) -> None:
     (kdir / ".tmp-w-cafe").mkdir()
     (kdir / ".tmp-w-cafe" / "f").write_bytes(b"torn")
     (kdir / "orphan").mkdir()  # renamed into place, but the row was never committed
-    with CheckpointStore(store.data_dir) as again:
+    with Store(store.data_dir) as again:
         assert sorted(p.name for p in kdir.iterdir()) == ["w"]
-        folder2, _ = again.checkpoint_dir(f"tinker://{MID}/weights/w")
+        folder2, _ = again.checkpoints.folder(f"tinker://{MID}/weights/w")
         assert (folder2 / "f").read_bytes() == b"new"
 
 
 # -- samplers and telemetry --------------------------------------------------------------------
 
 
-def test_samplers(store: CheckpointStore) -> None:
-    a = store.add_sampler("s:a", base_model="b", session_id=SID)
-    store.add_sampler(
+def test_samplers(store: Store) -> None:
+    a = store.sessions.add_sampler("s:a", base_model="b", session_id=SID)
+    store.sessions.add_sampler(
         "s:b", base_model="b", model_path="tinker://m/sampler_weights/x", session_id=SID
     )
-    assert store.get_sampler("s:a") == a
-    assert [s.sampler_id for s in store.list_samplers(SID)] == ["s:a", "s:b"]
+    assert store.sessions.get_sampler("s:a") == a
+    assert [s.sampler_id for s in store.sessions.samplers(SID)] == ["s:a", "s:b"]
     with pytest.raises(UnknownSamplerError, match="s:z"):
-        store.get_sampler("s:z")
+        store.sessions.get_sampler("s:z")
     with pytest.raises(DuplicateIdError, match="sampler_id"):
-        store.add_sampler("s:a", base_model="b", session_id=None)
+        store.sessions.add_sampler("s:a", base_model="b", session_id=None)
 
 
 def test_telemetry_kept_and_queryable(tmp_path: Path, request: pytest.FixtureRequest) -> None:
-    s = CheckpointStore(tmp_path, max_telemetry_events=5)
+    s = Store(tmp_path, max_telemetry_events=5)
     request.addfinalizer(s.close)
-    s.add_telemetry(
+    s.telemetry.add(
         "s1",
         [
             {"event": "SESSION_START", "event_id": "1"},
@@ -409,10 +412,10 @@ def test_telemetry_kept_and_queryable(tmp_path: Path, request: pytest.FixtureReq
             },
         ],
     )
-    s.add_telemetry(None, [{"event": "GENERIC_EVENT", "event_id": "3", "event_name": "x"}])
-    assert [e["event_id"] for e in s.query_telemetry()] == ["1", "2", "3"]
-    assert [e["event_id"] for e in s.query_telemetry(session_id="s1")] == ["1", "2"]
-    got = s.query_telemetry(event_name="user_error")
+    s.telemetry.add(None, [{"event": "GENERIC_EVENT", "event_id": "3", "event_name": "x"}])
+    assert [e["event_id"] for e in s.telemetry.query()] == ["1", "2", "3"]
+    assert [e["event_id"] for e in s.telemetry.query(session_id="s1")] == ["1", "2"]
+    got = s.telemetry.query(event_name="user_error")
     assert got == [
         {
             "event": "GENERIC_EVENT",
@@ -422,41 +425,41 @@ def test_telemetry_kept_and_queryable(tmp_path: Path, request: pytest.FixtureReq
             "session_id": "s1",
         }
     ]
-    assert [e["event_id"] for e in s.query_telemetry(event_name="SESSION_START")] == ["1"]
-    assert [e["event_id"] for e in s.query_telemetry(limit=2)] == ["2", "3"]
-    s.add_telemetry("s2", [{"event": "SESSION_START", "event_id": str(i)} for i in range(4, 10)])
-    assert [e["event_id"] for e in s.query_telemetry(limit=100)] == ["5", "6", "7", "8", "9"]
+    assert [e["event_id"] for e in s.telemetry.query(event_name="SESSION_START")] == ["1"]
+    assert [e["event_id"] for e in s.telemetry.query(limit=2)] == ["2", "3"]
+    s.telemetry.add("s2", [{"event": "SESSION_START", "event_id": str(i)} for i in range(4, 10)])
+    assert [e["event_id"] for e in s.telemetry.query(limit=100)] == ["5", "6", "7", "8", "9"]
 
 
 # -- concurrency -------------------------------------------------------------------------------
 
 
-def test_concurrent_saves_and_reads(store: CheckpointStore) -> None:
+def test_concurrent_saves_and_reads(store: Store) -> None:
     errors: list[BaseException] = []
     stop = threading.Event()
 
     def writer(w: int) -> None:
         try:
             for i in range(15):
-                store.save_checkpoint(
+                store.checkpoints.save(
                     MID, "weights", f"w{w}-{i % 3}", {"f": bytes([i]) * 100}, meta={"i": i}
                 )
-                store.touch_training_run(MID)
-                store.add_telemetry(SID, [{"event": "GENERIC_EVENT", "event_id": f"{w}-{i}"}])
+                store.runs.touch(MID)
+                store.telemetry.add(SID, [{"event": "GENERIC_EVENT", "event_id": f"{w}-{i}"}])
         except BaseException as exc:
             errors.append(exc)
 
     def reader() -> None:
         try:
             while not stop.is_set():
-                for ck in store.list_checkpoints(MID).checkpoints:
+                for ck in store.checkpoints.of_run(MID).checkpoints:
                     try:
-                        store.archive_path(MID, ck.checkpoint_id)
-                        store.checkpoint_dir(ck.tinker_path)
+                        store.checkpoints.archive_path(MID, ck.checkpoint_id)
+                        store.checkpoints.folder(ck.tinker_path)
                     except UnknownCheckpointError:
                         pass  # deleted meanwhile
-                store.list_user_checkpoints()
-                store.get_training_run(MID)
+                store.checkpoints.page()
+                store.runs.get(MID)
         except BaseException as exc:
             errors.append(exc)
 
@@ -464,7 +467,7 @@ def test_concurrent_saves_and_reads(store: CheckpointStore) -> None:
         try:
             for _ in range(10):
                 with contextlib.suppress(UnknownCheckpointError):
-                    store.delete_checkpoint(MID, "weights/w0-0")
+                    store.checkpoints.delete(MID, "weights/w0-0")
         except BaseException as exc:
             errors.append(exc)
 
@@ -480,49 +483,49 @@ def test_concurrent_saves_and_reads(store: CheckpointStore) -> None:
     for t in others:
         t.join()
     assert errors == []
-    names = {c.checkpoint_id for c in store.list_checkpoints(MID).checkpoints}
+    names = {c.checkpoint_id for c in store.checkpoints.of_run(MID).checkpoints}
     assert {f"weights/w{w}-{i}" for w in (1, 2) for i in range(3)} <= names
-    for ck in store.list_checkpoints(MID).checkpoints:
-        folder, meta = store.checkpoint_dir(ck.tinker_path)
+    for ck in store.checkpoints.of_run(MID).checkpoints:
+        folder, meta = store.checkpoints.folder(ck.tinker_path)
         # Each folder holds exactly the bytes of the save its row describes.
         assert (folder / "f").read_bytes() == bytes([meta["i"]]) * 100
-        assert _tar_contents(store.archive_path(MID, ck.checkpoint_id)) == {
+        assert _tar_contents(store.checkpoints.archive_path(MID, ck.checkpoint_id)) == {
             "f": bytes([meta["i"]]) * 100
         }
-    assert len(store.query_telemetry(session_id=SID, limit=1000)) == 45
+    assert len(store.telemetry.query(session_id=SID, limit=1000)) == 45
 
 
-def test_read_checkpoint_publish_ttl_and_purge(store: CheckpointStore) -> None:
-    ck = store.save_checkpoint(MID, "weights", "t", _files(b"p"), meta={"x": 1}, ttl_seconds=3600)
+def test_read_checkpoint_publish_ttl_and_purge(store: Store) -> None:
+    ck = store.checkpoints.save(MID, "weights", "t", _files(b"p"), meta={"x": 1}, ttl_seconds=3600)
     assert ck.expires_at is not None
     assert 3590 < (ck.expires_at - ck.time).total_seconds() <= 3600
-    files, meta = store.read_checkpoint(ck.tinker_path)
+    files, meta = store.checkpoints.read(ck.tinker_path)
     assert files == _files(b"p")
     assert meta == {"x": 1}
-    store.set_checkpoint_public(MID, "weights/t", True)
-    assert store.get_checkpoint(MID, "weights/t").public is True
-    store.save_checkpoint(MID, "weights", "keep", {"f": b""}, meta={})
-    assert store.purge_expired() == []
-    store.set_checkpoint_ttl(MID, "weights/t", 0)
-    assert store.purge_expired() == [ck.tinker_path]
-    assert [c.checkpoint_id for c in store.list_checkpoints(MID).checkpoints] == ["weights/keep"]
-    store.set_checkpoint_ttl(MID, "weights/keep", None)
-    assert store.get_checkpoint(MID, "weights/keep").expires_at is None
+    store.checkpoints.set_public(MID, "weights/t", True)
+    assert store.checkpoints.get(MID, "weights/t").public is True
+    store.checkpoints.save(MID, "weights", "keep", {"f": b""}, meta={})
+    assert store.checkpoints.purge_expired() == []
+    store.checkpoints.set_ttl(MID, "weights/t", 0)
+    assert store.checkpoints.purge_expired() == [ck.tinker_path]
+    assert [c.checkpoint_id for c in store.checkpoints.of_run(MID).checkpoints] == ["weights/keep"]
+    store.checkpoints.set_ttl(MID, "weights/keep", None)
+    assert store.checkpoints.get(MID, "weights/keep").expires_at is None
     with pytest.raises(InvalidNameError, match="ttl_seconds"):
-        store.set_checkpoint_ttl(MID, "weights/keep", -5)
+        store.checkpoints.set_ttl(MID, "weights/keep", -5)
     with pytest.raises(UnknownCheckpointError):
-        store.set_checkpoint_public(MID, "weights/t", False)
+        store.checkpoints.set_public(MID, "weights/t", False)
 
 
-def test_touch_is_visible_at_once_and_persisted_on_close(store: CheckpointStore) -> None:
-    store.touch_training_run(MID)  # written
-    first = store.get_training_run(MID).last_request_time
-    store.touch_training_run(MID)  # within a second: kept in memory
-    second = store.get_training_run(MID).last_request_time
+def test_touch_is_visible_at_once_and_persisted_on_close(store: Store) -> None:
+    store.runs.touch(MID)  # written
+    first = store.runs.get(MID).last_request_time
+    store.runs.touch(MID)  # within a second: kept in memory
+    second = store.runs.get(MID).last_request_time
     assert second >= first
     store.close()
     store.close()  # idempotent
-    with CheckpointStore(store.data_dir) as again:
-        assert again.get_training_run(MID).last_request_time == second
+    with Store(store.data_dir) as again:
+        assert again.runs.get(MID).last_request_time == second
         with pytest.raises(UnknownTrainingRunError):
-            again.touch_training_run("nope")
+            again.runs.touch("nope")

@@ -1,9 +1,11 @@
 """Byte-level decoder models with multi-LoRA: the numerical core of the local backend."""
 
+from tinkjax.models._batching import validate_datum
 from tinkjax.models._config import DEFAULT_MODEL, PRESETS, ModelConfig, get_model_config
 from tinkjax.models._runtime import ModelRuntime, trace_counts
-from tinkjax.models._tokenizer import ByteTokenizer
+from tinkjax.models._tokenizer import EOS_TOKEN_ID, ByteTokenizer
 from tinkjax.models._types import (
+    ADAM_KEYS,
     LORA_ALPHA,
     AdamHyper,
     AdapterInfo,
@@ -15,10 +17,13 @@ from tinkjax.models._types import (
     SampleJob,
     SampleOutput,
     UnknownAdapterError,
+    ValidDatum,
 )
 
 __all__ = [
+    "ADAM_KEYS",
     "DEFAULT_MODEL",
+    "EOS_TOKEN_ID",
     "LORA_ALPHA",
     "PRESETS",
     "AdamHyper",
@@ -34,6 +39,8 @@ __all__ = [
     "SampleOutput",
     "SampledArrays",
     "UnknownAdapterError",
+    "ValidDatum",
     "get_model_config",
     "trace_counts",
+    "validate_datum",
 ]

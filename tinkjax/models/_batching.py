@@ -13,11 +13,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from tinkjax.losses import get_loss_definition
-from tinkjax.models._types import DatumArrays
+from tinkjax.models._types import DatumArrays, ValidDatum
 
 __all__ = [
     "PackedBatch",
-    "ValidDatum",
     "bucket_length",
     "bucket_pow2",
     "pack_rows",
@@ -43,17 +42,6 @@ def bucket_rows(n: int) -> int:
 def bucket_length(n: int) -> int:
     """Smallest ``32 * 2**j >= n``."""
     return max(MIN_LENGTH_BUCKET, bucket_pow2(n))
-
-
-@dataclass(frozen=True)
-class ValidDatum:
-    """A checked datum: ``tokens [N]`` int32, ``targets [N, K]`` int32, ``inputs`` wire key ->
-    ``[N, K]`` float, and whether the targets were 1-D (``K`` squeezed on output)."""
-
-    tokens: np.ndarray
-    targets: np.ndarray
-    inputs: dict[str, np.ndarray]
-    one_dim: bool
 
 
 def _check_tokens(values: np.ndarray, field: str, vocab: int) -> np.ndarray:

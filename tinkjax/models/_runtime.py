@@ -27,7 +27,6 @@ from tinkjax.losses import LOSS_SUM_METRIC, get_loss_definition, resolve_loss_co
 from tinkjax.models._adapters import TARGETS, target_shape, trained_targets
 from tinkjax.models._batching import (
     MAX_TOKENS_PER_BATCH,
-    ValidDatum,
     bucket_length,
     bucket_pow2,
     pack_rows,
@@ -54,14 +53,14 @@ from tinkjax.models._types import (
     LORA_ALPHA,
     AdamHyper,
     AdapterInfo,
+    DatumArrays,
     FwdBwdItem,
     FwdBwdResult,
     UnknownAdapterError,
+    ValidDatum,
 )
 
 __all__ = ["ModelRuntime", "trace_counts"]
-
-_HYPER_KEYS = ("learning_rate", "beta1", "beta2", "eps", "weight_decay", "grad_clip_norm")
 
 
 class ModelRuntime(_StateMixin, _SamplingMixin):
@@ -254,11 +253,7 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
             slot = self._slot(item.adapter_id)
             config = self._resolve_config(item.loss_fn, item.loss_fn_config, f"items[{i}]")
             for j, datum in enumerate(item.datums):
-                valid = validate_datum(
-                    datum, where=f"items[{i}].datums[{j}]", loss_fn=item.loss_fn,
-                    vocab=self.config.vocab_size, max_len=self.config.max_seq_len,
-                    dtype=self._np_dtype,
-                )  # fmt: skip
+                valid = self._valid(datum, f"items[{i}].datums[{j}]", item.loss_fn)
                 groups.setdefault(item.loss_fn, []).append((valid, slot, config, i, j))
         outputs: list[list[dict[str, np.ndarray]]] = [[{} for _ in item.datums] for item in items]
         # loss:sum is summed from the runtime-precision losses (the outputs are float32 on the
@@ -284,6 +279,19 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
             FwdBwdResult(outputs=outputs[i], metrics={LOSS_SUM_METRIC: totals[i]})
             for i in range(len(items))
         ]
+
+    def _valid(self, datum: DatumArrays | ValidDatum, where: str, loss_fn: str) -> ValidDatum:
+        """``datum`` checked against this model; a :class:`ValidDatum` (checked by the caller,
+        e.g. the server at its edge) is trusted and only cast to the runtime's dtype."""
+        if isinstance(datum, ValidDatum):
+            if all(v.dtype == self._np_dtype for v in datum.inputs.values()):
+                return datum
+            inputs = {k: v.astype(self._np_dtype) for k, v in datum.inputs.items()}
+            return ValidDatum(datum.tokens, datum.targets, inputs, datum.one_dim)
+        return validate_datum(
+            datum, where=where, loss_fn=loss_fn, vocab=self.config.vocab_size,
+            max_len=self.config.max_seq_len, dtype=self._np_dtype,
+        )  # fmt: skip
 
     def _resolve_config(
         self, loss_fn: str, config: Mapping[str, float] | None, where: str
@@ -340,14 +348,8 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
             ``{"grad_norm:mean", "learning_rate:mean", "step:max"}``.
         """
         slot = self._slot(adapter_id)
-        hyper = {}
-        for key in _HYPER_KEYS:
-            value = getattr(params, key)
-            if not np.isfinite(value) or value < 0:
-                raise ValueError(f"adam_params.{key}: expected a finite value >= 0, got {value!r}")
-            hyper[key] = np.asarray(value, self._np_dtype)
-        if not params.beta1 < 1 or not params.beta2 < 1:
-            raise ValueError(f"adam_params: betas must be < 1, got {params.beta1}, {params.beta2}")
+        # AdamHyper checked its values when it was built.
+        hyper = {key: np.asarray(value, self._np_dtype) for key, value in params.as_dict().items()}
         self._stack, self._opt[adapter_id], stats = _optim_jit(
             self._stack, self._acc, self._opt[adapter_id], np.int32(slot), hyper
         )

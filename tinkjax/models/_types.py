@@ -6,6 +6,8 @@ the results back; the runtime's jitted cores see only arrays.
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
@@ -14,6 +16,7 @@ import jax
 import numpy as np
 
 __all__ = [
+    "ADAM_KEYS",
     "LORA_ALPHA",
     "AdamHyper",
     "AdapterInfo",
@@ -25,6 +28,7 @@ __all__ = [
     "SampleOutput",
     "SampledArrays",
     "UnknownAdapterError",
+    "ValidDatum",
 ]
 
 LORA_ALPHA = 32.0
@@ -87,11 +91,22 @@ class DatumArrays:
 
 
 @dataclass(frozen=True)
+class ValidDatum:
+    """A checked datum: ``tokens [N]`` int32, ``targets [N, K]`` int32, ``inputs`` wire key ->
+    ``[N, K]`` float, and whether the targets were 1-D (``K`` squeezed on output)."""
+
+    tokens: np.ndarray
+    targets: np.ndarray
+    inputs: dict[str, np.ndarray]
+    one_dim: bool
+
+
+@dataclass(frozen=True)
 class FwdBwdItem:
     """The datums of one ``forward``/``forward_backward`` request for one adapter."""
 
     adapter_id: str
-    datums: Sequence[DatumArrays]
+    datums: Sequence[DatumArrays | ValidDatum]
     loss_fn: str
     loss_fn_config: Mapping[str, float] = field(default_factory=dict)
 
@@ -115,6 +130,34 @@ class AdamHyper:
     eps: float = 1e-12
     weight_decay: float = 0.0
     grad_clip_norm: float = 0.0
+
+    def __post_init__(self) -> None:
+        """Checked once, here: a constructed ``AdamHyper`` is trusted by ``optim_step``.
+
+        Raises:
+            ValueError: naming ``adam_params.<field>`` and the value (not a finite number
+                ``>= 0``, or a beta ``>= 1``).
+        """
+        for key, value in self.as_dict().items():
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not math.isfinite(value)
+                or value < 0
+            ):
+                raise ValueError(f"adam_params.{key}: expected a finite number >= 0, got {value!r}")
+        for key in ("beta1", "beta2"):
+            if getattr(self, key) >= 1:
+                raise ValueError(f"adam_params.{key}: expected < 1, got {getattr(self, key)}")
+
+    def as_dict(self) -> dict[str, float]:
+        """``{name: value}`` in :data:`ADAM_KEYS` order."""
+        return {key: getattr(self, key) for key in ADAM_KEYS}
+
+
+#: The hyper-parameter names of :class:`AdamHyper` (Tinker's ``AdamParams`` fields), declared
+#: once by the dataclass.
+ADAM_KEYS: tuple[str, ...] = tuple(f.name for f in dataclasses.fields(AdamHyper))
 
 
 @dataclass(frozen=True)

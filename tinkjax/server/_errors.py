@@ -1,11 +1,27 @@
-"""HTTP errors of the local backend: every 4xx/5xx carries a JSON body naming the problem."""
+"""Errors of the local backend and how they are answered.
+
+Only errors the library raises on purpose blame the user::
+
+    ApiError                      its own status (400, 404, 405, 413, 415, ...)
+    store UnknownIdError          404 (an unknown session, run, checkpoint or sampler)
+    store StoreError, WireFormatError (malformed JSON/protobuf, bad names, bad paths)   400
+    anything else                 500: a bug in the server, logged with its traceback
+
+So a ``KeyError`` or ``TypeError`` escaping server code is answered 500 with a JSON body that
+says it is the server's fault, never a 4xx that blames the request. The same mapping gives a
+failed future its ``category`` (``user`` below 500, ``server`` otherwise).
+"""
 
 from __future__ import annotations
 
 import json
 from typing import Any
 
-__all__ = ["ApiError", "error_body", "status_of"]
+from tinkjax.errors import WireFormatError
+from tinkjax.server._futures import Category
+from tinkjax.server._store_errors import StoreError, UnknownIdError
+
+__all__ = ["ApiError", "category_of", "describe", "error_body", "status_of"]
 
 
 class ApiError(Exception):
@@ -28,49 +44,36 @@ class ApiError(Exception):
         self.extra = extra
 
 
-def bad_request(message: str, *, field: str | None = None) -> ApiError:
-    """A 400 error."""
-    return ApiError(400, message, field=field)
-
-
-def not_found(message: str, *, field: str | None = None) -> ApiError:
-    """A 404 error."""
-    return ApiError(404, message, field=field)
-
-
 def status_of(exc: BaseException) -> int:
-    """The HTTP status for an exception raised while handling a request.
-
-    ``ApiError`` carries its own; ``KeyError`` (unknown ids, from the store or the runtime)
-    maps to 404; ``ValueError`` (which includes the wire ``DecodeError``/``WireFormatError``)
-    and ``TypeError`` to 400; anything else is a server bug, 500.
-    """
+    """The HTTP status for an exception raised while handling a request (see the module doc)."""
     if isinstance(exc, ApiError):
         return exc.status
-    from tinkjax.errors import WireFormatError
-
-    if isinstance(exc, WireFormatError):
-        return 400
-    if isinstance(exc, KeyError):
+    if isinstance(exc, UnknownIdError):
         return 404
-    if isinstance(exc, ValueError | TypeError | OverflowError | UnicodeError):
+    if isinstance(exc, StoreError | WireFormatError):
         return 400
     return 500
 
 
-def _message(exc: BaseException) -> str:
+def category_of(exc: BaseException) -> Category:
+    """Who is to blame for a failed job: ``user`` for the library's own errors, else ``server``."""
+    return "user" if status_of(exc) < 500 else "server"
+
+
+def describe(exc: BaseException) -> str:
+    """The message a client sees for ``exc``; a server bug names its type, not the user."""
     if isinstance(exc, ApiError):
         return exc.message
-    if isinstance(exc, KeyError) and exc.args and type(exc).__str__ is KeyError.__str__:
-        return f"not found: {exc.args[0]}"
     text = str(exc) or type(exc).__name__
+    if status_of(exc) >= 500:
+        return f"internal server error ({type(exc).__name__}: {text}); see the server log"
     return text
 
 
 def error_body(exc: BaseException, status: int) -> bytes:
     """The JSON body for ``exc``: ``{"detail", "type", "status", "field"?}``."""
     body: dict[str, Any] = {
-        "detail": _message(exc),
+        "detail": describe(exc),
         "type": _TYPES.get(status, "server_error" if status >= 500 else "error"),
         "status": status,
     }

@@ -150,7 +150,7 @@ def start(
     from tinkjax.server._app import AppConfig, build_app
     from tinkjax.server._backend import Backend
     from tinkjax.server._futures import FutureTable
-    from tinkjax.server._store import CheckpointStore
+    from tinkjax.server._store import Store
 
     if max_body_bytes < 1:
         raise ValueError(f"max_body_bytes: expected >= 1, got {max_body_bytes}")
@@ -158,7 +158,7 @@ def start(
         raise ValueError("seq_gap_timeout_s must be > 0 and long_poll_s >= 0")
     temp_dir = Path(tempfile.mkdtemp(prefix="tinkjax-server-")) if data_dir is None else None
     root = temp_dir if temp_dir is not None else Path(data_dir)  # type: ignore[arg-type]
-    store = CheckpointStore(root)
+    store = Store(root)
     backend = Backend(store, FutureTable(), seq_gap_timeout_s=seq_gap_timeout_s, models=models)
     faults = faults if faults is not None else FaultConfig()
     inner: Any = build_app(

@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from tinkjax.server._errors import ApiError
-from tinkjax.server._futures import Category, FutureTable
+from tinkjax.server._errors import ApiError, category_of, describe
+from tinkjax.server._futures import FutureTable
 
 __all__ = ["FusedWork", "Job", "Scheduler"]
 
@@ -37,17 +37,36 @@ MAX_FUSED_DATUMS = 4096
 MAX_REMEMBERED_SEQS = 100_000
 
 
+FusedRunner = Callable[[Sequence["Job"]], list[Any]]
+"""Runs fused jobs in one call; returns one result or exception per job."""
+
+
 @dataclass(frozen=True)
 class FusedWork:
-    """A forward or forward/backward request that may share a runtime call with others."""
+    """A forward or forward/backward request that may share a runtime call with others.
+
+    Attributes:
+        base_model: jobs fuse only with jobs of the same base model ...
+        item: the runtime item (a ``tinkjax.models.FwdBwdItem``; ``Any``: no JAX import here).
+        forward_only: ... and the same ``forward_only``.
+        runner: runs a batch of such jobs (the same runner for every fused job of a server).
+    """
 
     base_model: str
-    item: Any  # tinkjax.models.FwdBwdItem (kept Any: no JAX import here)
+    item: Any
     forward_only: bool
+    runner: FusedRunner
 
     @property
     def n_datums(self) -> int:
         return len(self.item.datums)
+
+
+@dataclass
+class _Seen:
+    digest: str
+    request_id: str
+    runs: int = 0
 
 
 @dataclass
@@ -61,7 +80,6 @@ class Job:
         fused: the forward/backward work (fused jobs).
         model_id: ordering key; ``None`` for unordered jobs (sampling).
         seq_id: position in the model's order.
-        on_success: called on the worker with the result (bookkeeping).
     """
 
     request_id: str
@@ -70,12 +88,7 @@ class Job:
     fused: FusedWork | None = None
     model_id: str | None = None
     seq_id: int | None = None
-    on_success: Callable[[Any], None] | None = None
     enqueued: float = field(default_factory=time.monotonic)
-
-
-FusedRunner = Callable[[Sequence[Job]], list[Any]]
-"""Runs fused jobs; returns one result or exception per job."""
 
 
 class Scheduler:
@@ -83,28 +96,31 @@ class Scheduler:
 
     Args:
         futures: where results go.
-        run_fused: executes a list of fused jobs.
         seq_gap_timeout_s: how long a buffered request waits for a missing ``seq_id``.
     """
 
-    def __init__(
-        self, futures: FutureTable, run_fused: FusedRunner, *, seq_gap_timeout_s: float
-    ) -> None:
+    def __init__(self, futures: FutureTable, *, seq_gap_timeout_s: float) -> None:
         self.futures = futures
-        self.run_fused = run_fused
         self.seq_gap_timeout_s = seq_gap_timeout_s
         self._cond = threading.Condition()
         self._ready: collections.deque[Job] = collections.deque()
         self._next_seq: dict[str, int] = {}
         self._buffer: dict[str, dict[int, Job]] = {}
-        self._seen: dict[tuple[str, int], tuple[str, str]] = {}
+        # (model_id, seq_id) -> (body digest, request id, times executed); the oldest entries
+        # are dropped beyond MAX_REMEMBERED_SEQS, so the execution counts stay bounded too.
+        self._seen: dict[tuple[str, int], _Seen] = {}
         self._stopping = False
         self._thread: threading.Thread | None = None
-        self.applied: collections.Counter[tuple[str, int]] = collections.Counter()
-        """How many times each ``(model_id, seq_id)`` was executed (for tests)."""
-        self.fused_calls: list[int] = []
-        """Number of jobs in each fused runtime call (for tests)."""
-        self.idle_hooks: list[Callable[[], None]] = []
+        self.fused_sizes: collections.Counter[int] = collections.Counter()
+        """How many fused runtime calls ran each number of jobs (bounded: sizes are at most
+        ``MAX_FUSED_DATUMS``)."""
+
+    @property
+    def applied(self) -> collections.Counter[tuple[str, int]]:
+        """How many times each remembered ``(model_id, seq_id)`` was executed (0 or 1 unless
+        something broke)."""
+        with self._cond:
+            return collections.Counter({key: seen.runs for key, seen in self._seen.items()})
 
     # ----------------------------------------------------------------- lifecycle
 
@@ -136,11 +152,13 @@ class Scheduler:
             return self._next_seq.get(model_id)
 
     def forget_model(self, model_id: str) -> None:
-        """Drop a model's order; its buffered requests fail."""
+        """Drop a model's order; its requests still waiting (buffered or ready) fail."""
         with self._cond:
             self._next_seq.pop(model_id, None)
-            waiting = self._buffer.pop(model_id, {})
-        for job in waiting.values():
+            waiting = list(self._buffer.pop(model_id, {}).values())
+            waiting += [job for job in self._ready if job.model_id == model_id]
+            self._ready = collections.deque(j for j in self._ready if j.model_id != model_id)
+        for job in waiting:
             self.futures.fail(job.request_id, f"model {model_id!r} was unloaded", "user")
 
     def lookup(self, model_id: str, seq_id: int, digest: str) -> str | None:
@@ -156,15 +174,15 @@ class Scheduler:
         seen = self._seen.get((model_id, seq_id))
         if seen is None:
             return None
-        if seen[0] != digest:
+        if seen.digest != digest:
             raise ApiError(
                 400,
                 f"seq_id {seq_id} of model {model_id!r} was already submitted with a different "
-                f"body (request {seen[1]}); seq ids must not be reused",
+                f"body (request {seen.request_id}); seq ids must not be reused",
                 field="seq_id",
-                request_id=seen[1],
+                request_id=seen.request_id,
             )
-        return seen[1]
+        return seen.request_id
 
     def submit(self, job: Job, *, digest: str = "", register_next_seq: int | None = None) -> str:
         """Queue ``job`` (in order for ordered jobs) and return its request id.
@@ -206,7 +224,7 @@ class Scheduler:
                     field="seq_id",
                 )
             self.futures.create(job.request_id, job.kind)
-            self._seen[(model_id, seq_id)] = (digest, job.request_id)
+            self._seen[(model_id, seq_id)] = _Seen(digest, job.request_id)
             if len(self._seen) > MAX_REMEMBERED_SEQS:
                 del self._seen[next(iter(self._seen))]
             if seq_id == expected:
@@ -299,11 +317,13 @@ class Scheduler:
                 self._execute(batch)
 
     def _execute(self, batch: list[Job]) -> None:
-        if batch[0].fused is not None:
-            self.fused_calls.append(len(batch))
+        fused = batch[0].fused
+        if fused is not None:
+            with self._cond:
+                self.fused_sizes[len(batch)] += 1
             try:
-                results = self.run_fused(batch)
-            except Exception as exc:  # the runner maps per-job errors itself
+                results = fused.runner(batch)
+            except Exception as exc:  # not one request's fault: every job of the batch fails
                 results = [exc] * len(batch)
         else:
             job = batch[0]
@@ -314,36 +334,14 @@ class Scheduler:
                 results = [exc]
         for job, result in zip(batch, results, strict=True):
             if isinstance(result, Exception):
-                category = _category(result)
+                category = category_of(result)
                 if category == "server":
                     _log.error("request %s (%s) failed", job.request_id, job.kind, exc_info=result)
-                self.futures.fail(job.request_id, _describe(result), category)
+                self.futures.fail(job.request_id, describe(result), category)
                 continue
             if job.model_id is not None and job.seq_id is not None:
-                self.applied[(job.model_id, job.seq_id)] += 1
-            if job.on_success is not None:
-                try:
-                    job.on_success(result)
-                except Exception as exc:
-                    _log.exception("bookkeeping of request %s failed", job.request_id)
-                    self.futures.fail(job.request_id, _describe(exc), "server")
-                    continue
+                with self._cond:
+                    seen = self._seen.get((job.model_id, job.seq_id))
+                    if seen is not None:
+                        seen.runs += 1
             self.futures.complete(job.request_id, result)
-
-
-def _category(exc: BaseException) -> Category:
-    from tinkjax.errors import WireFormatError
-
-    if isinstance(exc, ApiError):
-        return "user" if exc.status < 500 else "server"
-    if isinstance(exc, WireFormatError | ValueError | KeyError | TypeError):
-        return "user"
-    return "server"
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, ApiError):
-        return exc.message
-    if isinstance(exc, KeyError) and type(exc).__str__ is KeyError.__str__ and exc.args:
-        return f"not found: {exc.args[0]}"
-    return str(exc) or type(exc).__name__

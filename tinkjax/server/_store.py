@@ -1,49 +1,49 @@
 """Durable state of the local backend: sessions, training runs, checkpoints, samplers, telemetry.
 
-Layout under ``data_dir``::
+Layout under ``data_dir``: ``meta.sqlite`` (metadata; SQLite, WAL), ``checkpoints/`` and
+``archives/`` (see :mod:`tinkjax.server._store_checkpoints`).
 
-    meta.sqlite                                   metadata (SQLite, WAL)
-    checkpoints/<model dir>/<kind>/<name>/...     checkpoint files (kind: weights | sampler_weights)
-    archives/<model dir>/<kind>/<name>/<version>.tar.gz   cached archives of checkpoint folders
-
-``<model dir>`` is the model id percent-encoded (``:`` → ``%3A``, ``.`` → ``%2E``), so every id is a
-valid, dot-free file name. A checkpoint folder is written as ``.tmp-<name>-<hex>`` next to its final
-place and renamed into place; an overwrite first renames the old folder to ``.old-<name>-<hex>``.
-Opening a store repairs what a crash can leave behind: temp folders are removed, a lone ``.old``
-folder is put back, folders without a row and rows without a folder are dropped.
-
-One SQLite connection serves every thread, guarded by a lock; slow file work (writing checkpoint
-files, building archives) runs outside the lock.
-
-The class is assembled from private parts: ``_store_db`` (connection, schema, crash repair),
-``_store_sessions`` (sessions, samplers, telemetry), ``_store_runs`` (training runs) and
-``_store_checkpoints`` (checkpoint files and rows); errors live in ``_store_errors`` and name
-checks in ``_store_util``.
+:class:`Store` is a composition, not a class hierarchy: one :class:`Database` (connection, lock,
+schema, shared row lookups) and the parts that use it — :attr:`Store.sessions` (sessions and
+samplers), :attr:`Store.runs` (training runs), :attr:`Store.checkpoints` (checkpoint files and
+rows) and :attr:`Store.telemetry`. Errors live in ``_store_errors``, name checks in
+``_store_util``.
 """
 
 from __future__ import annotations
 
-from ._store_checkpoints import _CheckpointsMixin
+from pathlib import Path
+
+from ._store_checkpoints import Checkpoints
+from ._store_db import Database
 from ._store_errors import (
     DuplicateIdError,
     InvalidNameError,
     StoreError,
     UnknownCheckpointError,
+    UnknownIdError,
     UnknownSamplerError,
     UnknownSessionError,
     UnknownTrainingRunError,
 )
-from ._store_runs import _TrainingRunsMixin
-from ._store_sessions import _SessionsMixin
+from ._store_runs import TrainingRuns
+from ._store_sessions import Sessions
+from ._store_telemetry import Telemetry
 from ._store_util import CheckpointKind, parse_checkpoint_id, validate_name
 
 __all__ = [
     "CheckpointKind",
-    "CheckpointStore",
+    "Checkpoints",
+    "Database",
     "DuplicateIdError",
     "InvalidNameError",
+    "Sessions",
+    "Store",
     "StoreError",
+    "Telemetry",
+    "TrainingRuns",
     "UnknownCheckpointError",
+    "UnknownIdError",
     "UnknownSamplerError",
     "UnknownSessionError",
     "UnknownTrainingRunError",
@@ -52,15 +52,14 @@ __all__ = [
 ]
 
 
-class CheckpointStore(_SessionsMixin, _TrainingRunsMixin, _CheckpointsMixin):
+class Store:
     """Sessions, training runs, checkpoints, samplers and telemetry, kept under ``data_dir``.
 
-    Thread-safe: every method may be called from any thread. Methods block on disk I/O;
-    :meth:`save_checkpoint`, :meth:`read_checkpoint` and :meth:`archive_path` can take a while for
-    large checkpoints, so call them from a worker thread (``asyncio.to_thread``), not the event
-    loop. A new store opened on the same ``data_dir`` (after a restart, once the old one is
-    closed) sees everything the old one committed; two live stores on one ``data_dir`` are not
-    supported (opening one cleans up the other's in-progress writes).
+    Thread-safe: every method of every part may be called from any thread. Methods block on disk
+    I/O (SQLite commits fsync), so call them from a worker thread, never the event loop. A new
+    store opened on the same ``data_dir`` (after a restart, once the old one is closed) sees
+    everything the old one committed; two live stores on one ``data_dir`` are not supported
+    (opening one cleans up the other's in-progress writes).
 
     Args:
         data_dir: folder for ``meta.sqlite``, ``checkpoints/`` and ``archives/`` (created).
@@ -68,18 +67,26 @@ class CheckpointStore(_SessionsMixin, _TrainingRunsMixin, _CheckpointsMixin):
         max_telemetry_events: the most telemetry events kept; the oldest are dropped beyond it.
     """
 
-    # -- plumbing ---------------------------------------------------------------------------
+    def __init__(
+        self, data_dir: Path, *, owner: str = "local", max_telemetry_events: int = 100_000
+    ) -> None:
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.db = Database(self.data_dir / "meta.sqlite")
+        self.sessions = Sessions(self.db)
+        self.runs = TrainingRuns(self.db, owner=owner)
+        self.checkpoints = Checkpoints(self.db, self.data_dir)
+        self.telemetry = Telemetry(self.db, max_events=max_telemetry_events)
 
     def close(self) -> None:
         """Persist pending touches and close the database (idempotent); the store is unusable after."""
-        with self._lock:
-            if self._closed:
+        with self.db.lock:
+            if self.db.closed:
                 return
-            self._flush_touches()
-            self._conn.close()
-            self._closed = True
+            self.runs.flush()
+            self.db.close()
 
-    def __enter__(self) -> CheckpointStore:
+    def __enter__(self) -> Store:
         return self
 
     def __exit__(self, *exc: object) -> None:

@@ -1,4 +1,17 @@
-"""Checkpoints of the checkpoint store: atomic folder writes, reads, listing, archives."""
+"""Checkpoints of the store: atomic folder writes, crash repair, reads, listing, archives.
+
+Layout under ``data_dir``::
+
+    checkpoints/<model dir>/<kind>/<name>/...     checkpoint files (kind: weights | sampler_weights)
+    archives/<model dir>/<kind>/<name>/<version>.tar.gz   cached archives of checkpoint folders
+
+``<model dir>`` is the model id percent-encoded (``:`` → ``%3A``, ``.`` → ``%2E``), so every id is a
+valid, dot-free file name. A checkpoint folder is written as ``.tmp-<name>-<hex>`` next to its final
+place and renamed into place; an overwrite first renames the old folder to ``.old-<name>-<hex>``.
+Opening repairs what a crash can leave behind: temp folders are removed, a lone ``.old`` folder
+is put back, folders without a row and rows without a folder are dropped. Slow file work
+(writing files, building archives) runs outside the database lock.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +19,7 @@ import contextlib
 import json
 import os
 import shutil
+import threading
 import uuid
 from collections.abc import Mapping
 from datetime import datetime
@@ -14,6 +28,7 @@ from typing import Any
 
 import msgspec
 
+from tinkjax.errors import WireFormatError
 from tinkjax.types import (
     AdamOptimizerConfig,
     Checkpoint,
@@ -25,28 +40,85 @@ from tinkjax.types import (
 )
 
 from ._archive import fsync_dir, make_tar_gz
-from ._store_db import _StoreBase
+from ._store_db import Database, checkpoint_of
 from ._store_errors import InvalidNameError, UnknownCheckpointError
 from ._store_util import (
-    _KINDS,
+    KINDS,
     CheckpointKind,
-    _check_page,
-    _expires,
-    _iso,
-    _json,
-    _now,
-    _validate_kind,
+    check_page,
+    expires_at,
+    iso,
+    model_dir_name,
     parse_checkpoint_id,
+    to_json,
+    utc_now,
+    validate_kind,
     validate_name,
 )
 
+__all__ = ["Checkpoints"]
 
-class _CheckpointsMixin(_StoreBase):
-    """Checkpoint folders and rows: save (atomic), read, list, delete, publish, expire, archive."""
+
+class Checkpoints:
+    """Checkpoint folders and rows: save (atomic), read, list, delete, publish, expire, archive.
+
+    Args:
+        db: the store's database.
+        data_dir: the folder holding ``checkpoints/`` and ``archives/`` (created).
+    """
+
+    def __init__(self, db: Database, data_dir: Path) -> None:
+        self._db = db
+        self.root = data_dir / "checkpoints"
+        self.archives_root = data_dir / "archives"
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.archives_root.mkdir(parents=True, exist_ok=True)
+        self._archive_lock = threading.Lock()
+        with db.lock:
+            self._recover()
+
+    def _kind_dir(self, model_id: str, kind: str) -> Path:
+        return self.root / model_dir_name(model_id) / kind
+
+    def _archive_dir(self, model_id: str, kind: str, name: str) -> Path:
+        return self.archives_root / model_dir_name(model_id) / kind / name
+
+    def _recover(self) -> None:
+        """Repair what a crash in the middle of a save or delete can leave (lock held)."""
+        rows = self._db.all("SELECT model_id, kind, name FROM checkpoints")
+        known = {(model_dir_name(r["model_id"]), r["kind"], r["name"]) for r in rows}
+        for model_dir in self.root.iterdir():
+            for kind in KINDS:
+                kdir = model_dir / kind
+                if not kdir.is_dir():
+                    continue
+                for entry in sorted(kdir.iterdir()):
+                    if entry.name.startswith(".tmp-"):
+                        shutil.rmtree(entry, ignore_errors=True)
+                    elif entry.name.startswith(".old-"):
+                        name = entry.name[len(".old-") :].rsplit("-", 1)[0]
+                        final = kdir / name
+                        if not final.exists():
+                            entry.rename(final)
+                        else:
+                            shutil.rmtree(entry, ignore_errors=True)
+                for entry in kdir.iterdir():
+                    if (
+                        not entry.name.startswith(".")
+                        and (model_dir.name, kind, entry.name) not in known
+                    ):
+                        shutil.rmtree(entry, ignore_errors=True)
+        with self._db.tx():
+            for r in rows:
+                if not (self._kind_dir(r["model_id"], r["kind"]) / r["name"]).is_dir():
+                    self._db.execute(
+                        "DELETE FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
+                        (r["model_id"], r["kind"], r["name"]),
+                    )
 
     # -- checkpoints ------------------------------------------------------------------------
 
-    def save_checkpoint(
+    def save(
         self,
         model_id: str,
         kind: CheckpointKind,
@@ -64,7 +136,7 @@ class _CheckpointsMixin(_StoreBase):
             kind: ``weights`` (training state) or ``sampler_weights``.
             name: ``[A-Za-z0-9._-]+``, no ``..``, no leading dot.
             files: relative file name (``/``-separated segments, each a valid name) → bytes.
-            meta: JSON-able metadata, given back by :meth:`checkpoint_dir`; keys ``base_model``,
+            meta: JSON-able metadata, given back by :meth:`folder`; keys ``base_model``,
                 ``is_lora``, ``lora_rank``, ``train_unembed``, ``train_mlp``, ``train_attn`` and
                 ``optimizer_config`` feed :meth:`weights_info`.
             user_metadata: reported in the checkpoint listing.
@@ -74,9 +146,9 @@ class _CheckpointsMixin(_StoreBase):
             InvalidNameError: a bad kind, name or file name.
             UnknownTrainingRunError: when ``model_id`` is unknown.
         """
-        kind = _validate_kind(kind)
+        kind = validate_kind(kind)
         validate_name(name)
-        _expires(_now(), ttl_seconds)
+        expires_at(utc_now(), ttl_seconds)
         rels: list[tuple[str, bytes]] = []
         for rel, data in files.items():
             if not isinstance(rel, str) or not rel:
@@ -100,10 +172,10 @@ class _CheckpointsMixin(_StoreBase):
                         field=f"files[{rel!r}]",
                         value=rel,
                     )
-        meta_json = _json(dict(meta))
-        user_json = None if user_metadata is None else _json(dict(user_metadata))
-        with self._lock:
-            self._require_run(model_id)
+        meta_json = to_json(dict(meta))
+        user_json = None if user_metadata is None else to_json(dict(user_metadata))
+        with self._db.lock:
+            self._db.require_run(model_id)
         kdir = self._kind_dir(model_id, kind)
         kdir.mkdir(parents=True, exist_ok=True)
         tmp = kdir / f".tmp-{name}-{uuid.uuid4().hex}"
@@ -119,13 +191,13 @@ class _CheckpointsMixin(_StoreBase):
             for d in sorted({(tmp / rel).parent for rel, _ in rels} | {tmp}, reverse=True):
                 fsync_dir(d)
             size = sum(len(d) for _, d in rels)
-            now = _now()
-            expires = _expires(now, ttl_seconds)
+            now = utc_now()
+            expires = expires_at(now, ttl_seconds)
             final = kdir / name
             old: Path | None = None
-            with self._lock:
-                self._require_run(model_id)
-                with self._tx() as c:
+            with self._db.lock:
+                self._db.require_run(model_id)
+                with self._db.tx() as c:
                     c.execute(
                         "INSERT INTO checkpoints (model_id, kind, name, time, size_bytes, meta,"
                         " user_metadata, expires_at, public, version)"
@@ -138,7 +210,7 @@ class _CheckpointsMixin(_StoreBase):
                             model_id,
                             kind,
                             name,
-                            _iso(now),
+                            iso(now),
                             size,
                             meta_json,
                             user_json,
@@ -157,22 +229,26 @@ class _CheckpointsMixin(_StoreBase):
                             old = None
                         raise
                     fsync_dir(kdir)
-                row = self._ck_row(model_id, kind, name)
+                row = self._db.checkpoint_row(model_id, kind, name)
                 shutil.rmtree(self._archive_dir(model_id, kind, name), ignore_errors=True)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
-        return self._checkpoint(row)
+        return checkpoint_of(row)
 
     def _resolve(self, tinker_path: str) -> tuple[str, str, str]:
+        if not isinstance(tinker_path, str):
+            raise WireFormatError(
+                f"tinker_path: expected a tinker:// path, got {tinker_path!r}", field="tinker_path"
+            )
         parsed = parse_tinker_path(tinker_path)
-        if parsed.kind not in _KINDS:
+        if parsed.kind not in KINDS:
             raise UnknownCheckpointError(tinker_path)
         return parsed.training_run_id, parsed.kind, parsed.name
 
-    def checkpoint_dir(self, tinker_path: str) -> tuple[Path, dict[str, Any]]:
+    def folder(self, tinker_path: str) -> tuple[Path, dict[str, Any]]:
         """The folder and ``meta`` of ``tinker://{model_id}/{weights|sampler_weights}/{name}``.
 
         The folder stays valid until the checkpoint is overwritten or deleted.
@@ -182,12 +258,12 @@ class _CheckpointsMixin(_StoreBase):
             UnknownCheckpointError: no such checkpoint.
         """
         model_id, kind, name = self._resolve(tinker_path)
-        with self._lock:
-            row = self._ck_row(model_id, kind, name)
+        with self._db.lock:
+            row = self._db.checkpoint_row(model_id, kind, name)
             meta: dict[str, Any] = json.loads(row["meta"])
         return self._kind_dir(model_id, kind) / name, meta
 
-    def read_checkpoint(self, tinker_path: str) -> tuple[dict[str, bytes], dict[str, Any]]:
+    def read(self, tinker_path: str) -> tuple[dict[str, bytes], dict[str, Any]]:
         """Every file (relative ``/``-separated name → bytes) and the ``meta`` of a checkpoint.
 
         Read under the store's lock, so a concurrent overwrite or delete cannot tear it.
@@ -197,8 +273,8 @@ class _CheckpointsMixin(_StoreBase):
             UnknownCheckpointError: no such checkpoint.
         """
         model_id, kind, name = self._resolve(tinker_path)
-        with self._lock:
-            row = self._ck_row(model_id, kind, name)
+        with self._db.lock:
+            row = self._db.checkpoint_row(model_id, kind, name)
             folder = self._kind_dir(model_id, kind) / name
             files = {
                 p.relative_to(folder).as_posix(): p.read_bytes()
@@ -210,20 +286,20 @@ class _CheckpointsMixin(_StoreBase):
 
     def purge_expired(self) -> list[str]:
         """Delete every checkpoint whose ``expires_at`` has passed; returns their tinker paths."""
-        with self._lock:
-            rows = self._conn.execute(
+        with self._db.lock:
+            rows = self._db.execute(
                 "SELECT model_id, kind, name FROM checkpoints"
                 " WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                (_iso(_now()),),
+                (iso(utc_now()),),
             ).fetchall()
         gone = []
         for r in rows:
             with contextlib.suppress(UnknownCheckpointError):
-                self.delete_checkpoint(r["model_id"], f"{r['kind']}/{r['name']}")
+                self.delete(r["model_id"], f"{r['kind']}/{r['name']}")
                 gone.append(f"tinker://{r['model_id']}/{r['kind']}/{r['name']}")
         return gone
 
-    def get_checkpoint(self, model_id: str, checkpoint_id: str) -> Checkpoint:
+    def get(self, model_id: str, checkpoint_id: str) -> Checkpoint:
         """One checkpoint (``checkpoint_id`` is ``weights/<name>`` or ``sampler_weights/<name>``).
 
         Raises:
@@ -231,42 +307,40 @@ class _CheckpointsMixin(_StoreBase):
             UnknownCheckpointError: no such checkpoint.
         """
         kind, name = parse_checkpoint_id(checkpoint_id)
-        with self._lock:
-            return self._checkpoint(self._ck_row(model_id, kind, name))
+        with self._db.lock:
+            return checkpoint_of(self._db.checkpoint_row(model_id, kind, name))
 
-    def list_checkpoints(self, model_id: str) -> CheckpointsListResponse:
+    def of_run(self, model_id: str) -> CheckpointsListResponse:
         """A run's checkpoints, oldest first.
 
         Raises:
             UnknownTrainingRunError: when ``model_id`` is unknown.
         """
-        with self._lock:
-            self._require_run(model_id)
-            rows = self._conn.execute(
+        with self._db.lock:
+            self._db.require_run(model_id)
+            rows = self._db.execute(
                 "SELECT * FROM checkpoints WHERE model_id=? ORDER BY time, rowid", (model_id,)
             ).fetchall()
-        cks = [self._checkpoint(r) for r in rows]
+        cks = [checkpoint_of(r) for r in rows]
         return CheckpointsListResponse(
             checkpoints=cks, cursor=Cursor(offset=0, limit=len(cks), total_count=len(cks))
         )
 
-    def list_user_checkpoints(
-        self, *, limit: int = 100, offset: int = 0
-    ) -> CheckpointsListResponse:
+    def page(self, *, limit: int = 100, offset: int = 0) -> CheckpointsListResponse:
         """Every checkpoint, newest first, paginated."""
-        _check_page(limit, offset)
-        with self._lock:
-            total = self._conn.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
-            rows = self._conn.execute(
+        check_page(limit, offset)
+        with self._db.lock:
+            total = self._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+            rows = self._db.execute(
                 "SELECT * FROM checkpoints ORDER BY time DESC, rowid DESC LIMIT ? OFFSET ?",
                 (limit, offset),
             ).fetchall()
         return CheckpointsListResponse(
-            checkpoints=[self._checkpoint(r) for r in rows],
+            checkpoints=[checkpoint_of(r) for r in rows],
             cursor=Cursor(offset=offset, limit=limit, total_count=total),
         )
 
-    def delete_checkpoint(self, model_id: str, checkpoint_id: str) -> None:
+    def delete(self, model_id: str, checkpoint_id: str) -> None:
         """Remove a checkpoint's files, cached archive and row.
 
         Raises:
@@ -275,14 +349,14 @@ class _CheckpointsMixin(_StoreBase):
         """
         kind, name = parse_checkpoint_id(checkpoint_id)
         kdir = self._kind_dir(model_id, kind)
-        with self._lock:
-            self._ck_row(model_id, kind, name)
+        with self._db.lock:
+            self._db.checkpoint_row(model_id, kind, name)
             old = kdir / f".old-{name}-{uuid.uuid4().hex}"
             final = kdir / name
             if final.exists():
                 final.rename(old)
             try:
-                with self._tx() as c:
+                with self._db.tx() as c:
                     c.execute(
                         "DELETE FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
                         (model_id, kind, name),
@@ -294,32 +368,30 @@ class _CheckpointsMixin(_StoreBase):
             shutil.rmtree(self._archive_dir(model_id, kind, name), ignore_errors=True)
         shutil.rmtree(old, ignore_errors=True)
 
-    def set_checkpoint_public(self, model_id: str, checkpoint_id: str, public: bool) -> None:
+    def set_public(self, model_id: str, checkpoint_id: str, public: bool) -> None:
         """Publish or unpublish a checkpoint.
 
         Raises:
             UnknownCheckpointError: no such checkpoint.
         """
         kind, name = parse_checkpoint_id(checkpoint_id)
-        with self._lock, self._tx() as c:
-            self._ck_row(model_id, kind, name)
+        with self._db.lock, self._db.tx() as c:
+            self._db.checkpoint_row(model_id, kind, name)
             c.execute(
                 "UPDATE checkpoints SET public=? WHERE model_id=? AND kind=? AND name=?",
                 (int(public), model_id, kind, name),
             )
 
-    def set_checkpoint_ttl(
-        self, model_id: str, checkpoint_id: str, ttl_seconds: int | None
-    ) -> None:
+    def set_ttl(self, model_id: str, checkpoint_id: str, ttl_seconds: int | None) -> None:
         """Set (from now) or clear a checkpoint's ``expires_at``.
 
         Raises:
             UnknownCheckpointError: no such checkpoint.
         """
         kind, name = parse_checkpoint_id(checkpoint_id)
-        expires = _expires(_now(), ttl_seconds)
-        with self._lock, self._tx() as c:
-            self._ck_row(model_id, kind, name)
+        expires = expires_at(utc_now(), ttl_seconds)
+        with self._db.lock, self._db.tx() as c:
+            self._db.checkpoint_row(model_id, kind, name)
             c.execute(
                 "UPDATE checkpoints SET expires_at=? WHERE model_id=? AND kind=? AND name=?",
                 (expires, model_id, kind, name),
@@ -338,8 +410,8 @@ class _CheckpointsMixin(_StoreBase):
         src = self._kind_dir(model_id, kind) / name
         with self._archive_lock:
             for _ in range(10):
-                with self._lock:
-                    row = self._ck_row(model_id, kind, name)
+                with self._db.lock:
+                    row = self._db.checkpoint_row(model_id, kind, name)
                 version, mtime = row["version"], datetime.fromisoformat(row["time"]).timestamp()
                 dest = self._archive_dir(model_id, kind, name) / f"{version}.tar.gz"
                 if dest.is_file():
@@ -348,8 +420,8 @@ class _CheckpointsMixin(_StoreBase):
                     make_tar_gz(src, dest, mtime=mtime)
                 except FileNotFoundError:
                     continue  # overwritten or deleted while read: look again
-                with self._lock:
-                    current = self._conn.execute(
+                with self._db.lock:
+                    current = self._db.execute(
                         "SELECT version FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
                         (model_id, kind, name),
                     ).fetchone()
@@ -366,9 +438,9 @@ class _CheckpointsMixin(_StoreBase):
             UnknownCheckpointError: no such checkpoint.
         """
         model_id, kind, name = self._resolve(tinker_path)
-        with self._lock:
-            meta: dict[str, Any] = json.loads(self._ck_row(model_id, kind, name)["meta"])
-            run = self._run_row(model_id)
+        with self._db.lock:
+            meta: dict[str, Any] = json.loads(self._db.checkpoint_row(model_id, kind, name)["meta"])
+            run = self._db.run_row(model_id)
         base_model = meta.get("base_model", run["base_model"] if run is not None else None)
         if base_model is None:
             raise UnknownCheckpointError(tinker_path)

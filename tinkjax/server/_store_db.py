@@ -1,20 +1,27 @@
-"""The checkpoint store's SQLite connection, schema, crash repair and shared row lookups."""
+"""The store's one database object: the SQLite connection, its lock, schema and shared row lookups.
+
+One connection serves every thread (``check_same_thread=False``), guarded by :attr:`Database.lock`;
+the sessions, training-run and checkpoint parts of :class:`~tinkjax.server._store.Store` each hold
+this object and run their statements under that lock.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import json
-import shutil
 import sqlite3
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from tinkjax.types import Checkpoint
 
 from ._store_errors import UnknownCheckpointError, UnknownSessionError, UnknownTrainingRunError
-from ._store_util import _KIND_TYPE, _KINDS, _dt, _model_dir_name
+from ._store_util import KIND_TYPE, parse_dt
+
+__all__ = ["Database", "checkpoint_of"]
 
 _SCHEMA_VERSION = 1
 
@@ -78,49 +85,41 @@ CREATE INDEX IF NOT EXISTS telemetry_session ON telemetry(session_id);
 """
 
 
-class _StoreBase:
-    """Connection, schema and file layout of :class:`~tinkjax.server._store.CheckpointStore`.
+class Database:
+    """``meta.sqlite`` (WAL, ``synchronous=FULL``) behind one re-entrant lock.
 
-    Opening creates the schema and repairs what a crash left behind; the row lookups here are
-    shared by the sessions, training-run and checkpoint parts (each called with the lock held).
+    Every method below except :meth:`close` expects the caller to hold :attr:`lock`, so that a
+    part can run several statements as one atomic step.
+
+    Args:
+        path: the database file (created with its schema when missing).
     """
 
-    def __init__(
-        self, data_dir: Path, *, owner: str = "local", max_telemetry_events: int = 100_000
-    ) -> None:
-        self.data_dir = Path(data_dir)
-        self.checkpoints_root = self.data_dir / "checkpoints"
-        self.archives_root = self.data_dir / "archives"
-        self.owner = owner
-        self.max_telemetry_events = max_telemetry_events
-        self.checkpoints_root.mkdir(parents=True, exist_ok=True)
-        self.archives_root.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.RLock()
-        self._archive_lock = threading.Lock()
-        # model_id -> (last request time, when it was last written): touches are persisted at
-        # most once per _TOUCH_PERSIST_S so the per-request path does not fsync every time.
-        self._touched: dict[str, tuple[datetime, float]] = {}
-        self._closed = False
-        self._conn = sqlite3.connect(
-            self.data_dir / "meta.sqlite", check_same_thread=False, isolation_level=None
-        )
+    def __init__(self, path: Path) -> None:
+        self.lock = threading.RLock()
+        self.closed = False
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
         self._conn.row_factory = sqlite3.Row
-        with self._lock:
+        with self.lock:
             self._conn.execute("PRAGMA journal_mode=WAL")
             self._conn.execute("PRAGMA synchronous=FULL")
             self._conn.execute("PRAGMA busy_timeout=10000")
-            with self._tx():
+            with self.tx():
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self._conn.execute(stmt)
                 self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
-            self._recover()
 
-    # -- plumbing ---------------------------------------------------------------------------
+    def close(self) -> None:
+        """Close the connection (idempotent)."""
+        with self.lock:
+            if not self.closed:
+                self._conn.close()
+                self.closed = True
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
-        """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``); the caller holds the lock."""
+    def tx(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction (``BEGIN IMMEDIATE`` … ``COMMIT``, ``ROLLBACK`` on an error)."""
         self._conn.execute("BEGIN IMMEDIATE")
         try:
             yield self._conn
@@ -129,85 +128,72 @@ class _StoreBase:
             raise
         self._conn.execute("COMMIT")
 
-    def _kind_dir(self, model_id: str, kind: str) -> Path:
-        return self.checkpoints_root / _model_dir_name(model_id) / kind
+    def execute(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Cursor:
+        """Run one statement (outside :meth:`tx` it commits at once)."""
+        return self._conn.execute(sql, tuple(args))
 
-    def _archive_dir(self, model_id: str, kind: str, name: str) -> Path:
-        return self.archives_root / _model_dir_name(model_id) / kind / name
-
-    def _recover(self) -> None:
-        """Repair what a crash in the middle of a save or delete can leave (lock held)."""
-        rows = self._conn.execute("SELECT model_id, kind, name FROM checkpoints").fetchall()
-        known = {(_model_dir_name(r["model_id"]), r["kind"], r["name"]) for r in rows}
-        for model_dir in self.checkpoints_root.iterdir():
-            for kind in _KINDS:
-                kdir = model_dir / kind
-                if not kdir.is_dir():
-                    continue
-                for entry in sorted(kdir.iterdir()):
-                    if entry.name.startswith(".tmp-"):
-                        shutil.rmtree(entry, ignore_errors=True)
-                    elif entry.name.startswith(".old-"):
-                        name = entry.name[len(".old-") :].rsplit("-", 1)[0]
-                        final = kdir / name
-                        if not final.exists():
-                            entry.rename(final)
-                        else:
-                            shutil.rmtree(entry, ignore_errors=True)
-                for entry in kdir.iterdir():
-                    if (
-                        not entry.name.startswith(".")
-                        and (model_dir.name, kind, entry.name) not in known
-                    ):
-                        shutil.rmtree(entry, ignore_errors=True)
-        with self._tx():
-            for r in rows:
-                if not (self._kind_dir(r["model_id"], r["kind"]) / r["name"]).is_dir():
-                    self._conn.execute(
-                        "DELETE FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
-                        (r["model_id"], r["kind"], r["name"]),
-                    )
-
-    # -- shared row lookups (lock held) -----------------------------------------------------
-
-    def _require_session(self, session_id: str) -> sqlite3.Row:
-        row = self._conn.execute(
-            "SELECT * FROM sessions WHERE session_id=?", (session_id,)
-        ).fetchone()
-        if row is None:
-            raise UnknownSessionError(session_id)
-        return row  # type: ignore[no-any-return]
-
-    def _run_row(self, model_id: str) -> sqlite3.Row | None:
-        row: sqlite3.Row | None = self._conn.execute(
-            "SELECT * FROM training_runs WHERE model_id=?", (model_id,)
-        ).fetchone()
+    def one(self, sql: str, args: Iterable[Any] = ()) -> sqlite3.Row | None:
+        """The first row of a query, or ``None``."""
+        row: sqlite3.Row | None = self._conn.execute(sql, tuple(args)).fetchone()
         return row
 
-    def _require_run(self, model_id: str) -> sqlite3.Row:
-        row = self._run_row(model_id)
+    def all(self, sql: str, args: Iterable[Any] = ()) -> list[sqlite3.Row]:
+        """Every row of a query."""
+        return list(self._conn.execute(sql, tuple(args)).fetchall())
+
+    # -- row lookups shared by the parts ----------------------------------------------------
+
+    def session_row(self, session_id: str) -> sqlite3.Row:
+        """The session's row.
+
+        Raises:
+            UnknownSessionError: when ``session_id`` is unknown.
+        """
+        row = self.one("SELECT * FROM sessions WHERE session_id=?", (session_id,))
+        if row is None:
+            raise UnknownSessionError(session_id)
+        return row
+
+    def run_row(self, model_id: str) -> sqlite3.Row | None:
+        """The training run's row, ``None`` when unknown."""
+        return self.one("SELECT * FROM training_runs WHERE model_id=?", (model_id,))
+
+    def require_run(self, model_id: str) -> sqlite3.Row:
+        """The training run's row.
+
+        Raises:
+            UnknownTrainingRunError: when ``model_id`` is unknown.
+        """
+        row = self.run_row(model_id)
         if row is None:
             raise UnknownTrainingRunError(model_id)
         return row
 
-    def _checkpoint(self, row: sqlite3.Row) -> Checkpoint:
-        meta = row["user_metadata"]
-        return Checkpoint(
-            checkpoint_id=f"{row['kind']}/{row['name']}",
-            checkpoint_type=_KIND_TYPE[row["kind"]],  # type: ignore[arg-type]
-            time=datetime.fromisoformat(row["time"]),
-            tinker_path=f"tinker://{row['model_id']}/{row['kind']}/{row['name']}",
-            size_bytes=row["size_bytes"],
-            public=bool(row["public"]),
-            user_metadata=None if meta is None else json.loads(meta),
-            expires_at=_dt(row["expires_at"]),
-        )
+    def checkpoint_row(self, model_id: str, kind: str, name: str) -> sqlite3.Row:
+        """The checkpoint's row.
 
-    def _ck_row(self, model_id: str, kind: str, name: str) -> sqlite3.Row:
-        row: sqlite3.Row | None = self._conn.execute(
+        Raises:
+            UnknownCheckpointError: no such checkpoint.
+        """
+        row = self.one(
             "SELECT * FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
             (model_id, kind, name),
-        ).fetchone()
+        )
         if row is None:
             raise UnknownCheckpointError(f"tinker://{model_id}/{kind}/{name}")
         return row
+
+
+def checkpoint_of(row: sqlite3.Row) -> Checkpoint:
+    """The wire :class:`Checkpoint` of a ``checkpoints`` row."""
+    meta = row["user_metadata"]
+    return Checkpoint(
+        checkpoint_id=f"{row['kind']}/{row['name']}",
+        checkpoint_type=KIND_TYPE[row["kind"]],  # type: ignore[arg-type]
+        time=datetime.fromisoformat(row["time"]),
+        tinker_path=f"tinker://{row['model_id']}/{row['kind']}/{row['name']}",
+        size_bytes=row["size_bytes"],
+        public=bool(row["public"]),
+        user_metadata=None if meta is None else json.loads(meta),
+        expires_at=parse_dt(row["expires_at"]),
+    )

@@ -1,4 +1,4 @@
-"""Errors :class:`~tinkjax.server._store.CheckpointStore` raises on purpose."""
+"""Errors :class:`~tinkjax.server._store.Store` raises on purpose."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ __all__ = [
     "InvalidNameError",
     "StoreError",
     "UnknownCheckpointError",
+    "UnknownIdError",
     "UnknownSamplerError",
     "UnknownSessionError",
     "UnknownTrainingRunError",
@@ -16,10 +17,12 @@ __all__ = [
 
 
 class StoreError(TinkerError):
-    """Base class of the errors :class:`CheckpointStore` raises on purpose."""
+    """Base class of the errors :class:`~tinkjax.server._store.Store` raises on purpose."""
 
 
-class _UnknownError(StoreError, KeyError):
+class UnknownIdError(StoreError, KeyError):
+    """Base class of the "no such id" errors; ``.key`` is the id."""
+
     what = "id"
 
     def __init__(self, key: str) -> None:
@@ -30,25 +33,25 @@ class _UnknownError(StoreError, KeyError):
         return str(self.args[0]) if self.args else ""
 
 
-class UnknownSessionError(_UnknownError):
+class UnknownSessionError(UnknownIdError):
     """No session with this id (``.key``)."""
 
     what = "session_id"
 
 
-class UnknownTrainingRunError(_UnknownError):
+class UnknownTrainingRunError(UnknownIdError):
     """No training run (model) with this id (``.key``)."""
 
     what = "model_id"
 
 
-class UnknownCheckpointError(_UnknownError):
+class UnknownCheckpointError(UnknownIdError):
     """No checkpoint with this id or tinker path (``.key``)."""
 
     what = "checkpoint"
 
 
-class UnknownSamplerError(_UnknownError):
+class UnknownSamplerError(UnknownIdError):
     """No sampler with this id (``.key``)."""
 
     what = "sampler_id"

@@ -1,4 +1,4 @@
-"""Names, ids and small conversions shared by the checkpoint store's parts."""
+"""Names, ids and small conversions shared by the store's parts."""
 
 from __future__ import annotations
 
@@ -12,11 +12,26 @@ import msgspec
 
 from ._store_errors import InvalidNameError
 
-__all__ = ["CheckpointKind", "parse_checkpoint_id", "validate_name"]
+__all__ = [
+    "KINDS",
+    "KIND_TYPE",
+    "CheckpointKind",
+    "check_page",
+    "expires_at",
+    "iso",
+    "model_dir_name",
+    "parse_checkpoint_id",
+    "parse_dt",
+    "to_json",
+    "utc_now",
+    "validate_id",
+    "validate_kind",
+    "validate_name",
+]
 
 CheckpointKind = Literal["weights", "sampler_weights"]
-_KINDS: tuple[str, ...] = get_args(CheckpointKind)
-_KIND_TYPE = {"weights": "training", "sampler_weights": "sampler"}
+KINDS: tuple[str, ...] = get_args(CheckpointKind)
+KIND_TYPE = {"weights": "training", "sampler_weights": "sampler"}
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_NAME = 200
 
@@ -43,17 +58,17 @@ def validate_name(name: object, *, field: str = "name") -> str:
     return name
 
 
-def _validate_kind(kind: object) -> CheckpointKind:
-    if kind not in _KINDS:
+def validate_kind(kind: object) -> CheckpointKind:
+    if kind not in KINDS:
         raise InvalidNameError(
-            f"{kind!r} is not a checkpoint kind; expected one of {list(_KINDS)}",
+            f"{kind!r} is not a checkpoint kind; expected one of {list(KINDS)}",
             field="kind",
             value=kind,
         )
     return kind  # type: ignore[return-value]
 
 
-def _validate_id(value: object, field: str) -> str:
+def validate_id(value: object, field: str) -> str:
     if not isinstance(value, str) or not value or "/" in value:
         raise InvalidNameError(
             f"{value!r} is not a valid id (a non-empty string without '/')",
@@ -78,41 +93,41 @@ def parse_checkpoint_id(checkpoint_id: str) -> tuple[CheckpointKind, str]:
             field="checkpoint_id",
             value=checkpoint_id,
         )
-    return _validate_kind(kind), validate_name(name, field="checkpoint_id")
+    return validate_kind(kind), validate_name(name, field="checkpoint_id")
 
 
-def _model_dir_name(model_id: str) -> str:
+def model_dir_name(model_id: str) -> str:
     return quote(model_id, safe="").replace(".", "%2E")
 
 
-def _now() -> datetime:
+def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
-def _iso(dt: datetime) -> str:
+def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="microseconds")
 
 
-def _dt(text: str | None) -> datetime | None:
+def parse_dt(text: str | None) -> datetime | None:
     return None if text is None else datetime.fromisoformat(text)
 
 
-def _json(value: Any) -> str:
+def to_json(value: Any) -> str:
     return json.dumps(msgspec.to_builtins(value), sort_keys=True)
 
 
-def _check_page(limit: int, offset: int) -> None:
+def check_page(limit: int, offset: int) -> None:
     if not isinstance(limit, int) or limit < 0:
         raise InvalidNameError(f"{limit!r} must be an int >= 0", field="limit", value=limit)
     if not isinstance(offset, int) or offset < 0:
         raise InvalidNameError(f"{offset!r} must be an int >= 0", field="offset", value=offset)
 
 
-def _expires(now: datetime, ttl_seconds: int | None) -> str | None:
+def expires_at(now: datetime, ttl_seconds: int | None) -> str | None:
     if ttl_seconds is None:
         return None
     if not isinstance(ttl_seconds, int) or isinstance(ttl_seconds, bool) or ttl_seconds < 0:
         raise InvalidNameError(
             f"{ttl_seconds!r} must be null or an int >= 0", field="ttl_seconds", value=ttl_seconds
         )
-    return _iso(now + timedelta(seconds=ttl_seconds))
+    return iso(now + timedelta(seconds=ttl_seconds))

@@ -1,0 +1,256 @@
+"""The model registry: served presets, live training models, their runtimes, and model ids.
+
+Records are registered by handlers (so a model id is known as soon as ``create_model`` is
+answered) and read from any thread under one lock; runtimes are created and used on the worker
+thread only (the JAX runtime is not thread-safe).
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tinkjax.server._errors import ApiError
+from tinkjax.server._scheduler import Scheduler
+from tinkjax.server._store import Store, UnknownCheckpointError
+from tinkjax.server._validate import check_int, check_tinker_path
+from tinkjax.types import (
+    GetInfoResponse,
+    ModelData,
+    SupportedModel,
+    parse_tinker_path,
+)
+
+if TYPE_CHECKING:
+    from tinkjax.models import AdapterInfo, ModelConfig, ModelRuntime
+
+__all__ = ["ModelRecord", "ModelRegistry", "warmup"]
+
+
+@dataclass
+class ModelRecord:
+    """A training model (LoRA adapter) as the server knows it."""
+
+    model_id: str
+    base_model: str
+    rank: int
+    seed: int | None
+    train_attn: bool
+    train_mlp: bool
+    train_unembed: bool
+    session_id: str | None
+    user_metadata: dict[str, Any] | None = None
+
+    @classmethod
+    def from_meta(
+        cls,
+        model_id: str,
+        meta: Mapping[str, Any],
+        *,
+        session_id: str | None,
+        user_metadata: dict[str, Any] | None = None,
+    ) -> ModelRecord:
+        """The model a checkpoint's ``meta`` (see :meth:`checkpoint_meta`) describes."""
+        return cls(
+            model_id=model_id, base_model=str(meta["base_model"]), rank=int(meta["lora_rank"]),
+            seed=meta.get("seed"), train_attn=bool(meta.get("train_attn", True)),
+            train_mlp=bool(meta.get("train_mlp", True)),
+            train_unembed=bool(meta.get("train_unembed", True)), session_id=session_id,
+            user_metadata=user_metadata,
+        )  # fmt: skip
+
+    def checkpoint_meta(self, **extra: Any) -> dict[str, Any]:
+        """The ``meta`` saved with a checkpoint of this model."""
+        return {
+            "base_model": self.base_model, "is_lora": True, "lora_rank": self.rank,
+            "seed": self.seed, "train_attn": self.train_attn, "train_mlp": self.train_mlp,
+            "train_unembed": self.train_unembed, "optimizer_config": {"type": "adamw"}, **extra,
+        }  # fmt: skip
+
+    def adapter_info(self) -> AdapterInfo:
+        """The runtime's description of this adapter."""
+        from tinkjax.models import AdapterInfo
+
+        return AdapterInfo(
+            rank=self.rank, seed=self.seed if self.seed is not None else 0,
+            train_attn=self.train_attn, train_mlp=self.train_mlp,
+            train_unembed=self.train_unembed,
+        )  # fmt: skip
+
+
+def warmup() -> None:
+    """Import the model stack on the worker thread while the server starts answering, and
+    turn on JAX's persistent compilation cache (``$TINKJAX_JAX_CACHE``, default
+    ``~/.cache/tinkjax/jax``; ``off`` disables it) so a restarted server does not recompile
+    the programs of the shapes it has seen."""
+    from tinkjax._jaxcfg import enable_compilation_cache
+
+    enable_compilation_cache()
+    import tinkjax.models  # noqa: F401
+
+
+class ModelRegistry:
+    """Served base models, live training models and one runtime per base model.
+
+    Args:
+        store: durable sessions, runs and checkpoints.
+        scheduler: the model orders (an id is taken while its order exists).
+        models: base models served (``None``: every preset).
+    """
+
+    def __init__(
+        self, store: Store, scheduler: Scheduler, *, models: Sequence[str] | None = None
+    ) -> None:
+        self.store = store
+        self.scheduler = scheduler
+        self.allowed_models = None if models is None else tuple(models)
+        self._lock = threading.Lock()
+        self._models: dict[str, ModelRecord] = {}
+        self._runtimes: dict[str, ModelRuntime] = {}
+
+    # ----------------------------------------------------------------- base models
+
+    def presets(self) -> dict[str, ModelConfig]:
+        """Served base models and their configurations."""
+        from tinkjax.models import PRESETS
+
+        names = self.allowed_models if self.allowed_models is not None else tuple(PRESETS)
+        return {n: PRESETS[n] for n in names if n in PRESETS}
+
+    def capabilities(self) -> list[SupportedModel]:
+        """``get_server_capabilities`` entries."""
+        return [
+            SupportedModel(
+                model_name=name, max_context_length=cfg.max_seq_len, trainable=True, sampleable=True
+            )
+            for name, cfg in self.presets().items()
+        ]
+
+    def config(self, base_model: Any, field: str = "base_model") -> ModelConfig:
+        """The served ``base_model``'s configuration; 400 naming ``field`` otherwise."""
+        presets = self.presets()
+        if not isinstance(base_model, str) or base_model not in presets:
+            raise ApiError(
+                400,
+                f"{field}: unknown base model {base_model!r}; this server serves {sorted(presets)}",
+                field=field,
+            )
+        return presets[base_model]
+
+    @staticmethod
+    def check_base_model(requested: str | None, actual: str, of: str) -> None:
+        """400 unless ``requested`` (when given) is ``actual``, the base model named by ``of``
+        (a possessive, e.g. ``"the checkpoint's"``)."""
+        if requested is not None and requested != actual:
+            raise ApiError(
+                400, f"base_model: {requested!r} does not match {of} {actual!r}",
+                field="base_model",
+            )  # fmt: skip
+
+    def runtime(self, base_model: str) -> ModelRuntime:
+        """The runtime of ``base_model`` (worker thread only; created on first use)."""
+        rt = self._runtimes.get(base_model)
+        if rt is None:
+            from tinkjax.models import ModelRuntime
+
+            rt = ModelRuntime(base_model)
+            self._runtimes[base_model] = rt
+        return rt
+
+    # ----------------------------------------------------------------- training models
+
+    def get(self, model_id: Any) -> ModelRecord:
+        """The model ``model_id``; 404 naming it otherwise."""
+        with self._lock:
+            record = self._models.get(model_id) if isinstance(model_id, str) else None
+        if record is None:
+            raise ApiError(
+                404,
+                f"model_id: unknown model {model_id!r} (create it with create_model or "
+                "load_weights; models do not survive a server restart)",
+                field="model_id",
+            )
+        return record
+
+    def records(self) -> list[ModelRecord]:
+        """Every live model."""
+        with self._lock:
+            return list(self._models.values())
+
+    def get_info(self, model_id: Any) -> GetInfoResponse:
+        """``/get_info``."""
+        from tinkjax.models import ByteTokenizer
+
+        record = self.get(model_id)
+        return GetInfoResponse(
+            model_id=record.model_id,
+            model_data=ModelData(
+                arch="bytelm", model_name=record.base_model,
+                tokenizer_id=ByteTokenizer.name_or_path,
+            ),
+            is_lora=True, lora_rank=record.rank, model_name=record.base_model, type="get_info",
+        )  # fmt: skip
+
+    def require_session(self, session_id: str) -> None:
+        """404 unless the session exists."""
+        if not self.store.sessions.has(session_id):
+            raise ApiError(404, f"session_id: unknown session {session_id!r}", field="session_id")
+
+    def new_model_id(
+        self, session_id: str, model_seq_id: int, digest: str
+    ) -> tuple[str, str | None]:
+        """``(model_id, request_id)`` of a model created in ``session_id`` as its
+        ``model_seq_id``-th: ``request_id`` answers a repeat of the same creating request
+        (else ``None``); a different request for an existing model is a 400."""
+        self.require_session(session_id)
+        check_int(model_seq_id, "model_seq_id", low=0)
+        model_id = f"{session_id}:train:{model_seq_id}"
+        existing = self.scheduler.lookup(model_id, 0, digest)
+        if existing is None and (
+            self.scheduler.known_model(model_id) or self.store.runs.has(model_id)
+        ):
+            raise ApiError(
+                400, f"model_seq_id: model {model_id!r} already exists", field="model_seq_id"
+            )
+        return model_id, existing
+
+    def register(self, record: ModelRecord) -> None:
+        """Make ``record`` visible to requests."""
+        with self._lock:
+            self._models[record.model_id] = record
+
+    def discard(self, model_id: str) -> None:
+        """Forget a model that was never created (its creating request was refused)."""
+        with self._lock:
+            self._models.pop(model_id, None)
+
+    def unregister(self, model_id: str) -> None:
+        """Forget a model and its order (its waiting requests fail)."""
+        self.discard(model_id)
+        self.scheduler.forget_model(model_id)
+
+    def ensure_run(self, record: ModelRecord) -> None:
+        """Record the model's training run unless it exists (worker thread)."""
+        if not self.store.runs.has(record.model_id):
+            meta = record.user_metadata
+            self.store.runs.add(
+                record.model_id, base_model=record.base_model, is_lora=True,
+                lora_rank=record.rank, session_id=record.session_id,
+                user_metadata=None if meta is None else {k: str(v) for k, v in meta.items()},
+            )  # fmt: skip
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def checkpoint(self, path: Any, field: str = "path") -> tuple[Path, dict[str, Any], str]:
+        """``(folder, meta, kind)`` of a saved checkpoint; 400 for a malformed path, 404 for
+        an unknown one."""
+        check_tinker_path(path, field)
+        kind = parse_tinker_path(path).kind
+        try:
+            folder, meta = self.store.checkpoints.folder(path)
+        except UnknownCheckpointError:
+            raise ApiError(404, f"{field}: no checkpoint at {path!r}", field=field) from None
+        return folder, meta, kind

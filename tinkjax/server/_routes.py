@@ -1,0 +1,285 @@
+"""The routes of the Tinker protocol, declared as a table.
+
+Most endpoints have one of two shapes, so they are rows, not handlers:
+
+* :class:`Post` — decode the JSON body as ``request`` and answer ``call(req, **path_params)``
+  (``call(req, digest, ...)`` for ordered requests, whose body hash detects duplicates);
+* :class:`Get` — answer ``call(query, **path_params)``.
+
+Both run ``call`` on a worker thread (``run_in_threadpool``): decoding large bodies and every
+SQLite statement stay off the event loop. The few endpoints of their own shape (protobuf
+``forward_backward``, the ``retrieve_future`` long-poll, telemetry intake, the checkpoint REST
+resources) are :class:`Raw` rows. Path parameters may contain ``:`` (model ids) and ``/``
+(checkpoint ids).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import Response
+
+from tinkjax.codec import (
+    decode_forward_backward_request,
+    decode_json,
+    encode_forward_backward_output,
+    encode_json,
+    encode_sample_response,
+)
+from tinkjax.server._backend import Backend
+from tinkjax.server._errors import ApiError
+from tinkjax.server._http import Handler, digest, json_response, page, read_body, read_json_body
+from tinkjax.server._rest import CheckpointRoutes
+from tinkjax.server._store import UnknownCheckpointError
+from tinkjax.types import (
+    ClientConfigResponse,
+    ClientDynamicConfigResponse,
+    CreateModelRequest,
+    CreateSamplingSessionRequest,
+    CreateSessionRequest,
+    CreateSessionResponse,
+    ForwardBackwardOutput,
+    ForwardBackwardRequest,
+    ForwardRequest,
+    FutureRetrieveRequest,
+    GetInfoRequest,
+    GetServerCapabilitiesResponse,
+    LoadWeightsRequest,
+    OptimStepRequest,
+    RequestFailedResponse,
+    SampleRequest,
+    SampleResponse,
+    SaveWeightsForSamplerRequest,
+    SaveWeightsRequest,
+    SessionFinishRequest,
+    SessionHeartbeatRequest,
+    SessionHeartbeatResponse,
+    TryAgainResponse,
+    UnloadModelRequest,
+    WeightsInfoRequest,
+    WeightsInfoResponse,
+)
+
+__all__ = ["PROTOBUF", "Get", "Post", "Raw", "Route", "route_table"]
+
+PROTOBUF = "application/x-protobuf"
+_Query = Mapping[str, str]
+
+
+@dataclass(frozen=True)
+class Post:
+    """``POST path``: a JSON body decoded as ``request``, answered by ``call``."""
+
+    path: str
+    request: Any
+    call: Callable[..., Any]
+    digest: bool = False
+
+
+@dataclass(frozen=True)
+class Get:
+    """``GET path``: answered by ``call(query, **path_params)``."""
+
+    path: str
+    call: Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class Raw:
+    """An endpoint with its own handler."""
+
+    path: str
+    methods: tuple[str, ...]
+    handler: Handler
+
+
+Route = Post | Get | Raw
+
+
+def post_handler(route: Post, max_body_bytes: int) -> Handler:
+    """The handler of a :class:`Post` row."""
+
+    async def handler(request: Request) -> Response:
+        body = await read_json_body(request, max_body_bytes)
+        req = await run_in_threadpool(decode_json, body, route.request)
+        args = (req, digest(body)) if route.digest else (req,)
+        return json_response(await run_in_threadpool(route.call, *args, **request.path_params))
+
+    return handler
+
+
+def get_handler(route: Get) -> Handler:
+    """The handler of a :class:`Get` row."""
+
+    async def handler(request: Request) -> Response:
+        query = dict(request.query_params)
+        return json_response(await run_in_threadpool(route.call, query, **request.path_params))
+
+    return handler
+
+
+class _Handlers:
+    """The endpoints that are not a plain :class:`Post` or :class:`Get`."""
+
+    def __init__(self, backend: Backend, *, max_body_bytes: int, long_poll_s: float) -> None:
+        self.backend = backend
+        self.max_body_bytes = max_body_bytes
+        self.long_poll_s = long_poll_s
+
+    def create_session(self, req: CreateSessionRequest) -> CreateSessionResponse:
+        session_id = str(uuid.uuid4())
+        self.backend.store.sessions.add(
+            session_id, tags=req.tags, user_metadata=req.user_metadata,
+            sdk_version=req.sdk_version, display_name=req.display_name,
+        )  # fmt: skip
+        return CreateSessionResponse(session_id=session_id)
+
+    def heartbeat(self, req: SessionHeartbeatRequest) -> SessionHeartbeatResponse:
+        self.backend.store.sessions.heartbeat(req.session_id)
+        return SessionHeartbeatResponse()
+
+    def finish_session(self, req: SessionFinishRequest, session_id: str) -> dict[str, Any]:
+        self.backend.store.sessions.finish(session_id, reason=req.reason.type, detail=req.detail)
+        return {}
+
+    def weights_info(self, req: WeightsInfoRequest) -> WeightsInfoResponse:
+        try:
+            return self.backend.store.checkpoints.weights_info(req.tinker_path)
+        except UnknownCheckpointError:
+            raise ApiError(
+                404, f"tinker_path: no checkpoint at {req.tinker_path!r}", field="tinker_path"
+            ) from None
+
+    def telemetry(self, raw: dict[str, Any]) -> dict[str, Any]:
+        events = raw.get("events")
+        if not isinstance(events, list):
+            raise ApiError(400, "events: expected a list of event objects", field="events")
+        session_id = raw.get("session_id")
+        if session_id is not None and not isinstance(session_id, str):
+            raise ApiError(400, f"session_id: expected a string, got {session_id!r}")
+        for i, event in enumerate(events):
+            if not isinstance(event, dict):
+                raise ApiError(400, f"events[{i}]: expected an object, got {event!r}")
+        self.backend.store.telemetry.add(session_id, events)
+        return {"status": "accepted"}
+
+    def telemetry_events(self, query: _Query) -> dict[str, Any]:
+        limit, _ = page(query, 100)
+        events = self.backend.store.telemetry.query(
+            session_id=query.get("session_id"), event_name=query.get("event_name"), limit=limit
+        )
+        return {"events": events}
+
+    async def forward_backward(self, request: Request) -> Response:
+        """``/forward_backward``: a protobuf body (the current SDK) or JSON (older ones)."""
+        body = await read_body(request, self.max_body_bytes)
+        content_type = request.headers.get("content-type", "").lower()
+        req: ForwardBackwardRequest | ForwardRequest
+        if "protobuf" in content_type or "octet-stream" in content_type:
+            req = await run_in_threadpool(decode_forward_backward_request, body)
+        else:
+            if not body.strip():
+                raise ApiError(400, "empty request body")
+            req = await run_in_threadpool(decode_json, body, ForwardBackwardRequest)
+        training = self.backend.training
+        return json_response(await run_in_threadpool(training.forward_backward, req, digest(body)))
+
+    async def retrieve_future(self, request: Request) -> Response:
+        """The long-poll: the result once done, 408 ``try_again`` while still pending."""
+        body = await read_json_body(request, self.max_body_bytes)
+        req = decode_json(body, FutureRetrieveRequest)
+        record = await self.backend.futures.wait(req.request_id, self.long_poll_s)
+        if record is None:
+            raise ApiError(
+                404, f"request_id: unknown request {req.request_id!r}", field="request_id"
+            )
+        if record.state == "pending":
+            return json_response(
+                TryAgainResponse(request_id=req.request_id, queue_state="active"), 408
+            )
+        if record.state == "failed":
+            return json_response(
+                RequestFailedResponse(error=record.error or "failed", category=record.category)  # type: ignore[arg-type]
+            )
+        result = record.result
+        if PROTOBUF in request.headers.get("accept", ""):
+            if isinstance(result, ForwardBackwardOutput):
+                data = await run_in_threadpool(encode_forward_backward_output, result)
+                return Response(data, media_type=PROTOBUF)
+            if isinstance(result, SampleResponse):
+                data = await run_in_threadpool(encode_sample_response, result)
+                return Response(data, media_type=PROTOBUF)
+        data = await run_in_threadpool(encode_json, result)
+        return Response(data, media_type="application/json")
+
+    async def unsupported(self, request: Request) -> Response:
+        raise ApiError(404, f"{request.url.path} is not supported by the local tinkjax backend")
+
+
+def _paged(default_limit: int, call: Callable[..., Any]) -> Callable[[_Query], Any]:
+    def answer(query: _Query) -> Any:
+        limit, offset = page(query, default_limit)
+        return call(limit=limit, offset=offset)
+
+    return answer
+
+
+def route_table(backend: Backend, *, max_body_bytes: int, long_poll_s: float) -> list[Route]:
+    """Every route of the app, in matching order."""
+    h = _Handlers(backend, max_body_bytes=max_body_bytes, long_poll_s=long_poll_s)
+    rest = CheckpointRoutes(backend.store, max_body_bytes=max_body_bytes)
+    store, models, samplers = backend.store, backend.models, backend.samplers
+    training, lifecycle, checkpoints = backend.training, backend.lifecycle, backend.checkpoints
+    api = "/api/v1"
+    unsupported = [
+        "save_weights_external", "copy_weights", "retrieve_futures", "join_sampling_session",
+        "create_custom_loss",
+    ]  # fmt: skip
+    return [
+        # session
+        Post(f"{api}/client/config", dict[str, Any], lambda _: ClientConfigResponse()),
+        Post(f"{api}/client/dynamic_config", dict[str, Any],
+             lambda _: ClientDynamicConfigResponse()),
+        Post(f"{api}/create_session", CreateSessionRequest, h.create_session),
+        Post(f"{api}/session_heartbeat", SessionHeartbeatRequest, h.heartbeat),
+        Get(f"{api}/sessions", _paged(20, store.sessions.page)),
+        Get(f"{api}/sessions/{{session_id}}", lambda _, session_id: store.sessions.get(session_id)),
+        Post(f"{api}/sessions/{{session_id}}/finish", SessionFinishRequest, h.finish_session),
+        Post(f"{api}/telemetry", dict[str, Any], h.telemetry),
+        Get(f"{api}/telemetry/events", h.telemetry_events),
+        Get(f"{api}/healthz", lambda _: {"status": "ok"}),
+        Get(f"{api}/get_server_capabilities",
+            lambda _: GetServerCapabilitiesResponse(supported_models=models.capabilities())),
+        # models and training
+        Post(f"{api}/create_model", CreateModelRequest, lifecycle.create_model, digest=True),
+        Post(f"{api}/get_info", GetInfoRequest, lambda req: models.get_info(req.model_id)),
+        Raw(f"{api}/forward_backward", ("POST",), h.forward_backward),
+        Post(f"{api}/forward", ForwardRequest, training.forward_backward, digest=True),
+        Post(f"{api}/optim_step", OptimStepRequest, training.optim_step, digest=True),
+        Post(f"{api}/save_weights", SaveWeightsRequest, checkpoints.save_weights, digest=True),
+        Post(f"{api}/save_weights_for_sampler", SaveWeightsForSamplerRequest,
+             checkpoints.save_weights_for_sampler, digest=True),
+        Post(f"{api}/load_weights", LoadWeightsRequest, lifecycle.load_weights, digest=True),
+        Post(f"{api}/unload_model", UnloadModelRequest, lifecycle.unload_model),
+        Post(f"{api}/weights_info", WeightsInfoRequest, h.weights_info),
+        # sampling
+        Post(f"{api}/create_sampling_session", CreateSamplingSessionRequest,
+             backend.sampling.create_sampling_session),
+        Get(f"{api}/samplers/{{sampler_id:path}}", lambda _, sampler_id: samplers.get(sampler_id)),
+        Post(f"{api}/asample", SampleRequest, backend.sampling.sample),
+        Post(f"{api}/cancel_future", dict[str, Any], lambda _: {}),
+        # futures
+        Raw(f"{api}/retrieve_future", ("POST",), h.retrieve_future),
+        # REST
+        Get(f"{api}/checkpoints", _paged(100, store.checkpoints.page)),
+        Get(f"{api}/training_runs", _paged(20, store.runs.page)),
+        Raw(f"{api}/training_runs/{{rest:path}}", ("GET", "DELETE", "POST", "PUT"),
+            rest.training_run_path),
+        Raw(f"{api}/archives/{{token}}.tar.gz", ("GET",), rest.archive),
+        *(Raw(f"{api}/{name}", ("POST",), h.unsupported) for name in unsupported),
+    ]  # fmt: skip

@@ -1,0 +1,150 @@
+"""The sampler registry: sampling sessions over a base model, an in-memory weights snapshot, or
+saved sampler weights, and how a sample request finds its weights."""
+
+from __future__ import annotations
+
+import collections
+import threading
+import uuid
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from tinkjax.server._errors import ApiError
+from tinkjax.server._models_registry import ModelRecord, ModelRegistry
+from tinkjax.server._store import Store
+from tinkjax.server._weights import is_peft, load_peft, load_state
+from tinkjax.types import GetSamplerResponse, SampleRequest
+
+if TYPE_CHECKING:
+    from tinkjax.models import AdapterSnapshot
+
+__all__ = ["MAX_SNAPSHOT_SAMPLERS", "SamplerRecord", "SamplerRegistry"]
+
+#: In-memory weight snapshots kept for unnamed sampler saves (oldest evicted first; RL loops
+#: make one per iteration).
+MAX_SNAPSHOT_SAMPLERS = 256
+
+
+@dataclass
+class SamplerRecord:
+    """A sampling session: the base model, a frozen snapshot, or saved sampler weights."""
+
+    sampler_id: str
+    base_model: str
+    model_path: str | None = None
+    snapshot: AdapterSnapshot | None = None
+
+
+class SamplerRegistry:
+    """Live samplers (durable ones also in the store) and the snapshots behind them.
+
+    Args:
+        store: where samplers are recorded.
+        models: base models, runtimes and checkpoint lookups.
+        max_snapshots: in-memory snapshots kept (oldest dropped).
+    """
+
+    def __init__(
+        self, store: Store, models: ModelRegistry, *, max_snapshots: int = MAX_SNAPSHOT_SAMPLERS
+    ) -> None:
+        self.store = store
+        self.models = models
+        self.max_snapshots = max_snapshots
+        self._lock = threading.Lock()
+        self._samplers: dict[str, SamplerRecord] = {}
+        self._snapshot_ids: collections.deque[str] = collections.deque()
+
+    def check_new(self, sampler_id: str) -> None:
+        """400 when ``sampler_id`` is taken."""
+        with self._lock:
+            exists = sampler_id in self._samplers
+        if exists or self.store.sessions.has_sampler(sampler_id):
+            raise ApiError(
+                400, f"sampling_session_seq_id: sampler {sampler_id!r} already exists",
+                field="sampling_session_seq_id",
+            )  # fmt: skip
+
+    def add(self, record: SamplerRecord, *, session_id: str | None) -> None:
+        """Record a sampler in the store and here; a snapshot one counts against the cap."""
+        self.store.sessions.add_sampler(
+            record.sampler_id, base_model=record.base_model, model_path=record.model_path,
+            session_id=session_id,
+        )  # fmt: skip
+        with self._lock:
+            self._samplers[record.sampler_id] = record
+            if record.snapshot is not None:
+                self._snapshot_ids.append(record.sampler_id)
+                while len(self._snapshot_ids) > self.max_snapshots:
+                    self._samplers.pop(self._snapshot_ids.popleft(), None)
+
+    def get(self, sampler_id: str) -> GetSamplerResponse:
+        """``GET /samplers/{id}``."""
+        with self._lock:
+            record = self._samplers.get(sampler_id)
+        if record is not None:
+            return GetSamplerResponse(
+                sampler_id=sampler_id, base_model=record.base_model, model_path=record.model_path
+            )
+        if not self.store.sessions.has_sampler(sampler_id):
+            raise ApiError(404, f"sampler_id: unknown sampler {sampler_id!r}", field="sampler_id")
+        return self.store.sessions.get_sampler(sampler_id)
+
+    def for_request(self, req: SampleRequest) -> SamplerRecord:
+        """The weights a sample request names: a sampling session, a path or a base model."""
+        if req.sampling_session_id is not None:
+            return self._session(req.sampling_session_id)
+        if req.model_path is not None:
+            _, meta, _ = self.models.checkpoint(req.model_path, field="model_path")
+            return SamplerRecord(
+                sampler_id="", base_model=meta["base_model"], model_path=req.model_path
+            )
+        if req.base_model is not None:
+            self.models.config(req.base_model)
+            return SamplerRecord(sampler_id="", base_model=req.base_model)
+        raise ApiError(
+            400, "sampling_session_id, model_path or base_model: one is required",
+            field="sampling_session_id",
+        )  # fmt: skip
+
+    def _session(self, sampler_id: str) -> SamplerRecord:
+        with self._lock:
+            record = self._samplers.get(sampler_id)
+        if record is not None:
+            return record
+        info = self.get(sampler_id)
+        if info.model_path is None:
+            raise ApiError(
+                404,
+                f"sampling_session_id: {sampler_id!r} sampled from an in-memory weights "
+                f"snapshot, which is gone (only the last {self.max_snapshots} are kept, and none "
+                "survive a restart); create a new sampling client",
+                field="sampling_session_id",
+            )
+        record = SamplerRecord(
+            sampler_id=info.sampler_id, base_model=info.base_model, model_path=info.model_path
+        )
+        with self._lock:
+            self._samplers[info.sampler_id] = record
+        return record
+
+    def snapshot(self, sampler: SamplerRecord) -> AdapterSnapshot | None:
+        """The sampler's weights (worker thread; saved weights are read once and cached)."""
+        if sampler.snapshot is not None or sampler.model_path is None:
+            return sampler.snapshot
+        folder, meta = self.store.checkpoints.folder(sampler.model_path)
+        rt = self.models.runtime(sampler.base_model)
+        if is_peft(folder):
+            snapshot = rt.snapshot_from_peft(*load_peft(folder))
+        else:  # a training checkpoint: its LoRA weights, loaded into a scratch adapter
+            scratch = f"__sampler__:{uuid.uuid4().hex}"
+            record = ModelRecord.from_meta(scratch, meta, session_id=None)
+            rt.import_state(
+                scratch, load_state(folder), info=record.adapter_info(), include_optimizer=False
+            )
+            try:
+                snapshot = rt.snapshot(scratch)
+            finally:
+                rt.remove_adapter(scratch)
+        if sampler.sampler_id:
+            sampler.snapshot = snapshot
+        return snapshot
