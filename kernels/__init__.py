@@ -1,6 +1,9 @@
-"""Compute kernels shared by the client engine and the local backend.
+"""Compute kernels of the local backend's models (``tinkjax.models``).
 
-Imported as ``tinkjax.kernels``; every kernel ships with a plain-``jnp`` reference.
+Target-token logprobs, LoRA matmuls (single and multi-adapter) and sampling filters. Imported
+as ``tinkjax.kernels``; every kernel ships with a plain-``jnp`` reference that the tests compare
+it with. The custom-loss engine (``tinkjax.engine``) does not use them: it works on the
+logprobs a forward pass returns.
 """
 
 from tinkjax.kernels._logprobs import target_logprobs, target_logprobs_reference

@@ -121,7 +121,7 @@ class Regularizer:
         params: numeric parameters (name → float or array), traced.
         static: hashable options passed as Python values (part of the compiled program).
         requires: ``loss_fn_inputs`` keys the data must carry (e.g. ``reference_logprobs``).
-        prepare: optional ``async prepare(data)`` awaited before the kernel (I/O such as a
+        prepare: optional ``async prepare(data)`` awaited before the program runs (I/O such as a
             reward model); it returns ``{key: one value per datum}``, each value a scalar
             (→ ``[B]`` per-sequence array) or an array shaped like the datum's logprobs
             (→ token-shaped), passed to ``fn`` as keyword arguments.
