@@ -8,7 +8,8 @@ import httpx
 import numpy as np
 import pytest
 
-from tinkjax.server import ServerHandle, start
+from tinkjax.server import ServerHandle, _scheduler, start
+from tinkjax.server._futures import FutureTable
 from tinkjax.server._scheduler import Job
 
 from .conftest import ce_datum, fwdbwd_body, new_model, new_session, post, result
@@ -150,3 +151,23 @@ def test_fusion_across_models_matches_separate_calls(
             single["loss_fn_outputs"][0]["logprobs"]["data"],
             rtol=1e-5,
         )
+
+
+def test_bookkeeping_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Execution counts live with the remembered seq ids and are dropped with them."""
+    monkeypatch.setattr(_scheduler, "MAX_REMEMBERED_SEQS", 3)
+    sched = _scheduler.Scheduler(FutureTable(), seq_gap_timeout_s=5.0)
+    sched.start()
+    try:
+        for seq in range(6):
+            sched.submit(Job(f"r{seq}", "test", run=lambda: None, model_id="m", seq_id=seq),
+                         register_next_seq=0)  # fmt: skip
+        for _ in range(200):
+            if sched.futures.get("r5") is not None and sched.futures.get("r5").state == "done":  # type: ignore[union-attr]
+                break
+            threading.Event().wait(0.01)
+        assert sorted(sched.applied) == [("m", 3), ("m", 4), ("m", 5)]
+        assert set(sched.applied.values()) == {1}
+        assert not hasattr(sched, "idle_hooks")
+    finally:
+        sched.stop()
