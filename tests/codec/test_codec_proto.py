@@ -318,10 +318,10 @@ def test_wire_messages_reach_only_shared_types(name: str) -> None:
 
 
 def _ld(number: int, payload: bytes) -> bytes:
-    return bytes([(number << 3) | 2]) + _varint(len(payload)) + payload
+    return bytes([(number << 3) | 2]) + read_varint(len(payload)) + payload
 
 
-def _varint(value: int) -> bytes:
+def read_varint(value: int) -> bytes:
     out = bytearray()
     while value >= 0x80:
         out.append((value & 0x7F) | 0x80)

@@ -21,7 +21,7 @@ Field = tuple[int, int, Any, memoryview]
 slice for length-delimited ones; ``raw`` is the whole field (key included) as it appeared."""
 
 
-def _varint(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
+def read_varint(buf: memoryview, pos: int, end: int, what: str) -> tuple[int, int]:
     result = 0
     shift = 0
     while True:
@@ -51,7 +51,7 @@ def fields(buf: memoryview, what: str) -> Iterator[Field]:
         if tag < 0x80:  # one-byte keys (fields 1-15) are the rule: skip the varint loop
             pos += 1
         else:
-            tag, pos = _varint(buf, pos, end, what)
+            tag, pos = read_varint(buf, pos, end, what)
         number, wire = tag >> 3, tag & 7
         if number == 0:
             raise DecodeError(f"malformed protobuf {what}: field number 0")
@@ -61,13 +61,13 @@ def fields(buf: memoryview, what: str) -> Iterator[Field]:
                 size = buf[pos]
                 pos += 1
             else:
-                size, pos = _varint(buf, pos, end, what)
+                size, pos = read_varint(buf, pos, end, what)
             if pos + size > end:
                 raise DecodeError(f"malformed protobuf {what}: field {number} overruns the message")
             value = buf[pos : pos + size]
             pos += size
         elif wire == 0:
-            value, pos = _varint(buf, pos, end, what)
+            value, pos = read_varint(buf, pos, end, what)
         elif wire == 1:
             if pos + 8 > end:
                 raise DecodeError(f"malformed protobuf {what}: truncated fixed64")
@@ -96,7 +96,7 @@ def only_bytes_field(buf: memoryview, number: int, what: str) -> memoryview | No
     pos = 2
     if size >= 0x80:
         try:
-            size, pos = _varint(buf, 1, end, what)
+            size, pos = read_varint(buf, 1, end, what)
         except DecodeError:  # the general path reports it
             return None
     if pos + size != end:
@@ -109,7 +109,7 @@ def packed_varints(buf: memoryview, what: str) -> list[int]:
     out = []
     pos, end = 0, len(buf)
     while pos < end:
-        value, pos = _varint(buf, pos, end, what)
+        value, pos = read_varint(buf, pos, end, what)
         if value >= 1 << 63:
             value -= 1 << 64
         out.append(value)

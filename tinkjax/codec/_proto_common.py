@@ -31,10 +31,10 @@ from tinkjax.types import (
 from ._pb import tinkjax_wire_pb2 as pb
 from ._pbreader import fields
 
-_INT32_MAX = np.iinfo(np.int32).max
-_INT32_MIN = np.iinfo(np.int32).min
+INT32_MAX = np.iinfo(np.int32).max
+INT32_MIN = np.iinfo(np.int32).min
 
-_DTYPE_TO_PB = {"float32": pb.DTYPE_FLOAT32, "int64": pb.DTYPE_INT64}
+DTYPE_TO_PB = {"float32": pb.DTYPE_FLOAT32, "int64": pb.DTYPE_INT64}
 # Proto dtype → (NumPy dtype of the buffer, public wire dtype).
 _PB_TO_DTYPE: dict[int, tuple[np.dtype[Any], TensorDtype]] = {
     pb.DTYPE_FLOAT32: (np.dtype("<f4"), "float32"),
@@ -44,7 +44,7 @@ _PB_TO_DTYPE: dict[int, tuple[np.dtype[Any], TensorDtype]] = {
 }
 
 
-def _parse(message: Any, data: bytes, what: str) -> Any:
+def parse_message(message: Any, data: bytes, what: str) -> Any:
     try:
         message.ParseFromString(data)
     except (_PbDecodeError, RuntimeError, ValueError) as exc:
@@ -52,7 +52,7 @@ def _parse(message: Any, data: bytes, what: str) -> Any:
     return message
 
 
-def _split_bulk(
+def split_bulk(
     data: bytes, message: Any, bulk_field: int, what: str
 ) -> tuple[Any, list[memoryview]]:
     """``(message parsed from every field but one, views of that repeated field's entries)``:
@@ -65,14 +65,16 @@ def _split_bulk(
             bulk.append(value)
         else:
             head_parts.append(raw)
-    return _parse(message, b"".join(head_parts), what), bulk
+    return parse_message(message, b"".join(head_parts), what), bulk
 
 
 def _le_bytes(arr: npt.NDArray[Any], dtype: np.dtype[Any]) -> bytes:
     return np.ascontiguousarray(arr, dtype=dtype).tobytes()
 
 
-def _frombuffer(buf: bytes | memoryview, dtype: np.dtype[Any], field: str) -> npt.NDArray[Any]:
+def checked_frombuffer(
+    buf: bytes | memoryview, dtype: np.dtype[Any], field: str
+) -> npt.NDArray[Any]:
     if len(buf) % dtype.itemsize:
         raise TensorError(
             f"{len(buf)} bytes is not a whole number of {dtype.itemsize}-byte values", field=field
@@ -80,7 +82,7 @@ def _frombuffer(buf: bytes | memoryview, dtype: np.dtype[Any], field: str) -> np
     return np.frombuffer(buf, dtype=dtype)
 
 
-def _widen(arr: npt.NDArray[Any], pb_dtype: int) -> npt.NDArray[Any]:
+def widen(arr: npt.NDArray[Any], pb_dtype: int) -> npt.NDArray[Any]:
     if pb_dtype == pb.DTYPE_BFLOAT16:
         return (arr.astype(np.uint32) << 16).view(np.float32)
     if pb_dtype == pb.DTYPE_INT32:
@@ -88,7 +90,7 @@ def _widen(arr: npt.NDArray[Any], pb_dtype: int) -> npt.NDArray[Any]:
     return arr
 
 
-def _buffer_dtype(pb_dtype: int, field: str) -> tuple[np.dtype[Any], TensorDtype]:
+def buffer_dtype(pb_dtype: int, field: str) -> tuple[np.dtype[Any], TensorDtype]:
     try:
         return _PB_TO_DTYPE[pb_dtype]
     except KeyError:
@@ -96,10 +98,10 @@ def _buffer_dtype(pb_dtype: int, field: str) -> tuple[np.dtype[Any], TensorDtype
 
 
 # -- tensors ----------------------------------------------------------------------------------
-def _tensor_to_pb(td: TensorData, msg: Any) -> None:
+def tensor_to_pb(td: TensorData, msg: Any) -> None:
     # Response tensors always carry their shape: the official SDK's decoder reshapes to the
     # written shape, and an absent one (``[]``) fails for anything but a single value.
-    msg.dtype = _DTYPE_TO_PB[td.dtype]
+    msg.dtype = DTYPE_TO_PB[td.dtype]
     msg.shape.extend(td.dense_shape)
     np_dtype = np.dtype("<f4") if td.dtype == "float32" else np.dtype("<i8")
     if td.is_sparse:
@@ -111,25 +113,25 @@ def _tensor_to_pb(td: TensorData, msg: Any) -> None:
         msg.dense = _le_bytes(td.data, np_dtype)
 
 
-def _tensor_from_pb(msg: Any, field: str) -> TensorData:
-    np_dtype, dtype = _buffer_dtype(msg.dtype, f"{field}.dtype")
+def tensor_from_pb(msg: Any, field: str) -> TensorData:
+    np_dtype, dtype = buffer_dtype(msg.dtype, f"{field}.dtype")
     shape = [int(d) for d in msg.shape]
     try:
         if msg.WhichOneof("encoding") == "sparse_csr":
             csr = msg.sparse_csr
-            values = _widen(_frombuffer(csr.values, np_dtype, f"{field}.values"), msg.dtype)
+            values = widen(checked_frombuffer(csr.values, np_dtype, f"{field}.values"), msg.dtype)
             return TensorData(
                 data=values,
                 dtype=dtype,
                 shape=shape,
-                sparse_crow_indices=_frombuffer(
+                sparse_crow_indices=checked_frombuffer(
                     csr.crow_indices, np.dtype("<i8"), f"{field}.crow_indices"
                 ).tolist(),
-                sparse_col_indices=_frombuffer(
+                sparse_col_indices=checked_frombuffer(
                     csr.col_indices, np.dtype("<i8"), f"{field}.col_indices"
                 ).tolist(),
             )
-        values = _widen(_frombuffer(msg.dense, np_dtype, field), msg.dtype)
+        values = widen(checked_frombuffer(msg.dense, np_dtype, field), msg.dtype)
         return TensorData(data=values, dtype=dtype, shape=shape or None)
     except WireFormatError as exc:
         raise TensorError(
@@ -138,10 +140,10 @@ def _tensor_from_pb(msg: Any, field: str) -> TensorData:
 
 
 # -- model input ------------------------------------------------------------------------------
-def _chunk_to_pb(chunk: ModelInputChunk, msg: Any, field: str) -> None:
+def chunk_to_pb(chunk: ModelInputChunk, msg: Any, field: str) -> None:
     if isinstance(chunk, EncodedTextChunk):
         toks = chunk.tokens
-        if toks.size and (toks.max() > _INT32_MAX or toks.min() < _INT32_MIN):
+        if toks.size and (toks.max() > INT32_MAX or toks.min() < INT32_MIN):
             raise TensorError("token id does not fit in int32", field=f"{field}.tokens")
         msg.encoded_text.tokens = toks.astype("<i4").tobytes()
     elif isinstance(chunk, ImageChunk):
@@ -160,10 +162,10 @@ def _chunk_to_pb(chunk: ModelInputChunk, msg: Any, field: str) -> None:
         raise WireFormatError(f"unknown chunk type {type(chunk).__name__}", field=field)
 
 
-def _chunk_from_pb(msg: Any, field: str) -> ModelInputChunk:
+def chunk_from_pb(msg: Any, field: str) -> ModelInputChunk:
     kind = msg.WhichOneof("chunk")
     if kind == "encoded_text":
-        toks = _frombuffer(msg.encoded_text.tokens, np.dtype("<i4"), f"{field}.tokens")
+        toks = checked_frombuffer(msg.encoded_text.tokens, np.dtype("<i4"), f"{field}.tokens")
         return EncodedTextChunk(tokens=toks.astype(np.int64))
     if kind == "image":
         img = msg.image
@@ -181,7 +183,7 @@ def _chunk_from_pb(msg: Any, field: str) -> ModelInputChunk:
     raise WireFormatError("chunk has no content", field=field)
 
 
-def _spans_to_pb(spans: Iterable[ProvenanceSpan], container: Any) -> None:
+def spans_to_pb(spans: Iterable[ProvenanceSpan], container: Any) -> None:
     for span in spans:
         msg = container.add()
         arm = msg.sampled_tokens if isinstance(span, SampledProvenanceSpan) else msg.prompt_tokens
@@ -190,7 +192,7 @@ def _spans_to_pb(spans: Iterable[ProvenanceSpan], container: Any) -> None:
         arm.length = span.length
 
 
-def _spans_from_pb(container: Any) -> list[ProvenanceSpan] | None:
+def spans_from_pb(container: Any) -> list[ProvenanceSpan] | None:
     if not len(container):
         return None
     out: list[ProvenanceSpan] = []
@@ -202,7 +204,7 @@ def _spans_from_pb(container: Any) -> list[ProvenanceSpan] | None:
     return out
 
 
-def _utf8(buf: memoryview, field: str) -> str:
+def utf8(buf: memoryview, field: str) -> str:
     try:
         return bytes(buf).decode("utf-8")
     except UnicodeDecodeError:

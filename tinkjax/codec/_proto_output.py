@@ -13,7 +13,7 @@ from tinkjax.types import ForwardBackwardOutput, TensorData
 from ._pb import tinkjax_wire_pb2 as pb
 from ._pbreader import fields, packed_varints
 from ._pbwriter import Writer
-from ._proto_common import _DTYPE_TO_PB, _buffer_dtype, _frombuffer, _split_bulk, _utf8, _widen
+from ._proto_common import DTYPE_TO_PB, buffer_dtype, checked_frombuffer, split_bulk, utf8, widen
 
 __all__ = ["decode_forward_backward_output", "encode_forward_backward_output"]
 
@@ -61,7 +61,7 @@ def encode_forward_backward_output(output: ForwardBackwardOutput) -> bytes:
             if arrays:
                 batched.array_field(1, np.concatenate(arrays), np_dtype.str)
             batched.array_field(2, offsets, "<i8")
-            batched.varint_field(3, _DTYPE_TO_PB[first.dtype])
+            batched.varint_field(3, DTYPE_TO_PB[first.dtype])
             batched.packed_varints(4, list(first.dense_shape[1:]))
             entry = Writer()
             entry.string_field(1, name)
@@ -88,9 +88,9 @@ def _read_batched(buf: memoryview, field: str) -> list[TensorData]:
             trailing.extend(packed_varints(value, f"{field}.trailing_shape"))
         elif number == 4 and wire == 0:
             trailing.append(int(value))
-    np_dtype, dtype = _buffer_dtype(pb_dtype, f"{field}.dtype")
-    buf_arr = _widen(_frombuffer(data, np_dtype, field), pb_dtype)
-    offsets = _frombuffer(offsets_buf, np.dtype("<i8"), f"{field}.offsets")
+    np_dtype, dtype = buffer_dtype(pb_dtype, f"{field}.dtype")
+    buf_arr = widen(checked_frombuffer(data, np_dtype, field), pb_dtype)
+    offsets = checked_frombuffer(offsets_buf, np.dtype("<i8"), f"{field}.offsets")
     item = np_dtype.itemsize
     if (
         offsets.size == 0
@@ -121,7 +121,7 @@ def _read_batched(buf: memoryview, field: str) -> list[TensorData]:
 
 def decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
     """Parse a ``ForwardBackwardOutput`` into per-datum ``TensorData`` dicts (zero-copy)."""
-    msg, records = _split_bulk(data, pb.ForwardBackwardOutput(), 2, "ForwardBackwardOutput")
+    msg, records = split_bulk(data, pb.ForwardBackwardOutput(), 2, "ForwardBackwardOutput")
     metrics = {k: float(v) for k, v in msg.metrics.items()}
     if not records:
         return ForwardBackwardOutput(
@@ -140,7 +140,7 @@ def decode_forward_backward_output(data: bytes) -> ForwardBackwardOutput:
                 bt: memoryview = memoryview(b"")
                 for n, w, v, _ in fields(value, f"{where}.fields"):
                     if n == 1 and w == 2:
-                        name = _utf8(v, f"{where}.fields")
+                        name = utf8(v, f"{where}.fields")
                     elif n == 2 and w == 2:
                         bt = v
                 per_field[name] = _read_batched(bt, f"{where}.{name}")

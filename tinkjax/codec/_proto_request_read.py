@@ -22,17 +22,17 @@ from tinkjax.types import (
 )
 
 from ._pb import tinkjax_wire_pb2 as pb
-from ._pbreader import _varint as _pb_varint
 from ._pbreader import fields, only_bytes_field, packed_varints
+from ._pbreader import read_varint as _pb_varint
 from ._proto_common import (
-    _buffer_dtype,
-    _chunk_from_pb,
-    _frombuffer,
-    _parse,
-    _spans_from_pb,
-    _split_bulk,
-    _utf8,
-    _widen,
+    buffer_dtype,
+    checked_frombuffer,
+    chunk_from_pb,
+    parse_message,
+    spans_from_pb,
+    split_bulk,
+    utf8,
+    widen,
 )
 
 __all__ = ["decode_forward_backward_request"]
@@ -106,9 +106,9 @@ def _read_tensor(buf: memoryview, field: str) -> TensorData:
     layout = _dense_layout(buf)
     if layout is not None:
         dense_buf, pb_type, dims = layout
-        np_dtype, dtype = _buffer_dtype(pb_type, f"{field}.dtype")
+        np_dtype, dtype = buffer_dtype(pb_type, f"{field}.dtype")
         try:
-            values = _widen(_frombuffer(dense_buf, np_dtype, field), pb_type)
+            values = widen(checked_frombuffer(dense_buf, np_dtype, field), pb_type)
             return TensorData(data=values, dtype=dtype, shape=dims or None)
         except WireFormatError as exc:
             raise _within(exc, field) from None
@@ -127,7 +127,7 @@ def _read_tensor(buf: memoryview, field: str) -> TensorData:
             shape.extend(packed_varints(value, f"{field}.shape"))
         elif number == 4 and wire == 0:
             shape.append(int(value))
-    np_dtype, dtype = _buffer_dtype(pb_dtype, f"{field}.dtype")
+    np_dtype, dtype = buffer_dtype(pb_dtype, f"{field}.dtype")
     try:
         if csr is not None:
             parts: dict[int, memoryview] = {}
@@ -135,20 +135,23 @@ def _read_tensor(buf: memoryview, field: str) -> TensorData:
                 if wire == 2 and number in (1, 2, 3):
                     parts[number] = value
             empty = memoryview(b"")
-            values = _widen(_frombuffer(parts.get(1, empty), np_dtype, f"{field}.values"), pb_dtype)
+            values = widen(
+                checked_frombuffer(parts.get(1, empty), np_dtype, f"{field}.values"), pb_dtype
+            )
             return TensorData(
                 data=values,
                 dtype=dtype,
                 shape=shape,
-                sparse_crow_indices=_frombuffer(
+                sparse_crow_indices=checked_frombuffer(
                     parts.get(2, empty), np.dtype("<i8"), f"{field}.crow_indices"
                 ).tolist(),
-                sparse_col_indices=_frombuffer(
+                sparse_col_indices=checked_frombuffer(
                     parts.get(3, empty), np.dtype("<i8"), f"{field}.col_indices"
                 ).tolist(),
             )
-        values = _widen(
-            _frombuffer(dense if dense is not None else memoryview(b""), np_dtype, field), pb_dtype
+        values = widen(
+            checked_frombuffer(dense if dense is not None else memoryview(b""), np_dtype, field),
+            pb_dtype,
         )
         return TensorData(data=values, dtype=dtype, shape=shape or None)
     except WireFormatError as exc:
@@ -161,7 +164,7 @@ def _read_chunk(buf: memoryview, field: str) -> ModelInputChunk:
         tokens = only_bytes_field(text, 1, field) if len(text) else memoryview(b"")
         if tokens is not None:
             # int32 → a new int64 array, which the chunk keeps without another copy
-            return EncodedTextChunk(tokens=_frombuffer(tokens, _I4, f"{field}.tokens"))
+            return EncodedTextChunk(tokens=checked_frombuffer(tokens, _I4, f"{field}.tokens"))
     text = None
     other = False
     for number, wire, value, _ in fields(buf, field):
@@ -170,12 +173,12 @@ def _read_chunk(buf: memoryview, field: str) -> ModelInputChunk:
         elif number in (2, 3):
             text, other = None, True
     if other or text is None:
-        return _chunk_from_pb(_parse(pb.Chunk(), bytes(buf), field), field)
+        return chunk_from_pb(parse_message(pb.Chunk(), bytes(buf), field), field)
     tokens_buf: memoryview = memoryview(b"")
     for number, wire, value, _ in fields(text, f"{field}.encoded_text"):
         if number == 1 and wire == 2:
             tokens_buf = value
-    return EncodedTextChunk(tokens=_frombuffer(tokens_buf, _I4, f"{field}.tokens"))
+    return EncodedTextChunk(tokens=checked_frombuffer(tokens_buf, _I4, f"{field}.tokens"))
 
 
 def _read_datum(buf: memoryview, index: int) -> Datum:
@@ -191,12 +194,12 @@ def _read_datum(buf: memoryview, index: int) -> Datum:
             tensor_buf: memoryview = memoryview(b"")
             entry = _entry_layout(value)
             if entry is not None:
-                name = _utf8(entry[0], f"{where}.loss_fn_inputs")
+                name = utf8(entry[0], f"{where}.loss_fn_inputs")
                 tensor_buf = entry[1]
             else:
                 for n, w, v, _ in fields(value, f"{where}.loss_fn_inputs"):
                     if n == 1 and w == 2:
-                        name = _utf8(v, f"{where}.loss_fn_inputs")
+                        name = utf8(v, f"{where}.loss_fn_inputs")
                     elif n == 2 and w == 2:
                         tensor_buf = v
             inputs[name] = _read_tensor(tensor_buf, f"{where}.loss_fn_inputs.{name}")
@@ -204,9 +207,9 @@ def _read_datum(buf: memoryview, index: int) -> Datum:
             rest.append(raw)
     mspans = lspans = None
     if rest:
-        extra = _parse(pb.Datum(), b"".join(rest), where)
-        mspans = _spans_from_pb(extra.model_input_spans)
-        lspans = _spans_from_pb(extra.loss_fn_input_spans)
+        extra = parse_message(pb.Datum(), b"".join(rest), where)
+        mspans = spans_from_pb(extra.model_input_spans)
+        lspans = spans_from_pb(extra.loss_fn_input_spans)
     try:
         return Datum(
             model_input=ModelInput(chunks=chunks),
@@ -224,7 +227,7 @@ def decode_forward_backward_request(data: bytes) -> ForwardBackwardRequest | For
     Tensors and tokens are read without copying (``np.frombuffer`` over ``data``), so the
     returned request keeps ``data`` alive.
     """
-    msg, datum_views = _split_bulk(data, pb.ForwardBackwardRequest(), 3, "ForwardBackwardRequest")
+    msg, datum_views = split_bulk(data, pb.ForwardBackwardRequest(), 3, "ForwardBackwardRequest")
     config: dict[str, float | str] = {k: float(v) for k, v in msg.loss_fn_config.items()}
     for cfg_key, value in msg.loss_fn_config_v2.items():  # v2 wins over the legacy mirror
         kind = value.WhichOneof("value")

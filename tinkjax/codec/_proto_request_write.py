@@ -23,7 +23,7 @@ from tinkjax.types import (
 from ._pb import tinkjax_wire_pb2 as pb
 from ._pbwriter import Writer, varint
 from ._pbwriter import varint_size as _vlen
-from ._proto_common import _DTYPE_TO_PB, _INT32_MAX, _INT32_MIN, _chunk_to_pb, _spans_to_pb
+from ._proto_common import DTYPE_TO_PB, INT32_MAX, INT32_MIN, chunk_to_pb, spans_to_pb
 
 __all__ = [
     "WeightedChunk",
@@ -34,7 +34,7 @@ __all__ = [
 
 _NP_OF: dict[str, np.dtype[Any]] = {"float32": np.dtype("<f4"), "int64": np.dtype("<i8")}
 # Field 3 (dtype) of a ``Tensor``, per wire dtype.
-_DTYPE_TAILS = {name: bytes((0x18, value)) for name, value in _DTYPE_TO_PB.items()}
+_DTYPE_TAILS = {name: bytes((0x18, value)) for name, value in DTYPE_TO_PB.items()}
 
 
 # -- forward/backward request -----------------------------------------------------------------
@@ -99,7 +99,7 @@ def _datum_parts(
     for j, chunk in enumerate(datum.model_input.chunks):
         if isinstance(chunk, EncodedTextChunk):
             toks = chunk.tokens
-            if check_tokens and toks.size and (toks.max() > _INT32_MAX or toks.min() < _INT32_MIN):
+            if check_tokens and toks.size and (toks.max() > INT32_MAX or toks.min() < INT32_MIN):
                 raise TensorError(
                     "token id does not fit in int32",
                     field=f"data[{index}].model_input[{j}].tokens",
@@ -120,7 +120,7 @@ def _datum_parts(
                 length += 4
         else:
             cmsg = pb.Chunk()
-            _chunk_to_pb(chunk, cmsg, f"data[{index}].model_input[{j}]")
+            chunk_to_pb(chunk, cmsg, f"data[{index}].model_input[{j}]")
             body = cmsg.SerializeToString()
             head = b"\x0a" + varint(len(body))
             parts.append(head)
@@ -164,8 +164,8 @@ def _spans_bytes(datum: Datum) -> bytes:
     if datum.model_input_spans is None and datum.loss_fn_input_spans is None:
         return b""
     spans = pb.Datum()
-    _spans_to_pb(datum.model_input_spans or (), spans.model_input_spans)
-    _spans_to_pb(datum.loss_fn_input_spans or (), spans.loss_fn_input_spans)
+    spans_to_pb(datum.model_input_spans or (), spans.model_input_spans)
+    spans_to_pb(datum.loss_fn_input_spans or (), spans.loss_fn_input_spans)
     return spans.SerializeToString()
 
 
@@ -232,7 +232,7 @@ def encode_datum_prefixes(data: Sequence[Datum]) -> list[tuple[bytes, bytes]]:
     ]
     flat = np.concatenate(tokens) if len(tokens) > 1 else (tokens[0] if tokens else None)
     in_range = (
-        flat is None or not flat.size or (flat.max() <= _INT32_MAX and flat.min() >= _INT32_MIN)
+        flat is None or not flat.size or (flat.max() <= INT32_MAX and flat.min() >= INT32_MIN)
     )
     out = []
     for index, datum in enumerate(data):

@@ -11,7 +11,7 @@ from tinkjax.errors import DecodeError, TensorError, WireFormatError
 from tinkjax.types import PromptAltTokens, SampledSequence, SampleResponse, TopkLogprobs
 
 from ._pb import tinkjax_wire_pb2 as pb
-from ._proto_common import _frombuffer, _parse, _tensor_from_pb, _tensor_to_pb
+from ._proto_common import checked_frombuffer, parse_message, tensor_from_pb, tensor_to_pb
 
 __all__ = ["decode_sample_response", "encode_sample_response"]
 
@@ -30,8 +30,8 @@ def _topk_to_pb(topk: TopkLogprobs, msg: Any) -> None:
 def _topk_from_pb(msg: Any, field: str) -> TopkLogprobs | None:
     if msg.k == 0 or msg.length == 0:
         return None
-    ids = _frombuffer(msg.token_ids, np.dtype("<i4"), f"{field}.token_ids")
-    lps = _frombuffer(msg.logprobs, np.dtype("<f4"), f"{field}.logprobs")
+    ids = checked_frombuffer(msg.token_ids, np.dtype("<i4"), f"{field}.token_ids")
+    lps = checked_frombuffer(msg.logprobs, np.dtype("<f4"), f"{field}.logprobs")
     try:
         return TopkLogprobs(token_ids=ids, logprobs=lps, k=msg.k, length=msg.length)
     except WireFormatError as exc:
@@ -57,10 +57,10 @@ def encode_sample_response(response: SampleResponse) -> bytes:
         _topk_to_pb(response.topk_prompt_logprobs_np, msg.topk_prompt_logprobs)
     msg.prompt_cache_hit_tokens = response.prompt_cache_hit_tokens
     if response.target_prompt_logprobs is not None:
-        _tensor_to_pb(response.target_prompt_logprobs, msg.target_prompt_logprobs)
+        tensor_to_pb(response.target_prompt_logprobs, msg.target_prompt_logprobs)
     if response.prompt_alt_tokens is not None:
-        _tensor_to_pb(response.prompt_alt_tokens.tokens, msg.prompt_alt_tokens.tokens)
-        _tensor_to_pb(response.prompt_alt_tokens.logprobs, msg.prompt_alt_tokens.logprobs)
+        tensor_to_pb(response.prompt_alt_tokens.tokens, msg.prompt_alt_tokens.tokens)
+        tensor_to_pb(response.prompt_alt_tokens.logprobs, msg.prompt_alt_tokens.logprobs)
     return bytes(msg.SerializeToString())
 
 
@@ -68,7 +68,7 @@ def decode_sample_response(
     data: bytes, sequence_ids: Sequence[str] | None = None
 ) -> SampleResponse:
     """Parse a ``SampleResponse``; ``sequence_ids`` (from the submission) are stamped in order."""
-    msg = _parse(pb.SampleResponse(), data, "SampleResponse")
+    msg = parse_message(pb.SampleResponse(), data, "SampleResponse")
     if sequence_ids is not None and len(sequence_ids) != len(msg.sequences):
         raise DecodeError(
             f"{len(msg.sequences)} sequences but {len(sequence_ids)} sample_sequence_ids",
@@ -82,9 +82,9 @@ def decode_sample_response(
             raise DecodeError(
                 f"unknown stop_reason {smsg.stop_reason}", field=f"{field}.stop_reason"
             )
-        tokens = _frombuffer(smsg.tokens, np.dtype("<i4"), f"{field}.tokens")
+        tokens = checked_frombuffer(smsg.tokens, np.dtype("<i4"), f"{field}.tokens")
         logprobs = (
-            _frombuffer(smsg.logprobs, np.dtype("<f4"), f"{field}.logprobs")
+            checked_frombuffer(smsg.logprobs, np.dtype("<f4"), f"{field}.logprobs")
             if smsg.HasField("logprobs")
             else None
         )
@@ -108,13 +108,13 @@ def decode_sample_response(
     alt = None
     if msg.HasField("prompt_alt_tokens"):
         alt = PromptAltTokens(
-            tokens=_tensor_from_pb(msg.prompt_alt_tokens.tokens, "prompt_alt_tokens.tokens"),
-            logprobs=_tensor_from_pb(msg.prompt_alt_tokens.logprobs, "prompt_alt_tokens.logprobs"),
+            tokens=tensor_from_pb(msg.prompt_alt_tokens.tokens, "prompt_alt_tokens.tokens"),
+            logprobs=tensor_from_pb(msg.prompt_alt_tokens.logprobs, "prompt_alt_tokens.logprobs"),
         )
     return SampleResponse(
         sequences=sequences,
         prompt_logprobs_np=(
-            _frombuffer(msg.prompt_logprobs, np.dtype("<f4"), "prompt_logprobs")
+            checked_frombuffer(msg.prompt_logprobs, np.dtype("<f4"), "prompt_logprobs")
             if msg.HasField("prompt_logprobs")
             else None
         ),
@@ -124,7 +124,7 @@ def decode_sample_response(
             else None
         ),
         target_prompt_logprobs=(
-            _tensor_from_pb(msg.target_prompt_logprobs, "target_prompt_logprobs")
+            tensor_from_pb(msg.target_prompt_logprobs, "target_prompt_logprobs")
             if msg.HasField("target_prompt_logprobs")
             else None
         ),

@@ -3,7 +3,7 @@
 Programs live at module level so that every ``ModelRuntime`` of the same model shares their
 compiled executables; each is wrapped by :func:`_counted`, which feeds :func:`trace_counts`
 (the no-retrace tests) and flags that a compile may have left freed heap memory to hand back
-(:func:`_release_compile_memory`).
+(:func:`release_compile_memory`).
 """
 
 from __future__ import annotations
@@ -63,7 +63,7 @@ if sys.platform.startswith("linux"):
         _MALLOC_TRIM = None
 
 
-def _release_compile_memory() -> None:
+def release_compile_memory() -> None:
     """Hands the heap memory freed after a trace and compile back to the OS.
 
     Compiling a program allocates a few hundred MB that glibc keeps for reuse after it is
@@ -84,22 +84,22 @@ def trace_counts() -> dict[str, int]:
     return dict(_TRACES)
 
 
-_forward_jit = jax.jit(_counted("forward", forward_core), static_argnames=("config", "loss_name"))
-_forward_backward_jit = jax.jit(
+forward_jit = jax.jit(_counted("forward", forward_core), static_argnames=("config", "loss_name"))
+forward_backward_jit = jax.jit(
     _counted("forward_backward", forward_backward_core),
     static_argnames=("config", "loss_name"),
     donate_argnames=("acc",),
 )
-_optim_jit = jax.jit(_counted("optim_step", optim_core), donate_argnames=("stack", "opt_state"))
-_zero_slot_jit = jax.jit(_counted("zero_slot", zero_slot_core), donate_argnames=("acc",))
-_sample_jit = jax.jit(
+optim_jit = jax.jit(_counted("optim_step", optim_core), donate_argnames=("stack", "opt_state"))
+zero_slot_jit = jax.jit(_counted("zero_slot", zero_slot_core), donate_argnames=("acc",))
+sample_jit = jax.jit(
     _counted("sample", sample_core), static_argnames=("config", "n_rows", "gen_len")
 )
-_init_base_jit = jax.jit(_counted("init_base", init_base_params), static_argnums=(0, 1))
-_init_lora_jit = jax.jit(_counted("init_lora", init_lora_weights), static_argnums=(0, 1, 2))
+init_base_jit = jax.jit(_counted("init_base", init_base_params), static_argnums=(0, 1))
+init_lora_jit = jax.jit(_counted("init_lora", init_lora_weights), static_argnums=(0, 1, 2))
 
 
-def _pad_rank(tree: LoraStack, rank: int) -> LoraStack:
+def pad_rank(tree: LoraStack, rank: int) -> LoraStack:
     """Zero-pads ``a [..., d_in, r]`` / ``b [..., r, d_out]`` to rank ``rank``."""
 
     def pad(x: jax.Array, axis: int) -> jax.Array:
@@ -117,7 +117,7 @@ def _install_core(
     stack (padded to rank ``R``; other targets zero), zeroes its gradient, and returns a
     fresh AdamW state of the slot's shape. ``stack`` and ``acc`` are donated."""
     rank = next(iter(stack.values()))[0].shape[-1]
-    padded = _pad_rank(weights, rank)
+    padded = pad_rank(weights, rank)
     put = jax.lax.dynamic_update_index_in_dim
     new_stack, new_acc, params = {}, {}, {}
     for t, (a, b) in stack.items():
@@ -129,4 +129,4 @@ def _install_core(
     return new_stack, new_acc, optax.adamw(1e-4).init(params)
 
 
-_install_jit = jax.jit(_counted("install", _install_core), donate_argnames=("stack", "acc"))
+install_jit = jax.jit(_counted("install", _install_core), donate_argnames=("stack", "acc"))

@@ -33,21 +33,21 @@ from tinkjax.models._batching import (
     validate_datum,
 )
 from tinkjax.models._compiled import (
-    _forward_backward_jit,
-    _forward_jit,
-    _init_base_jit,
-    _init_lora_jit,
-    _install_jit,
-    _optim_jit,
-    _pad_rank,
-    _release_compile_memory,
-    _zero_slot_jit,
+    forward_backward_jit,
+    forward_jit,
+    init_base_jit,
+    init_lora_jit,
+    install_jit,
+    optim_jit,
+    pad_rank,
+    release_compile_memory,
     trace_counts,
+    zero_slot_jit,
 )
 from tinkjax.models._config import ModelConfig, get_model_config
 from tinkjax.models._programs import LoraStack
-from tinkjax.models._runtime_sampling import _fresh_seed, _SamplingMixin
-from tinkjax.models._runtime_state import _StateMixin
+from tinkjax.models._runtime_sampling import SamplingMixin, fresh_seed
+from tinkjax.models._runtime_state import StateMixin
 from tinkjax.models._tokenizer import ByteTokenizer
 from tinkjax.models._types import (
     LORA_ALPHA,
@@ -63,7 +63,7 @@ from tinkjax.models._types import (
 __all__ = ["ModelRuntime", "trace_counts"]
 
 
-class ModelRuntime(_StateMixin, _SamplingMixin):
+class ModelRuntime(StateMixin, SamplingMixin):
     """One base model (a preset from ``PRESETS``) and any number of LoRA adapters.
 
     Args:
@@ -93,8 +93,8 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
             raise ValueError(f"adapter_slots: expected >= 1, got {adapter_slots}")
         self._initial_slots = adapter_slots
         self._np_dtype = np.dtype(self.dtype.name)
-        self._base = _init_base_jit(self.config, self.dtype)
-        _release_compile_memory()
+        self._base = init_base_jit(self.config, self.dtype)
+        release_compile_memory()
         self._rank = 0  # R, the stack's padded rank (0: no stack yet)
         self._stack: LoraStack = {}
         self._acc: LoraStack = {}
@@ -128,11 +128,11 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
         if adapter_id in self._slots:
             raise ValueError(f"adapter_id: {adapter_id!r} already exists")
         info = AdapterInfo(
-            rank=rank, seed=_fresh_seed() if seed is None else seed,
+            rank=rank, seed=fresh_seed() if seed is None else seed,
             train_attn=train_attn, train_mlp=train_mlp, train_unembed=train_unembed,
         )  # fmt: skip
         self._check_info(info)
-        self._install(adapter_id, info, _init_lora_jit(self.config, info, self.dtype), None)
+        self._install(adapter_id, info, init_lora_jit(self.config, info, self.dtype), None)
 
     def has_adapter(self, adapter_id: str) -> bool:
         """Whether ``adapter_id`` is loaded."""
@@ -183,12 +183,12 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
             return
         if new_rank > self._rank:
             self._rank = new_rank
-            self._stack = _pad_rank(self._stack, new_rank)
-            self._acc = _pad_rank(self._acc, new_rank)
+            self._stack = pad_rank(self._stack, new_rank)
+            self._acc = pad_rank(self._acc, new_rank)
             for aid, state in self._opt.items():
                 adam = state[0]
                 self._opt[aid] = (
-                    adam._replace(mu=_pad_rank(adam.mu, new_rank), nu=_pad_rank(adam.nu, new_rank)),
+                    adam._replace(mu=pad_rank(adam.mu, new_rank), nu=pad_rank(adam.nu, new_rank)),
                     *state[1:],
                 )
         n_slots = self._scale.shape[0]
@@ -212,7 +212,7 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
         self._grow(info.rank)
         used = set(self._slots.values())
         slot = next(s for s in range(self._scale.shape[0]) if s not in used)
-        self._stack, self._acc, fresh = _install_jit(
+        self._stack, self._acc, fresh = install_jit(
             self._stack, self._acc, np.int32(slot), dict(weights)
         )
         self._scale[slot] = LORA_ALPHA / info.rank
@@ -224,13 +224,13 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
             fresh = (
                 adam._replace(
                     count=jnp.asarray(count, adam.count.dtype),
-                    mu={**adam.mu, **_pad_rank(dict(mu), self._rank)},
-                    nu={**adam.nu, **_pad_rank(dict(nu), self._rank)},
+                    mu={**adam.mu, **pad_rank(dict(mu), self._rank)},
+                    nu={**adam.nu, **pad_rank(dict(nu), self._rank)},
                 ),
                 *fresh[1:],
             )
         self._opt[adapter_id] = fresh
-        _release_compile_memory()
+        release_compile_memory()
 
     # ----------------------------------------------------------------- training
 
@@ -332,13 +332,13 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
             loss_config=packed.loss_config,
         )  # fmt: skip
         if forward_only:
-            lp, el = _forward_jit(config=self.config, loss_name=loss_fn, **args)
+            lp, el = forward_jit(config=self.config, loss_name=loss_fn, **args)
         else:
-            self._acc, lp, el = _forward_backward_jit(
+            self._acc, lp, el = forward_backward_jit(
                 config=self.config, loss_name=loss_fn, acc=self._acc, **args
             )
         out = np.asarray(lp), np.asarray(el)
-        _release_compile_memory()
+        release_compile_memory()
         return out
 
     def optim_step(self, adapter_id: str, params: AdamHyper) -> dict[str, float]:
@@ -350,12 +350,12 @@ class ModelRuntime(_StateMixin, _SamplingMixin):
         slot = self._slot(adapter_id)
         # AdamHyper checked its values when it was built.
         hyper = {key: np.asarray(value, self._np_dtype) for key, value in params.as_dict().items()}
-        self._stack, self._opt[adapter_id], stats = _optim_jit(
+        self._stack, self._opt[adapter_id], stats = optim_jit(
             self._stack, self._acc, self._opt[adapter_id], np.int32(slot), hyper
         )
-        self._acc = _zero_slot_jit(self._acc, np.int32(slot))
+        self._acc = zero_slot_jit(self._acc, np.int32(slot))
         grad_norm, step = float(stats["grad_norm"]), float(stats["step"])
-        _release_compile_memory()
+        release_compile_memory()
         return {
             "grad_norm:mean": grad_norm,
             "learning_rate:mean": float(params.learning_rate),

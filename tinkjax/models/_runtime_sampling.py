@@ -9,12 +9,12 @@ import jax
 import numpy as np
 
 from tinkjax.models._batching import bucket_length, bucket_pow2, bucket_rows
-from tinkjax.models._compiled import _release_compile_memory, _sample_jit
+from tinkjax.models._compiled import release_compile_memory, sample_jit
 from tinkjax.models._config import ModelConfig
 from tinkjax.models._types import SampledArrays, SampleJob, SampleOutput
 
 
-def _fresh_seed() -> int:
+def fresh_seed() -> int:
     return int.from_bytes(os.urandom(4), "little")
 
 
@@ -24,7 +24,7 @@ def _prng_key(seed: int) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed & 0xFFFFFFFF), seed >> 32)
 
 
-class _SamplingMixin:
+class SamplingMixin:
     """The sampling methods of :class:`~tinkjax.models.ModelRuntime` (which supplies the rest)."""
 
     if TYPE_CHECKING:
@@ -60,8 +60,8 @@ class _SamplingMixin:
         for i, s in enumerate(stops):
             stop_arr[i, width - len(s) :] = s
             stop_lens[i] = len(s)
-        seed = _fresh_seed() if request.seed is None else request.seed
-        tokens, logprobs, lengths, stopped, prompt_lp = _sample_jit(
+        seed = fresh_seed() if request.seed is None else request.seed
+        tokens, logprobs, lengths, stopped, prompt_lp = sample_jit(
             config=self.config,
             n_rows=bucket_rows(request.num_samples),
             gen_len=gen_len,
@@ -92,7 +92,7 @@ class _SamplingMixin:
         if request.include_prompt_logprobs:
             prompt_logprobs = np.full((n_prompt,), np.nan, np.float32)
             prompt_logprobs[1:] = np.asarray(prompt_lp, np.float32)[: n_prompt - 1]
-        _release_compile_memory()
+        release_compile_memory()
         return SampleOutput(sequences=sequences, prompt_logprobs=prompt_logprobs)
 
     def _check_sample(self, request: SampleJob) -> tuple[np.ndarray, int]:

@@ -23,7 +23,7 @@ from tinkjax.models._programs import LoraStack
 from tinkjax.models._types import LORA_ALPHA, AdapterInfo, AdapterSnapshot
 
 
-class _StateMixin:
+class StateMixin:
     """The state methods of :class:`~tinkjax.models.ModelRuntime` (which supplies the rest)."""
 
     if TYPE_CHECKING:
