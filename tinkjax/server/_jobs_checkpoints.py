@@ -3,6 +3,8 @@ PEFT checkpoint, or an unnamed in-memory snapshot behind a new sampling session)
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext
 from tinkjax.server._samplers import SamplerRecord
@@ -20,15 +22,11 @@ from tinkjax.types import (
 __all__ = ["CheckpointJobs"]
 
 
+@dataclass(frozen=True)
 class CheckpointJobs:
-    """Builds the jobs that save a model's weights.
+    """Builds the jobs that save a model's weights (over the backend's :class:`JobContext`)."""
 
-    Args:
-        ctx: the backend's parts.
-    """
-
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
+    ctx: JobContext
 
     def _check_free(self, model_id: str, kind: str, name: str, overwrite: bool) -> None:
         """400 when the checkpoint exists and may not be replaced (worker thread)."""

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext, Ordered, new_request_id
 from tinkjax.server._models_registry import ModelRecord
@@ -24,15 +26,11 @@ from tinkjax.types import (
 __all__ = ["ModelJobs"]
 
 
+@dataclass(frozen=True)
 class ModelJobs:
-    """Builds the jobs that create, reload and unload models.
+    """Builds the jobs that create, reload and unload models (over the backend's :class:`JobContext`)."""
 
-    Args:
-        ctx: the backend's parts.
-    """
-
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
+    ctx: JobContext
 
     def create_model(self, req: CreateModelRequest, digest: str) -> UntypedAPIFuture:
         """``/create_model``: a LoRA adapter ``{session_id}:train:{model_seq_id}``."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -23,15 +24,11 @@ from tinkjax.types import (
 __all__ = ["SamplingJobs"]
 
 
+@dataclass(frozen=True)
 class SamplingJobs:
-    """Creates sampling sessions and builds sampling jobs.
+    """Creates sampling sessions and builds sampling jobs (over the backend's :class:`JobContext`)."""
 
-    Args:
-        ctx: the backend's parts.
-    """
-
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
+    ctx: JobContext
 
     def create_sampling_session(
         self, req: CreateSamplingSessionRequest

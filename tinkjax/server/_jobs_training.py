@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from tinkjax.server._errors import ApiError
@@ -34,15 +35,11 @@ def _output(result: Any) -> ForwardBackwardOutput:
     )
 
 
+@dataclass(frozen=True)
 class TrainingJobs:
-    """Builds forward/backward and optimizer-step jobs.
+    """Builds forward/backward and optimizer-step jobs (over the backend's :class:`JobContext`)."""
 
-    Args:
-        ctx: the backend's parts.
-    """
-
-    def __init__(self, ctx: JobContext) -> None:
-        self.ctx = ctx
+    ctx: JobContext
 
     def forward_backward(
         self, req: ForwardBackwardRequest | ForwardRequest, digest: str

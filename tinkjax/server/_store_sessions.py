@@ -222,12 +222,10 @@ class Sessions:
         Raises:
             UnknownSessionError: when ``session_id`` is unknown.
         """
+        sql = "SELECT * FROM samplers WHERE session_id=? ORDER BY rowid"
         with self._db.lock:
             self._db.session_row(session_id)
-            rows = self._db.all(
-                "SELECT * FROM samplers WHERE session_id=? ORDER BY rowid", (session_id,)
-            )
-        return [_sampler_of(r) for r in rows]
+            return [_sampler_of(r) for r in self._db.all(sql, (session_id,))]
 
 
 def _sampler_of(row: sqlite3.Row) -> GetSamplerResponse:
