@@ -1,14 +1,7 @@
 """tinkjax: a Tinker SDK whose heart is a JAX engine for custom losses and regularizers."""
 
-from importlib.metadata import PackageNotFoundError as _PackageNotFoundError
-from importlib.metadata import version as _version
-
-try:
-    __version__ = _version("tinkjax")
-except _PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
-
 from tinkjax import events, types
+from tinkjax._version import __version__
 from tinkjax.client import (
     APIFuture,
     CheckpointDownload,

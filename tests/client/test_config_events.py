@@ -15,6 +15,7 @@ from tinkjax import events
 from tinkjax.client import (
     DEFAULT_BASE_URL,
     Backoff,
+    ClientConfig,
     backoff_delay,
     chunk_data,
     combine_outputs,
@@ -23,6 +24,7 @@ from tinkjax.client import (
     resolve_config,
     retry_after_seconds,
 )
+from tinkjax.client._config import EMBEDDED_PLACEHOLDER_URL
 from tinkjax.errors import ConfigurationError
 from tinkjax.types import Datum, ForwardBackwardOutput, ModelInput, TensorData
 
@@ -35,42 +37,56 @@ def test_precedence_argument_env_default() -> None:
         "TINKER_BASE_URL": "https://env.example/x/",
         "TINKER_PROJECT_ID": "proj-env",
         "TINKER_TAGS": "a, b,,c",
-        "TINKER_TELEMETRY": "off",
     }
     cfg = resolve_config(environ=env)
     assert cfg.base_url == "https://env.example/x"
     assert cfg.api_key == KEY
     assert cfg.project_id == "proj-env"
     assert cfg.tags == ("a", "b", "c")
-    assert not cfg.telemetry
     cfg = resolve_config(
         environ=env,
         base_url="https://arg.example",
         project_id="p",
         tags=["t"],
-        telemetry=True,
         api_key="tml-arg",
     )
-    assert (cfg.base_url, cfg.project_id, cfg.tags, cfg.telemetry, cfg.api_key) == (
+    assert (cfg.base_url, cfg.project_id, cfg.tags, cfg.api_key) == (
         "https://arg.example",
         "p",
         ("t",),
-        True,
         "tml-arg",
     )
     cfg = resolve_config(environ={"TINKER_API_KEY": KEY})
     assert cfg.base_url == DEFAULT_BASE_URL
-    assert cfg.telemetry
     assert cfg.max_retries == 10
     assert not cfg.embedded
 
 
 def test_embedded_default_and_explicit_local() -> None:
-    assert resolve_config(environ={}, start_embedded=False).embedded
-    assert resolve_config(
-        environ={"TINKER_API_KEY": KEY}, base_url="local", start_embedded=False
-    ).embedded
+    assert resolve_config(environ={}).embedded
+    assert resolve_config(environ={"TINKER_API_KEY": KEY}, base_url="local").embedded
     assert not resolve_config(environ={"TINKER_BASE_URL": "http://127.0.0.1:9"}).embedded
+
+
+def test_resolving_an_embedded_config_starts_nothing() -> None:
+    """The resolver only returns data: the embedded backend's URL is a placeholder until the
+    caller starts it (``ServiceClient`` and ``RestClient`` do, through ``_embedded``)."""
+    from tinkjax.client import _embedded
+
+    started = _embedded._handle is not None
+    cfg = resolve_config(environ={})
+    assert cfg.base_url == EMBEDDED_PLACEHOLDER_URL
+    assert (_embedded._handle is not None) == started
+    remote = resolve_config(environ={"TINKER_API_KEY": KEY})
+    assert _embedded.start_embedded(remote) is remote  # a remote config is left alone
+
+
+def test_the_telemetry_environment_variable_is_not_a_config_field() -> None:
+    """``TINKER_TELEMETRY`` was read into a flag nothing used; the flag is gone (a telemetry
+    reporter will bring its own setting)."""
+    assert "telemetry" not in ClientConfig.__struct_fields__
+    with pytest.raises(TypeError):
+        resolve_config(environ={}, telemetry=False)  # type: ignore[call-arg]
 
 
 def test_key_format_checked_only_for_remote() -> None:

@@ -21,7 +21,7 @@ import pytest
 import tinkjax.regularizers as R
 from tinkjax import events
 from tinkjax.client import ServiceClient
-from tinkjax.client._custom import _DatumChunks, _EncodedChunks, _plan
+from tinkjax.client._custom import DatumChunks, EncodedChunks, plan_passes
 from tinkjax.engine import Regularizer, compute_custom_loss
 from tinkjax.engine._batch import LossBatch
 from tinkjax.errors import EngineInputError, NonFiniteError, RegularizerError
@@ -343,14 +343,14 @@ def test_multi_chunk_passes_equal_builtin_on_both_routes(
         base_url=local_server.base_url, api_key="tml-custom-loss-tests", wire_mode=wire_mode
     ) as sc:
         assert sc.session_id  # the server's config is in
-        sc.server_config = msgspec.structs.replace(sc.server_config, **limit)
+        sc.session.server_config = msgspec.structs.replace(sc.server_config, **limit)
         builtin, custom = _pair(sc, seed=21)
-        route = _EncodedChunks if wire_mode == "protobuf" else _DatumChunks
-        assert type(_plan(custom, data)) is route
+        route = EncodedChunks if wire_mode == "protobuf" else DatumChunks
+        assert type(plan_passes(custom._queue, data)) is route
         builtin.forward_backward(data, "cross_entropy").result()
-        first = custom._next_seq
+        first = custom._queue.next_seq_id
         out = custom.forward_backward_custom(data, "cross_entropy").result()
-        assert custom._next_seq - first == ids
+        assert custom._queue.next_seq_id - first == ids
         assert len(out.loss_fn_outputs) == len(data)
         for datum, output in zip(data, out.loss_fn_outputs, strict=True):
             assert output["logprobs"].to_numpy().shape == datum.model_input.to_numpy().shape

@@ -218,6 +218,7 @@ def test_overall_poll_timeout(service: ServiceClient, fake: FakeTinker) -> None:
         service.transport,
         ack["request_id"],
         OptimStepResponse,
+        wire=service.session.wire,
         request_type="OptimStep",
         timeout=0.3,
     )

@@ -53,7 +53,7 @@ def test_chunks_are_split_sent_with_consecutive_ids_and_combined(fake: FakeTinke
     try:
         tc = sc.create_lora_training_client("tinkjax/bytelm-micro").result(timeout=30)
         data = [datum(n) for n in (1, 2, 3, 4, 5)]
-        assert [len(c) for c in tc._chunk_data(data)] == [2, 2, 1]
+        assert [len(c) for c in tc._queue.chunk(data)] == [2, 2, 1]
         out = tc.forward_backward(data, "cross_entropy").result(timeout=30)
         after = tc.optim_step(AdamParams()).result(timeout=30)
         assert after.metrics is not None
@@ -66,29 +66,6 @@ def test_chunks_are_split_sent_with_consecutive_ids_and_combined(fake: FakeTinke
     # mean weighted by datums per chunk: chunks hold 2, 2, 1 datums with n:mean = 2, 2, 1
     assert out.metrics["n:mean"] == pytest.approx((2 * 2 + 2 * 2 + 1 * 1) / 5)
     assert ("sess-1:train:0", 4) in fake.applied  # optim_step after all chunks
-
-
-def test_private_custom_loss_contract(service: ServiceClient, fake: FakeTinker) -> None:
-    tc = service.create_lora_training_client("tinkjax/bytelm-micro").result(timeout=30)
-    ids = tc._reserve_seq_ids(4)
-    assert ids == [1, 2, 3, 4]
-    later = tc.optim_step(AdamParams())  # id 5: must wait behind 1..4
-
-    async def two_passes() -> int:
-        chunks = [[datum(2)], [datum(3)]]
-        fwd = await tc._send_fwdbwd_chunks(
-            chunks, ids[:2], loss_fn="cross_entropy", loss_fn_config=None, forward_only=True
-        )
-        assert not later.done()  # ordered after the reserved ids
-        bwd = await tc._send_fwdbwd_chunks(
-            chunks, ids[2:], loss_fn="cross_entropy", loss_fn_config={"k": 1.0}, forward_only=False
-        )
-        assert [len(o.loss_fn_outputs) for o in fwd + bwd] == [1, 1, 1, 1]
-        return len(tc._combine_outputs(fwd + bwd).loss_fn_outputs)
-
-    assert tc._submit(two_passes()).result(timeout=30) == 4
-    later.result(timeout=30)
-    assert sorted(s for _, s in fake.applied) == [1, 2, 3, 4, 5]
 
 
 def test_async_twins(service: ServiceClient) -> None:

@@ -59,7 +59,7 @@ def build_batches(
 
 def format_terms(out: object) -> str:
     """The per-term table of a ``forward_backward_custom`` result."""
-    from tinkjax.client._custom import CustomForwardBackwardOutput
+    from tinkjax.client import CustomForwardBackwardOutput
 
     assert isinstance(out, CustomForwardBackwardOutput)
     rows = [("term", "weight", "value", "contribution", "grad norm")]

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 from collections.abc import Callable, Sequence
 
+from tinkjax._version import __version__
 from tinkjax.cli import _demo, _serve
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
@@ -23,8 +24,6 @@ SUBCOMMANDS: dict[
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``tinkjax`` argument parser."""
-    from tinkjax import __version__
-
     parser = argparse.ArgumentParser(
         prog="tinkjax", description="tinkjax: Tinker SDK with a JAX engine and a local backend."
     )

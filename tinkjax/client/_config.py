@@ -10,17 +10,19 @@ import ipaddress
 import logging
 import os
 from collections.abc import Mapping
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
 import msgspec
 
+from tinkjax.codec import WireMode
 from tinkjax.errors import ConfigurationError
 
 __all__ = [
     "DEFAULT_BASE_URL",
+    "EMBEDDED_PLACEHOLDER_URL",
+    "LOCAL_API_KEY",
     "ClientConfig",
-    "WireMode",
     "is_loopback_url",
     "mask_secrets",
     "resolve_config",
@@ -31,10 +33,9 @@ logger = logging.getLogger("tinkjax.client")
 DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
 #: The key sent to the embedded backend, which accepts any ``tml-`` key.
 LOCAL_API_KEY = "tml-local-embedded"
-
-WireMode = Literal["protobuf", "json"]
-
-_FALSE = {"0", "false", "no", "off"}
+#: The ``base_url`` of an embedded configuration until the backend is started (its port is
+#: only known then): :func:`tinkjax.client._embedded.start_embedded` replaces it.
+EMBEDDED_PLACEHOLDER_URL = "http://127.0.0.1:0"
 
 # Every key the process has used, so log/exception text can be scrubbed of all of them.
 _known_secrets: set[str] = set()
@@ -67,9 +68,9 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
         project_id: sent with ``create_session``.
         tags: sent with ``create_session``.
         user_metadata: sent with ``create_session``.
-        telemetry: whether the (later) backend telemetry reporter may send events.
         wire_mode: ``"protobuf"`` (SDK ≥ 0.25, default) or ``"json"`` (JSON-era servers).
-        embedded: the base URL is the in-process local backend.
+        embedded: the service is the in-process local backend (``base_url`` is
+            :data:`EMBEDDED_PLACEHOLDER_URL` until it is started).
     """
 
     base_url: str
@@ -80,7 +81,6 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     project_id: str | None = None
     tags: tuple[str, ...] = ()
     user_metadata: dict[str, Any] | None = None
-    telemetry: bool = True
     wire_mode: WireMode = "protobuf"
     embedded: bool = False
 
@@ -124,18 +124,18 @@ def resolve_config(
     project_id: str | None = None,
     tags: list[str] | tuple[str, ...] | None = None,
     user_metadata: Mapping[str, Any] | None = None,
-    telemetry: bool | None = None,
     wire_mode: WireMode | None = None,
     environ: Mapping[str, str] | None = None,
-    start_embedded: bool = True,
 ) -> ClientConfig:
-    """Resolve settings: argument > environment > default.
+    """Resolve settings: argument > environment > default. Only data: nothing is started.
 
     Environment: ``TINKER_API_KEY``, ``TINKER_BASE_URL``, ``TINKER_PROJECT_ID``, ``TINKER_TAGS``
-    (comma-separated), ``TINKER_TELEMETRY`` (``0/false/no/off`` disable), ``TINKJAX_WIRE_MODE``.
+    (comma-separated), ``TINKJAX_WIRE_MODE``.
 
-    With neither a base URL nor an API key anywhere, or with ``base_url="local"``, the embedded
-    local backend is started in-process (once per process) and used.
+    With neither a base URL nor an API key anywhere, or with ``base_url="local"``, the
+    configuration is ``embedded``: the caller starts the in-process local backend
+    (:func:`tinkjax.client._embedded.start_embedded`, as ``ServiceClient`` and ``RestClient``
+    do) before using it.
 
     Raises:
         ConfigurationError: the remote service is configured without an API key, or with a key
@@ -146,12 +146,7 @@ def resolve_config(
     url = base_url or _env(env, "TINKER_BASE_URL")
     embedded = url == "local" or (url is None and key is None)
     if embedded:
-        if start_embedded:
-            from ._embedded import embedded_base_url
-
-            url = embedded_base_url()
-        else:
-            url = "http://127.0.0.1:0"
+        url = EMBEDDED_PLACEHOLDER_URL
         key = key or LOCAL_API_KEY
     elif url is None:
         url = DEFAULT_BASE_URL
@@ -179,8 +174,6 @@ def resolve_config(
         if env_tags
         else ()
     )
-    tele_env = _env(env, "TINKER_TELEMETRY")
-    tele = telemetry if telemetry is not None else not (tele_env and tele_env.lower() in _FALSE)
     mode = wire_mode or _env(env, "TINKJAX_WIRE_MODE") or "protobuf"
     if mode not in ("protobuf", "json"):
         raise ConfigurationError(f"wire_mode {mode!r} must be 'protobuf' or 'json'")
@@ -193,7 +186,6 @@ def resolve_config(
         project_id=project_id or _env(env, "TINKER_PROJECT_ID"),
         tags=resolved_tags,
         user_metadata=dict(user_metadata) if user_metadata else None,
-        telemetry=bool(tele),
         wire_mode=mode,  # type: ignore[arg-type]
         embedded=embedded,
     )

@@ -9,8 +9,9 @@ cannot compute,
 3. a second ``cross_entropy`` pass over the same chunks with ``weights = −g`` accumulates
    ``∂C/∂θ`` on the server (its loss ``Σ −lp·w = Σ lp·g`` has that parameter gradient).
 
-Each datum's model input and target tokens are encoded once for both passes (the protobuf
-route; JSON wire mode and 2-D target tokens go through per-pass ``Datum`` objects). While the
+Each datum's model input and target tokens are encoded once for both passes when the
+session's wire can (:meth:`tinkjax.codec.Wire.pre_encode`: protobuf, 1-D target tokens);
+otherwise (JSON wire mode, 2-D target tokens) each pass sends ``Datum`` objects. While the
 server runs the forward pass the engine prepares everything that needs no logprobs
 (:func:`~tinkjax.engine._pending.prepare_custom_loss_async`: async regularizers' I/O,
 packing, planning).
@@ -20,92 +21,33 @@ issued afterwards is ordered after the backward pass. When the engine fails (a n
 or gradient, a failing regularizer, bad input) no backward request is sent: the reserved
 backward ids are consumed by one-token *forward-only* requests, which accumulate nothing, so the
 model's queue does not stall on a gap; then the error is raised.
+
+Everything goes through the model's :class:`~._queue.ModelQueue` (reservation, chunk limits,
+ordered sending); nothing here knows the wire mode.
 """
 
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
-from tinkjax.client._chunking import chunk_counts, split_by_counts
-from tinkjax.client._training import TrainingClient, noop_datum
-from tinkjax.codec._proto_request_write import WeightedChunk, encode_datum_prefixes
-from tinkjax.engine import (
-    Bucketing,
-    CustomLossResult,
-    LossSpec,
-    NormMethod,
-    Regularizer,
-    RegularizerOutput,
-)
+from tinkjax import events
+from tinkjax.codec import EncodedBatch, WeightedChunk
+from tinkjax.engine import Bucketing, LossSpec, NormMethod, Regularizer
 from tinkjax.engine._pending import prepare_custom_loss_async
 from tinkjax.engine._spec import validate_regularizers
 from tinkjax.errors import EngineInputError
 from tinkjax.types import Datum, ForwardBackwardOutput, TensorData
 
-__all__ = ["CustomForwardBackwardOutput", "forward_backward_custom_async_impl"]
+from ._chunking import combine_outputs, split_by_counts
+from ._custom_result import SURROGATE_METRIC, CustomForwardBackwardOutput
+from ._queue import ModelQueue
 
-logger = logging.getLogger("tinkjax.client")
-
-#: Metric under which the server's own ``loss:sum`` of the backward pass is kept.
-SURROGATE_METRIC = "surrogate_loss:sum"
-
-
-@dataclasses.dataclass(frozen=True)
-class CustomForwardBackwardOutput:
-    """What ``forward_backward_custom`` returns: the backward pass's server output (same
-    attributes as :class:`~tinkjax.types.ForwardBackwardOutput`) plus the engine's breakdown.
-
-    Attributes:
-        loss_fn_output_type: as returned by the server for the backward pass.
-        loss_fn_outputs: per datum, the server's outputs of the backward pass (``logprobs``,
-            ``elementwise_loss``).
-        metrics: the server's metrics with ``loss:sum`` replaced by the custom loss (the
-            server's value moves to ``surrogate_loss:sum``), plus the loss's own metrics.
-        breakdown: the engine's :class:`~tinkjax.engine.CustomLossResult` (values,
-            contributions, gradient norms, per-datum gradients).
-    """
-
-    loss_fn_output_type: str
-    loss_fn_outputs: list[Any]
-    metrics: dict[str, float]
-    breakdown: CustomLossResult
-
-    @property
-    def loss_total(self) -> float:
-        """``base_loss + regularizer_total``."""
-        return self.breakdown.loss_total
-
-    @property
-    def base_loss(self) -> float:
-        """The base loss's value (0 without one)."""
-        return self.breakdown.base_loss
-
-    @property
-    def regularizer_total(self) -> float:
-        """``Σ weightᵢ·valueᵢ``."""
-        return self.breakdown.regularizer_total
-
-    @property
-    def regularizers(self) -> Mapping[str, RegularizerOutput]:
-        """Per regularizer: ``value``, ``weight``, ``contribution``, ``grad_norm``, metrics."""
-        return self.breakdown.regularizers
-
-    @property
-    def base_grad_norm(self) -> float | None:
-        """Norm of ∂base/∂logprobs (``None`` unless ``track_grad_norms``)."""
-        return self.breakdown.base_grad_norm
-
-    @property
-    def total_grad_norm(self) -> float:
-        """Norm of ∂loss_total/∂logprobs over every real token."""
-        return self.breakdown.total_grad_norm
+__all__ = ["DatumChunks", "EncodedChunks", "forward_backward_custom_async_impl", "plan_passes"]
 
 
 def _as_datum(item: Any, index: int) -> Datum:
@@ -130,17 +72,17 @@ def _with_weights(datum: Datum, weights: TensorData) -> Datum:
     )
 
 
-class _DatumChunks:
+class DatumChunks:
     """Both passes as :class:`Datum` chunks: the general route (JSON wire mode, 2-D target
     tokens, whose ``weights`` may travel as CSR)."""
 
     def __init__(
-        self, tc: TrainingClient, datums: list[Datum], shapes: list[tuple[int, ...]]
+        self, queue: ModelQueue, datums: list[Datum], shapes: list[tuple[int, ...]]
     ) -> None:
         self.datums = datums
         self.shapes = shapes
         zeros = [TensorData.from_numpy(np.zeros(shape, np.float32)) for shape in shapes]
-        self.forward = tc._chunk_data(
+        self.forward = queue.chunk(
             [_with_weights(d, z) for d, z in zip(datums, zeros, strict=True)]
         )
         self.counts = [len(c) for c in self.forward]
@@ -158,56 +100,32 @@ class _DatumChunks:
         return split_by_counts(data, self.counts)  # the forward pass's chunk boundaries
 
 
-class _EncodedChunks:
-    """Both passes from one encoding of each datum (model input and ``target_tokens``): the
-    forward pass completes it with zero weights, the backward pass with ``−grad``, sliced
-    from one array. The common route (protobuf wire, 1-D target tokens): no per-pass
+class EncodedChunks:
+    """Both passes from one encoding of each datum (model input and ``target_tokens``, by the
+    wire): the forward pass completes it with zero weights, the backward pass with ``−grad``,
+    sliced from one array. The common route (protobuf wire, 1-D target tokens): no per-pass
     :class:`Datum` objects and no second encoding of the tokens."""
 
     def __init__(
-        self, tc: TrainingClient, datums: list[Datum], shapes: list[tuple[int, ...]]
+        self, queue: ModelQueue, batch: EncodedBatch, shapes: list[tuple[int, ...]]
     ) -> None:
         self.shapes = shapes
-        self.prefixes = encode_datum_prefixes(datums)
-        self.lengths = [shape[0] for shape in shapes]
-        cfg = tc.service.server_config
-        self.counts = chunk_counts(
-            [
-                len(before) + len(after) + 4 * n + 24
-                for (before, after), n in zip(self.prefixes, self.lengths, strict=True)
-            ],
-            max_len=cfg.fwdbwd_max_chunk_len,
-            max_bytes=cfg.fwdbwd_max_chunk_bytes_count,
-        )
-        self.forward = self._chunks(np.zeros(sum(self.lengths), np.float32))
-
-    def _chunks(self, weights: npt.NDArray[np.float32]) -> list[WeightedChunk]:
-        chunks, start, pos = [], 0, 0
-        for count in self.counts:
-            lengths = self.lengths[start : start + count]
-            size = sum(lengths)
-            chunks.append(
-                WeightedChunk(
-                    self.prefixes[start : start + count], lengths, weights[pos : pos + size]
-                )
-            )
-            start, pos = start + count, pos + size
-        return chunks
+        self.batch = batch
+        self.counts = queue.chunk_counts(batch.sizes)
+        self.forward = batch.chunks(self.counts, np.zeros(sum(batch.lengths), np.float32))
 
     def backward(self, gradients: Sequence[npt.NDArray[Any]]) -> list[WeightedChunk]:
         flat = np.concatenate(gradients) if len(gradients) > 1 else np.asarray(gradients[0])
-        return self._chunks(np.negative(flat, dtype=np.float32))
+        return self.batch.chunks(self.counts, np.negative(flat, dtype=np.float32))
 
 
-def _plan(tc: TrainingClient, datums: list[Datum]) -> _DatumChunks | _EncodedChunks:
+def plan_passes(queue: ModelQueue, datums: list[Datum]) -> DatumChunks | EncodedChunks:
     """The route of both passes, with every datum's logprobs shape (its target tokens')."""
-    targets = [d.loss_fn_inputs["target_tokens"] for d in datums]
-    shapes = [t.dense_shape for t in targets]
-    if tc.service.transport.config.wire_mode == "json" or any(
-        t.is_sparse or len(shape) != 1 for t, shape in zip(targets, shapes, strict=True)
-    ):
-        return _DatumChunks(tc, datums, shapes)
-    return _EncodedChunks(tc, datums, shapes)
+    shapes = [d.loss_fn_inputs["target_tokens"].dense_shape for d in datums]
+    batch = queue.session.wire.pre_encode(datums)
+    if batch is None:
+        return DatumChunks(queue, datums, shapes)
+    return EncodedChunks(queue, batch, shapes)
 
 
 def _retrieve(task: asyncio.Future[Any]) -> None:
@@ -216,24 +134,9 @@ def _retrieve(task: asyncio.Future[Any]) -> None:
         task.exception()
 
 
-async def _release(tc: TrainingClient, seq_ids: list[int]) -> None:
-    """Consume reserved ids with forward-only no-ops so later requests are not blocked."""
-    try:
-        await tc._send_fwdbwd_chunks(
-            [[noop_datum()] for _ in seq_ids],
-            seq_ids,
-            loss_fn="cross_entropy",
-            loss_fn_config=None,
-            forward_only=True,
-        )
-    except Exception:  # the original error is what the user needs to see
-        logger.warning("could not release reserved seq ids %s", seq_ids, exc_info=True)
-
-
 def _emitter(model_id: str) -> Callable[[str, dict[str, float], dict[str, Any]], None]:
     """Engine events (``custom_loss.start|stop|exception``, ``regularizer.compute``) go out
     as ``tinkjax.<name>`` through :mod:`tinkjax.events`, tagged with the model id."""
-    from tinkjax import events
 
     def emit(name: str, measurements: dict[str, float], metadata: dict[str, Any]) -> None:
         events.emit(f"tinkjax.{name}", measurements, {**metadata, "model_id": model_id})
@@ -242,7 +145,7 @@ def _emitter(model_id: str) -> Callable[[str, dict[str, float], dict[str, Any]],
 
 
 def forward_backward_custom_async_impl(
-    tc: TrainingClient,
+    queue: ModelQueue,
     data: Sequence[Datum],
     loss_fn: LossSpec,
     *,
@@ -255,7 +158,7 @@ def forward_backward_custom_async_impl(
 ) -> Coroutine[Any, Any, CustomForwardBackwardOutput]:
     """Forward pass → engine → backward pass with ``weights = −∂C/∂logprobs``.
 
-    See :meth:`TrainingClient.forward_backward_custom` for the arguments. The data are
+    See :meth:`~tinkjax.client.TrainingClient.forward_backward_custom` for the arguments. The data are
     checked, chunked and the ``2N`` sequence ids reserved *now*, at call time (so a call made
     after this one, e.g. ``optim_step``, is ordered after both passes); the returned coroutine
     does the rest.
@@ -264,21 +167,21 @@ def forward_backward_custom_async_impl(
     datums = [_as_datum(d, i) for i, d in enumerate(data)]
     if not datums:
         raise EngineInputError("data: forward_backward_custom needs at least one datum")
-    plan = _plan(tc, datums)
+    plan = plan_passes(queue, datums)
     n = len(plan.forward)
-    ids = tc._reserve_seq_ids(2 * n)
+    ids = queue.reserve(2 * n)
     forward_ids, backward_ids = ids[:n], ids[n:]
     return _run(
-        tc, datums, plan, forward_ids, backward_ids, loss_fn,
+        queue, datums, plan, forward_ids, backward_ids, loss_fn,
         regularizers=regularizers, track_grad_norms=track_grad_norms,
         loss_fn_config=loss_fn_config, norm_method=norm_method, dtype=dtype, bucketing=bucketing,
     )  # fmt: skip
 
 
 async def _run(
-    tc: TrainingClient,
+    queue: ModelQueue,
     datums: list[Datum],
-    plan: _DatumChunks | _EncodedChunks,
+    plan: DatumChunks | EncodedChunks,
     forward_ids: list[int],
     backward_ids: list[int],
     loss_fn: LossSpec,
@@ -291,7 +194,7 @@ async def _run(
     bucketing: Bucketing | None,
 ) -> CustomForwardBackwardOutput:
     forward_task = asyncio.ensure_future(
-        tc._send_fwdbwd_chunks(
+        queue.send_fwdbwd(
             plan.forward,
             forward_ids,
             loss_fn="cross_entropy",
@@ -314,13 +217,13 @@ async def _run(
             track_grad_norms=track_grad_norms,
             norm_method=norm_method,
             data=datums,
-            emit=_emitter(tc.model_id),
+            emit=_emitter(queue.model_id),
             dtype=dtype,
             **extra,
         )
     except BaseException:
         forward_task.add_done_callback(_retrieve)  # its outcome no longer matters
-        await _release(tc, backward_ids)
+        await queue.release(backward_ids)
         raise
     try:
         forward = await forward_task
@@ -331,19 +234,19 @@ async def _run(
             )
     except BaseException as exc:
         pending.abandon(exc)
-        await _release(tc, backward_ids)
+        await queue.release(backward_ids)
         raise
     try:
         result = await pending.run([out["logprobs"].to_numpy() for out in outputs])
     except BaseException:
-        await _release(tc, backward_ids)
+        await queue.release(backward_ids)
         raise
     backward_chunks = plan.backward(result.gradients)
-    backward = await tc._send_fwdbwd_chunks(
+    backward = await queue.send_fwdbwd(
         backward_chunks, backward_ids, loss_fn="cross_entropy", loss_fn_config=None,
         forward_only=False,
     )  # fmt: skip
-    combined: ForwardBackwardOutput = tc._combine_outputs(backward)
+    combined: ForwardBackwardOutput = combine_outputs(backward)
     metrics = dict(combined.metrics)
     if "loss:sum" in metrics:
         metrics[SURROGATE_METRIC] = metrics.pop("loss:sum")

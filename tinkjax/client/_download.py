@@ -22,17 +22,15 @@ import tempfile
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tinkjax.errors import TinkerError
 
 from ._futures import APIFuture
 from ._loop import submit
+from ._transport import Transport
 
-if TYPE_CHECKING:
-    from ._rest import RestClient
-
-__all__ = ["CheckpointDownload", "UnsafeArchiveError", "safe_extract"]
+__all__ = ["CheckpointDownload", "UnsafeArchiveError", "check_output_dir", "safe_extract"]
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -127,25 +125,39 @@ def safe_extract(
     return out
 
 
+def check_output_dir(output_dir: Path, force: bool) -> None:
+    """Raises ``FileExistsError`` when ``output_dir`` exists and ``force`` is false."""
+    if output_dir.exists() and not force:
+        raise FileExistsError(
+            f"output folder {str(output_dir)!r} exists; pass force=True to replace it"
+        )
+
+
 class CheckpointDownload:
     """Download one checkpoint archive and extract it into ``output_dir``.
 
+    :meth:`RestClient.download_checkpoint` asks the service for the archive URL of a
+    ``tinker://`` path and runs one of these.
+
     Args:
-        rest: the :class:`RestClient` to ask for the archive URL.
-        tinker_path: ``tinker://{run}/{kind}/{name}``.
+        transport: the transport to stream the archive with (the API key is only sent to the
+            service's own URLs).
+        url: the archive's URL (absolute, or ``/api/v1/...``).
         output_dir: the folder to create with the checkpoint's files.
         force: replace ``output_dir`` if it exists (otherwise ``FileExistsError``).
         progress: called as ``progress(bytes_done, bytes_total_or_None)`` while downloading.
         progress_bar: show a tqdm bar; ``None`` shows one when stderr is a terminal.
         max_archive_bytes / max_extracted_bytes / max_members: safety limits.
+        label: what the progress bar shows (the URL by default).
     """
 
     def __init__(
         self,
-        rest: RestClient,
-        tinker_path: str,
+        transport: Transport,
+        url: str,
         output_dir: str | Path,
         *,
+        label: str | None = None,
         force: bool = False,
         progress: ProgressCallback | None = None,
         progress_bar: bool | None = None,
@@ -153,8 +165,9 @@ class CheckpointDownload:
         max_extracted_bytes: int = 64 * 2**30,
         max_members: int = 10_000,
     ) -> None:
-        self.rest = rest
-        self.tinker_path = tinker_path
+        self.transport = transport
+        self.url = url
+        self.label = url if label is None else label
         self.output_dir = Path(output_dir)
         self.force = force
         self.progress = progress
@@ -169,11 +182,7 @@ class CheckpointDownload:
 
     async def run_async(self) -> Path:
         """Async twin of :meth:`run`."""
-        if self.output_dir.exists() and not self.force:
-            raise FileExistsError(
-                f"output folder {str(self.output_dir)!r} exists; pass force=True to replace it"
-            )
-        url = await self.rest.get_checkpoint_archive_url_from_tinker_path(self.tinker_path)
+        check_output_dir(self.output_dir, self.force)
         self.output_dir.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp_name = tempfile.mkstemp(
             prefix=".tinkjax-download-", suffix=".tar.gz", dir=self.output_dir.parent
@@ -181,7 +190,7 @@ class CheckpointDownload:
         tmp = Path(tmp_name)
         try:
             with os.fdopen(fd, "wb") as f:
-                await self._stream(url, f)
+                await self._stream(self.url, f)
             fresh = self.output_dir.with_name(f".{self.output_dir.name}.new-{uuid.uuid4().hex}")
             safe_extract(
                 tmp,
@@ -202,7 +211,7 @@ class CheckpointDownload:
 
     async def _stream(self, url: str, f: Any) -> None:
         bar = None
-        async with self.rest.transport.stream(url) as response:
+        async with self.transport.stream(url) as response:
             length = response.headers.get("content-length")
             total = int(length) if length and length.isdigit() else None
             if total is not None and total > self.max_archive_bytes:
@@ -212,7 +221,7 @@ class CheckpointDownload:
             if self.progress_bar:
                 from tqdm import tqdm
 
-                bar = tqdm(total=total, unit="B", unit_scale=True, desc=self.tinker_path)
+                bar = tqdm(total=total, unit="B", unit_scale=True, desc=self.label)
             done = 0
             try:
                 async for block in response.aiter_bytes(1 << 20):

@@ -31,7 +31,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
 from tinkjax import events
-from tinkjax.codec import PROTOBUF_RESULT_TYPES, decode_future_answer, decode_json
+from tinkjax.codec import Wire, decode_future_answer, decode_json
 from tinkjax.errors import (
     APIConnectionError,
     APIResponseValidationError,
@@ -50,7 +50,7 @@ from tinkjax.types import (
 from ._backoff import Backoff, retry_after_seconds
 from ._transport import Transport
 
-__all__ = ["poll_future"]
+__all__ = ["Decoder", "poll_future"]
 
 logger = logging.getLogger("tinkjax.client")
 
@@ -67,13 +67,15 @@ async def poll_future(
     request_id: str,
     result_type: type[T],
     *,
+    wire: Wire,
     request_type: str,
     ids: Mapping[str, str | None] | None = None,
     timeout: float | None = None,
     decode: Decoder | None = None,
     billing_pause_s: float = 3600.0,
 ) -> T:
-    """Poll ``request_id`` until it resolves to a ``result_type`` (or fails).
+    """Poll ``request_id`` until it resolves to a ``result_type`` (or fails); ``wire`` says
+    what the poll accepts.
 
     Raises:
         RequestFailedError: the request failed server-side (``.category``).
@@ -82,10 +84,7 @@ async def poll_future(
         DecodeError: a 2xx answer that is not a valid result.
         APIStatusError: a fatal HTTP status.
     """
-    proto = transport.config.wire_mode == "protobuf" and result_type in PROTOBUF_RESULT_TYPES
-    headers = {"X-Tinker-Request-Type": request_type}
-    if proto:
-        headers["Accept"] = "application/x-protobuf, application/json"
+    headers = {"X-Tinker-Request-Type": request_type, "Accept": wire.poll_accept(result_type)}
     deadline = None if timeout is None else time.monotonic() + timeout
     allow_metadata_only = True
     iteration = 0

@@ -12,6 +12,7 @@ import time
 from tinkjax import events
 
 from ._backoff import backoff_delay
+from ._loop import get_loop
 
 __all__ = ["TenantRateLimiter", "limiter_for"]
 
@@ -46,7 +47,6 @@ class TenantRateLimiter:
 
     def clear_window(self) -> None:
         """Close the window now and wake every waiter (thread-safe)."""
-        from ._loop import get_loop
 
         def clear() -> None:
             self._blocked_until = 0.0

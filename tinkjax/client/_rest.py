@@ -24,6 +24,8 @@ from tinkjax.types import (
 )
 
 from ._config import resolve_config
+from ._download import CheckpointDownload, check_output_dir
+from ._embedded import start_embedded
 from ._futures import APIFuture
 from ._loop import submit
 from ._transport import Transport, decode_response
@@ -95,11 +97,13 @@ class RestClient:
         *,
         http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        config = resolve_config(base_url=base_url, api_key=api_key)
+        config = start_embedded(resolve_config(base_url=base_url, api_key=api_key))
         self.transport = Transport(config, http_transport=http_transport)
 
     @classmethod
-    def _from_transport(cls, transport: Transport) -> RestClient:
+    def from_transport(cls, transport: Transport) -> RestClient:
+        """A client on an existing transport (a ``ServiceClient``'s: the REST calls need no
+        session, only its configuration and connections)."""
         self = cls.__new__(cls)
         self.transport = transport
         return self
@@ -324,12 +328,22 @@ class RestClient:
         progress_bar: bool | None = None,
     ) -> APIFuture[Path]:
         """Download and safely extract a checkpoint (see :class:`CheckpointDownload`)."""
-        from ._download import CheckpointDownload
 
-        dl = CheckpointDownload(
-            self, tinker_path, output_dir, force=force, progress=progress, progress_bar=progress_bar
-        )
-        return self._call(dl.run_async())
+        async def run() -> Path:
+            check_output_dir(Path(output_dir), force)
+            url = await self.get_checkpoint_archive_url_from_tinker_path(tinker_path)
+            dl = CheckpointDownload(
+                self.transport,
+                url,
+                output_dir,
+                label=tinker_path,
+                force=force,
+                progress=progress,
+                progress_bar=progress_bar,
+            )
+            return await dl.run_async()
+
+        return self._call(run())
 
     # ------------------------------------------------------------ sessions, samplers
     def get_session(self, session_id: str) -> APIFuture[GetSessionResponse]:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import msgspec
 
@@ -21,10 +21,13 @@ from tinkjax.errors import (
     APIConnectionError,
     APIResponseValidationError,
     APIStatusError,
+    ConfigurationError,
     FutureExpiredError,
     RateLimitError,
 )
 from tinkjax.types import (
+    CreateSamplingSessionRequest,
+    CreateSamplingSessionResponse,
     GetSamplerResponse,
     ModelInput,
     SampleRequest,
@@ -37,14 +40,17 @@ from tinkjax.types import (
 from ._backoff import Backoff
 from ._futures import APIFuture
 from ._loop import submit, warn_if_in_loop
-from ._polling import poll_future
 from ._ratelimit import limiter_for
+from ._session import SessionContext
+from ._tokenizer import load_tokenizer
 from ._transport import decode_response, is_retryable_status
 
-if TYPE_CHECKING:
-    from ._service import ServiceClient
-
-__all__ = ["SamplingClient", "SamplingRetryConfig"]
+__all__ = [
+    "SamplingClient",
+    "SamplingRetryConfig",
+    "check_sampling_source",
+    "create_sampling_client",
+]
 
 
 class SamplingRetryConfig(msgspec.Struct, frozen=True, kw_only=True):
@@ -84,7 +90,7 @@ class SamplingClient:
 
     def __init__(
         self,
-        service: ServiceClient,
+        session: SessionContext,
         sampling_session_id: str,
         *,
         base_model: str | None = None,
@@ -92,13 +98,13 @@ class SamplingClient:
         retry_config: SamplingRetryConfig | None = None,
         record_stability_info: bool = False,
     ) -> None:
-        self.service = service
+        self.session = session
         self.sampling_session_id = sampling_session_id
         self.model_path = model_path
         self._base_model = base_model
         self.retry_config = retry_config or SamplingRetryConfig()
         self.record_stability_info = record_stability_info
-        cfg = service.config
+        cfg = session.config
         self._limiter = limiter_for(cfg.base_url, cfg.api_key)
         self._seq_lock = threading.Lock()
         self._next_seq = 0
@@ -115,10 +121,7 @@ class SamplingClient:
 
     @property
     def _ids(self) -> dict[str, str | None]:
-        return {
-            "session_id": self.service.session_id_if_ready,
-            "sampling_session_id": self.sampling_session_id,
-        }
+        return self.session.ids(sampling_session_id=self.sampling_session_id)
 
     def sample(
         self,
@@ -211,13 +214,13 @@ class SamplingClient:
         rc = self.retry_config
         if self._semaphore is None:
             limit = min(
-                rc.max_concurrent, self.service.server_config.sample_max_concurrent_requests
+                rc.max_concurrent, self.session.server_config.sample_max_concurrent_requests
             )
             self._semaphore = asyncio.Semaphore(max(1, limit))
         backoff = Backoff(base=rc.base_delay, cap=rc.max_delay)
         failures = 0
         rate_limited = 0
-        transport = self.service.transport
+        transport = self.session.transport
         async with self._semaphore:
             while True:
                 await self._limiter.wait()
@@ -238,8 +241,7 @@ class SamplingClient:
                             f"asample answered {len(seq_ids)} sample_sequence_ids for "
                             f"num_samples={fields['num_samples']}"
                         )
-                    result = await poll_future(
-                        transport,
+                    result = await self.session.poll(
                         ack.request_id,
                         SampleResponse,
                         request_type="Sample",
@@ -264,7 +266,7 @@ class SamplingClient:
 
     # ------------------------------------------------------------ info
     async def _get_sampler(self) -> GetSamplerResponse:
-        resp = await self.service.transport.request(
+        resp = await self.session.transport.request(
             "GET", f"/api/v1/samplers/{self.sampling_session_id}", ids=self._ids
         )
         info = decode_response(resp, GetSamplerResponse)
@@ -288,9 +290,47 @@ class SamplingClient:
 
     def get_tokenizer(self) -> Any:
         """The base model's tokenizer (see :meth:`TrainingClient.get_tokenizer`)."""
-        from ._tokenizer import load_tokenizer
-
         return load_tokenizer(self.get_base_model())
+
+
+def check_sampling_source(model_path: str | None, base_model: str | None) -> None:
+    """Raises ``ConfigurationError`` unless exactly one of ``model_path`` (a ``tinker://``
+    path) and ``base_model`` is given."""
+    if (model_path is None) == (base_model is None):
+        raise ConfigurationError("pass exactly one of model_path and base_model")
+    if model_path is not None and not model_path.startswith("tinker://"):
+        raise ConfigurationError(f"model_path {model_path!r} must start with 'tinker://'")
+
+
+async def create_sampling_client(
+    session: SessionContext,
+    *,
+    model_path: str | None,
+    base_model: str | None,
+    retry_config: SamplingRetryConfig | None,
+    record_stability_info: bool,
+) -> SamplingClient:
+    """Open a sampling session on saved sampler weights or a base model (checked by
+    :func:`check_sampling_source`) and return its client."""
+    session_id = await session.get_session_id()
+    request = CreateSamplingSessionRequest(
+        session_id=session_id,
+        sampling_session_seq_id=session.next_sampling_seq(),
+        base_model=base_model,
+        model_path=model_path,
+    )
+    resp = await session.transport.request(
+        "POST", "/api/v1/create_sampling_session", json=request, ids={"session_id": session_id}
+    )
+    created = decode_response(resp, CreateSamplingSessionResponse)
+    return SamplingClient(
+        session,
+        created.sampling_session_id,
+        base_model=base_model,
+        model_path=model_path,
+        retry_config=retry_config,
+        record_stability_info=record_stability_info,
+    )
 
 
 def _decode_sample(body: bytes, content_type: str, seq_ids: list[str] | None) -> Any:

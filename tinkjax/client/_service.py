@@ -3,58 +3,43 @@
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
-import logging
-import threading
-import time
 from collections.abc import Mapping
 from types import TracebackType
-from typing import TYPE_CHECKING, Literal
 
 import httpx
 
-from tinkjax import __version__, events
-from tinkjax.errors import APIError, APIStatusError, ConfigurationError, NotFoundError
+from tinkjax.codec import WireMode
+from tinkjax.errors import ConfigurationError
 from tinkjax.types import (
     AdamOptimizerConfig,
-    ClientConfigRequest,
     ClientConfigResponse,
     CreateModelRequest,
     CreateModelResponse,
-    CreateSamplingSessionRequest,
-    CreateSamplingSessionResponse,
-    CreateSessionRequest,
-    CreateSessionResponse,
     GetServerCapabilitiesResponse,
     LoadWeightsRequest,
     LoadWeightsResponse,
     LoraConfig,
     OptimizerConfig,
-    SessionFinishReason,
-    SessionFinishRequest,
-    SessionHeartbeatRequest,
     UntypedAPIFuture,
+    parse_tinker_path,
 )
 
-from ._config import ClientConfig, WireMode, mask_secrets, resolve_config
+from ._config import ClientConfig, mask_secrets, resolve_config
+from ._embedded import start_embedded
 from ._futures import APIFuture, ClientFuture
-from ._loop import submit, warn_if_in_loop
-from ._polling import poll_future
+from ._loop import get_loop, submit, warn_if_in_loop
+from ._rest import RestClient
+from ._sampling import (
+    SamplingClient,
+    SamplingRetryConfig,
+    check_sampling_source,
+    create_sampling_client,
+)
+from ._session import FinishStatus, SessionContext
+from ._training import TrainingClient, open_training_client
 from ._transport import Transport, decode_response
 
-if TYPE_CHECKING:
-    from ._rest import RestClient
-    from ._sampling import SamplingClient, SamplingRetryConfig
-    from ._training import TrainingClient
-
 __all__ = ["ServiceClient"]
-
-logger = logging.getLogger("tinkjax.client")
-
-FinishStatus = Literal["success", "errored", "interrupted"]
-
-#: Heartbeat failures are only reported after this long without a successful one.
-_HEARTBEAT_GRACE_S = 120.0
 
 
 class ServiceClient:
@@ -81,6 +66,11 @@ class ServiceClient:
         wire_mode: ``"protobuf"`` (default) or ``"json"`` for JSON-era servers.
         heartbeat_interval: seconds between session heartbeats (10).
         http_transport: an ``httpx.AsyncBaseTransport`` replacing the network (tests).
+
+    Attributes:
+        config: the resolved configuration.
+        transport: the HTTP choke point every client of the session shares.
+        session: the :class:`~._session.SessionContext` handed to the clients it creates.
     """
 
     def __init__(
@@ -98,7 +88,7 @@ class ServiceClient:
         heartbeat_interval: float = 10.0,
         http_transport: httpx.AsyncBaseTransport | None = None,
     ) -> None:
-        self.config: ClientConfig = resolve_config(
+        config = resolve_config(
             api_key=api_key,
             base_url=base_url,
             timeout=timeout,
@@ -108,16 +98,14 @@ class ServiceClient:
             user_metadata=user_metadata,
             wire_mode=wire_mode,
         )
-        self._display_name = display_name
-        self._heartbeat_interval = heartbeat_interval
+        self.config: ClientConfig = start_embedded(config)
         self.transport = Transport(self.config, http_transport=http_transport)
-        self.server_config = ClientConfigResponse()
-        self._lock = threading.Lock()
-        self._model_seq = 0
-        self._sampling_seq = 0
-        self._closed = False
-        self._heartbeat_task: asyncio.Task[None] | None = None
-        self._session_future: concurrent.futures.Future[str] = submit(self._start_session())
+        self.session = SessionContext(
+            self.config,
+            self.transport,
+            display_name=display_name,
+            heartbeat_interval=heartbeat_interval,
+        )
 
     def __repr__(self) -> str:
         sid = self.session_id_if_ready
@@ -127,110 +115,17 @@ class ServiceClient:
     @property
     def session_id_if_ready(self) -> str | None:
         """The session id once the session exists, else ``None``."""
-        f = self._session_future
-        if f.done() and not f.cancelled() and f.exception() is None:
-            return f.result()
-        return None
+        return self.session.session_id_if_ready
 
     @property
     def session_id(self) -> str:
         """The session id (waits for the session to be created)."""
-        if not self._session_future.done():
-            warn_if_in_loop("ServiceClient.session_id", "`await service._get_session_id()`")
-        return self._session_future.result()
+        return self.session.session_id()
 
-    async def _get_session_id(self) -> str:
-        if self._closed:
-            raise RuntimeError("ServiceClient is closed")
-        return await asyncio.wrap_future(self._session_future)
-
-    async def _start_session(self) -> str:
-        t = self.transport
-        try:
-            resp = await t.request(
-                "POST", "/api/v1/client/config", json=ClientConfigRequest(sdk_version=__version__)
-            )
-            self.server_config = decode_response(resp, ClientConfigResponse)
-        except NotFoundError:
-            logger.debug("server has no /client/config; using the default feature flags")
-        cfg = self.config
-        request = CreateSessionRequest(
-            tags=list(cfg.tags),
-            user_metadata=dict(cfg.user_metadata or {}),
-            sdk_version=__version__,
-            project_id=cfg.project_id,
-            display_name=self._display_name,
-        )
-        resp = await t.request("POST", "/api/v1/create_session", json=request)
-        session = decode_response(resp, CreateSessionResponse)
-        for level, message in (
-            (logging.INFO, session.info_message),
-            (logging.WARNING, session.warning_message),
-            (logging.ERROR, session.error_message),
-        ):
-            if message:
-                logger.log(level, "%s", message)
-        if self._heartbeat_interval > 0 and not self._closed:
-            self._heartbeat_task = asyncio.get_running_loop().create_task(
-                self._heartbeat(session.session_id)
-            )
-        return session.session_id
-
-    async def _heartbeat(self, session_id: str) -> None:
-        last_ok = time.monotonic()
-        reported = False
-        while True:
-            await asyncio.sleep(self._heartbeat_interval)
-            try:
-                await self.transport.request(
-                    "POST",
-                    "/api/v1/session_heartbeat",
-                    json=SessionHeartbeatRequest(session_id=session_id),
-                    max_retries=0,
-                    timeout=10.0,
-                    ids={"session_id": session_id},
-                )
-            except APIStatusError as exc:
-                if exc.status_code == 410:
-                    logger.warning("session %s expired on the server; heartbeats stop", session_id)
-                    return
-                reported = self._heartbeat_failed(session_id, last_ok, exc, reported)
-            except APIError as exc:
-                reported = self._heartbeat_failed(session_id, last_ok, exc, reported)
-            else:
-                last_ok = time.monotonic()
-                reported = False
-
-    @staticmethod
-    def _heartbeat_failed(session_id: str, last_ok: float, exc: Exception, reported: bool) -> bool:
-        since = time.monotonic() - last_ok
-        if since < _HEARTBEAT_GRACE_S or reported:
-            return reported
-        logger.warning(
-            "no successful heartbeat for session %s in %.0f s: %s", session_id, since, exc
-        )
-        events.emit(
-            ("tinkjax", "session", "heartbeat_failed"),
-            {"since_success_s": since},
-            {"session_id": session_id},
-        )
-        return True
-
-    def _next_model_seq(self) -> int:
-        with self._lock:
-            seq = self._model_seq
-            self._model_seq += 1
-            return seq
-
-    def _next_sampling_seq(self) -> int:
-        with self._lock:
-            seq = self._sampling_seq
-            self._sampling_seq += 1
-            return seq
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise RuntimeError("ServiceClient is closed")
+    @property
+    def server_config(self) -> ClientConfigResponse:
+        """The server's feature flags and limits (``/client/config``)."""
+        return self.session.server_config
 
     # ---------------------------------------------------------------- close
     def close(self, status: FinishStatus = "success", detail: str | None = None) -> None:
@@ -239,7 +134,7 @@ class ServiceClient:
         Raises:
             NotFoundError: the server does not know the session.
         """
-        if self._closed:
+        if self.session.closed:
             return
         warn_if_in_loop("ServiceClient.close()", "`await service.close_async()`")
         submit(self.close_async(status, detail)).result()
@@ -248,30 +143,15 @@ class ServiceClient:
         self, status: FinishStatus = "success", detail: str | None = None
     ) -> None:
         """Async twin of :meth:`close`."""
-        if self._closed:
+        if self.session.closed:
             return
-        if asyncio.get_running_loop() is not _client_loop():
+        if asyncio.get_running_loop() is not get_loop():
             await APIFuture(submit(self.close_async(status, detail)))
             return
-        self._closed = True
-        if self._heartbeat_task is not None:
-            self._heartbeat_task.cancel()
-        try:
-            try:
-                session_id = await asyncio.wrap_future(self._session_future)
-            except Exception:
-                return  # no session was created: nothing to finish
-            await self.transport.request(
-                "POST",
-                f"/api/v1/sessions/{session_id}/finish",
-                json=SessionFinishRequest(reason=SessionFinishReason(type=status), detail=detail),
-                ids={"session_id": session_id},
-            )
-        finally:
-            await self.transport.aclose()
+        await self.session.close(status, detail)
 
     def __enter__(self) -> ServiceClient:
-        self._check_open()
+        self.session.check_open()
         return self
 
     def __exit__(
@@ -283,7 +163,7 @@ class ServiceClient:
         self.close(*_finish_status(exc_type, exc))
 
     async def __aenter__(self) -> ServiceClient:
-        self._check_open()
+        self.session.check_open()
         return self
 
     async def __aexit__(
@@ -311,7 +191,7 @@ class ServiceClient:
         Raises:
             ConfigurationError: every ``train_*`` flag is false, or ``rank`` < 1.
         """
-        self._check_open()
+        self.session.check_open()
         if not (train_mlp or train_attn or train_unembed):
             raise ConfigurationError(
                 "at least one of train_mlp, train_attn, train_unembed must be True"
@@ -350,8 +230,8 @@ class ServiceClient:
         user_metadata: dict[str, str] | None,
         optimizer: OptimizerConfig | None,
     ) -> TrainingClient:
-        session_id = await self._get_session_id()
-        seq = self._next_model_seq()
+        session_id = await self.session.get_session_id()
+        seq = self.session.next_model_seq()
         request = CreateModelRequest(
             session_id=session_id,
             model_seq_id=seq,
@@ -363,21 +243,13 @@ class ServiceClient:
         ids = {"session_id": session_id}
         resp = await self.transport.request("POST", "/api/v1/create_model", json=request, ids=ids)
         ack = decode_response(resp, UntypedAPIFuture)
-        created = await poll_future(
-            self.transport,
+        created = await self.session.poll(
             ack.request_id,
             CreateModelResponse,
             request_type="CreateModel",
             ids=ids,
         )
-        return await self._training_client(created.model_id)
-
-    async def _training_client(self, model_id: str) -> TrainingClient:
-        from ._training import TrainingClient
-
-        tc = TrainingClient(self, model_id)
-        await tc._fetch_info()
-        return tc
+        return await open_training_client(self.session, created.model_id)
 
     def create_training_client_from_state(
         self,
@@ -388,7 +260,7 @@ class ServiceClient:
         optimizer: OptimizerConfig | None = None,
     ) -> ClientFuture[TrainingClient]:
         """A new model initialised from the checkpoint ``path`` (weights only, fresh optimizer)."""
-        self._check_open()
+        self.session.check_open()
         return ClientFuture(
             submit(
                 self._create_from_state(
@@ -419,7 +291,7 @@ class ServiceClient:
         optimizer: OptimizerConfig | None = None,
     ) -> ClientFuture[TrainingClient]:
         """A new model resuming the checkpoint ``path`` with its optimizer state."""
-        self._check_open()
+        self.session.check_open()
         return ClientFuture(
             submit(
                 self._create_from_state(
@@ -450,11 +322,9 @@ class ServiceClient:
         weights_access_token: str | None,
         optimizer: OptimizerConfig | None,
     ) -> TrainingClient:
-        from tinkjax.types import parse_tinker_path
-
         parse_tinker_path(path)  # fail early, naming the path
-        session_id = await self._get_session_id()
-        seq = self._next_model_seq()
+        session_id = await self.session.get_session_id()
+        seq = self.session.next_model_seq()
         request = LoadWeightsRequest(
             path=path,
             optimizer=with_optimizer,
@@ -468,14 +338,15 @@ class ServiceClient:
         ids = {"session_id": session_id}
         resp = await self.transport.request("POST", "/api/v1/load_weights", json=request, ids=ids)
         ack = decode_response(resp, UntypedAPIFuture)
-        loaded = await poll_future(
-            self.transport,
+        loaded = await self.session.poll(
             ack.request_id,
             LoadWeightsResponse,
             request_type="LoadWeights",
             ids=ids,
         )
-        return await self._training_client(loaded.model_id or f"{session_id}:train:{seq}")
+        return await open_training_client(
+            self.session, loaded.model_id or f"{session_id}:train:{seq}"
+        )
 
     def create_sampling_client(
         self,
@@ -490,14 +361,17 @@ class ServiceClient:
             ConfigurationError: neither or both of ``model_path`` and ``base_model`` given, or
                 ``model_path`` is not a ``tinker://`` path.
         """
-        self._check_open()
-        if (model_path is None) == (base_model is None):
-            raise ConfigurationError("pass exactly one of model_path and base_model")
-        if model_path is not None and not model_path.startswith("tinker://"):
-            raise ConfigurationError(f"model_path {model_path!r} must start with 'tinker://'")
+        self.session.check_open()
+        check_sampling_source(model_path, base_model)
         return ClientFuture(
             submit(
-                self._create_sampling(model_path, base_model, retry_config, record_stability_info)
+                create_sampling_client(
+                    self.session,
+                    model_path=model_path,
+                    base_model=base_model,
+                    retry_config=retry_config,
+                    record_stability_info=record_stability_info,
+                )
             )
         )
 
@@ -513,44 +387,10 @@ class ServiceClient:
             model_path, base_model, retry_config, record_stability_info
         )
 
-    async def _create_sampling(
-        self,
-        model_path: str | None,
-        base_model: str | None,
-        retry_config: SamplingRetryConfig | None,
-        record_stability_info: bool,
-    ) -> SamplingClient:
-        from ._sampling import SamplingClient
-
-        session_id = await self._get_session_id()
-        request = CreateSamplingSessionRequest(
-            session_id=session_id,
-            sampling_session_seq_id=self._next_sampling_seq(),
-            base_model=base_model,
-            model_path=model_path,
-        )
-        resp = await self.transport.request(
-            "POST",
-            "/api/v1/create_sampling_session",
-            json=request,
-            ids={"session_id": session_id},
-        )
-        created = decode_response(resp, CreateSamplingSessionResponse)
-        return SamplingClient(
-            self,
-            created.sampling_session_id,
-            base_model=base_model,
-            model_path=model_path,
-            retry_config=retry_config,
-            record_stability_info=record_stability_info,
-        )
-
     def create_rest_client(self) -> RestClient:
         """A ``RestClient`` sharing this client's configuration and connections."""
-        from ._rest import RestClient
-
-        self._check_open()
-        return RestClient._from_transport(self.transport)
+        self.session.check_open()
+        return RestClient.from_transport(self.transport)
 
     def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
         """The models the server supports (blocks; see :meth:`get_server_capabilities_async`)."""
@@ -563,12 +403,6 @@ class ServiceClient:
     async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
         """Async twin of :meth:`get_server_capabilities`."""
         return await self.create_rest_client().get_server_capabilities()
-
-
-def _client_loop() -> asyncio.AbstractEventLoop:
-    from ._loop import get_loop
-
-    return get_loop()
 
 
 def _finish_status(

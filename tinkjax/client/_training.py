@@ -1,38 +1,26 @@
 """``TrainingClient``: forward/backward, optimizer steps and checkpoints of one model.
 
-Ordering: every call reserves its ``seq_id``\\ s when it is made (so the server runs requests in
-call order), and submissions are POSTed in ``seq_id`` order (the chunks of one call together).
-A submission that is rejected or cannot be delivered would leave a gap the server waits on, so
-its ``seq_id`` is filled with a forward-only no-op; if even that fails the client is
-*poisoned*: later calls raise instead of hanging.
+Ordering: every call reserves its ``seq_id``\\ s when it is made and is submitted in turn by
+the model's :class:`~._queue.ModelQueue` (which also fills the gap of a rejected submission
+and poisons the client when even that fails).
 """
 
 from __future__ import annotations
 
-import asyncio
-import threading
-from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar
+from collections.abc import Coroutine, Mapping, Sequence
+from typing import Any, Literal, TypeVar
 
-import numpy as np
-
-from tinkjax.codec import encode_forward_backward_request
-from tinkjax.codec._proto_request_write import WeightedChunk, encode_weighted_request
-from tinkjax.errors import APIConnectionError, APIResponseValidationError
+from tinkjax.errors import APIResponseValidationError
 from tinkjax.types import (
     AdamParams,
     Datum,
     DimuonParams,
-    ForwardBackwardInput,
     ForwardBackwardOutput,
-    ForwardBackwardRequest,
-    ForwardRequest,
     GetInfoRequest,
     GetInfoResponse,
     LoadWeightsRequest,
     LoadWeightsResponse,
     LossFnType,
-    ModelInput,
     OptimParams,
     OptimStepRequest,
     OptimStepResponse,
@@ -41,36 +29,26 @@ from tinkjax.types import (
     SaveWeightsForSamplerResponseInternal,
     SaveWeightsRequest,
     SaveWeightsResponse,
-    TensorData,
-    UntypedAPIFuture,
 )
 
-from ._chunking import chunk_data, combine_outputs
-from ._futures import APIFuture
+from ._chunking import combine_outputs
+from ._custom_result import CustomForwardBackwardOutput
+from ._futures import APIFuture, ClientFuture
 from ._loop import submit, warn_if_in_loop
-from ._polling import poll_future
+from ._queue import ModelQueue
+from ._sampling import (
+    SamplingClient,
+    SamplingRetryConfig,
+    check_sampling_source,
+    create_sampling_client,
+)
+from ._session import SessionContext
+from ._tokenizer import load_tokenizer
 from ._transport import decode_response
 
-if TYPE_CHECKING:
-    from ._custom import CustomForwardBackwardOutput
-    from ._sampling import SamplingClient, SamplingRetryConfig
-    from ._service import ServiceClient
-
-__all__ = ["TrainingClient"]
+__all__ = ["TrainingClient", "open_training_client"]
 
 T = TypeVar("T")
-
-
-def noop_datum() -> Datum:
-    """One token with zero weight: a forward-only request of it changes nothing on the server
-    (used to occupy a reserved ``seq_id`` that will not carry its real request)."""
-    return Datum(
-        model_input=ModelInput.from_ints([0]),
-        loss_fn_inputs={
-            "target_tokens": TensorData.from_numpy(np.zeros(1, np.int64)),
-            "weights": TensorData.from_numpy(np.zeros(1, np.float32)),
-        },
-    )
 
 
 class TrainingClient:
@@ -81,206 +59,23 @@ class TrainingClient:
     return the same future (``await (await tc.forward_backward_async(...))``).
     """
 
-    def __init__(self, service: ServiceClient, model_id: str, *, next_seq_id: int = 1) -> None:
-        self.service = service
+    def __init__(self, session: SessionContext, model_id: str, *, next_seq_id: int = 1) -> None:
+        self.session = session
         self.model_id = model_id
         self._info: GetInfoResponse | None = None
-        self._seq_lock = threading.Lock()
-        self._next_seq = next_seq_id
-        self._turn = next_seq_id
-        self._turn_cond: asyncio.Condition | None = None
-        self._poisoned: BaseException | None = None
+        self._queue = ModelQueue(session, model_id, next_seq_id=next_seq_id)
 
     def __repr__(self) -> str:
         return f"TrainingClient(model_id={self.model_id!r})"
-
-    @property
-    def _ids(self) -> dict[str, str | None]:
-        return {"session_id": self.service.session_id_if_ready, "model_id": self.model_id}
-
-    # ------------------------------------------------------------ private contract
-    def _reserve_seq_ids(self, n: int) -> list[int]:
-        """Reserve ``n`` consecutive wire ``seq_id``\\ s now (call order = server order)."""
-        if n < 0:
-            raise ValueError(f"n must be >= 0, got {n}")
-        with self._seq_lock:
-            first = self._next_seq
-            self._next_seq += n
-        return list(range(first, first + n))
-
-    def _chunk_data(self, data: list[Datum]) -> list[list[Datum]]:
-        """Split a batch into requests (≤ the server's datum and byte limits)."""
-        cfg = self.service.server_config
-        return chunk_data(
-            data, max_len=cfg.fwdbwd_max_chunk_len, max_bytes=cfg.fwdbwd_max_chunk_bytes_count
-        )
-
-    async def _send_fwdbwd_chunks(
-        self,
-        chunks: Sequence[list[Datum] | WeightedChunk],
-        seq_ids: list[int],
-        *,
-        loss_fn: str,
-        loss_fn_config: Mapping[str, float | str] | None,
-        forward_only: bool,
-    ) -> list[ForwardBackwardOutput]:
-        """Submit chunk ``i`` with ``seq_ids[i]`` (all concurrently, in turn), await every
-        result, and return them in chunk order."""
-        if len(chunks) != len(seq_ids):
-            raise ValueError(f"{len(chunks)} chunks but {len(seq_ids)} seq_ids")
-        if not chunks:
-            return []
-        config = dict(loss_fn_config) if loss_fn_config else None
-        posts = [
-            (lambda c=c, s=s: self._post_fwdbwd(c, s, loss_fn, config, forward_only))
-            for c, s in zip(chunks, seq_ids, strict=True)
-        ]
-        acks = await self._submit_in_turn(seq_ids, posts)
-        request_type = "Forward" if forward_only else "ForwardBackward"
-        polls = [
-            poll_future(
-                self.service.transport,
-                ack.request_id,
-                ForwardBackwardOutput,
-                request_type=request_type,
-                ids=self._ids,
-            )
-            for ack in acks
-        ]
-        if len(polls) == 1:  # no task per poll for the common single-chunk call
-            return [await polls[0]]
-        return list(await asyncio.gather(*polls))
-
-    def _combine_outputs(self, outputs: Sequence[ForwardBackwardOutput]) -> ForwardBackwardOutput:
-        """Concatenate per-chunk outputs and reduce their metrics by suffix."""
-        return combine_outputs(outputs)
 
     def _submit(self, coro: Coroutine[Any, Any, T]) -> APIFuture[T]:
         """Run ``coro`` on the client loop; return its :class:`APIFuture`."""
         return APIFuture(submit(coro))
 
-    # ------------------------------------------------------------ ordering
-    def _cond(self) -> asyncio.Condition:
-        if self._turn_cond is None:
-            self._turn_cond = asyncio.Condition()
-        return self._turn_cond
-
-    async def _submit_in_turn(
-        self, seq_ids: Sequence[int], posts: Sequence[Callable[[], Awaitable[T]]]
-    ) -> list[T]:
-        cond = self._cond()
-        async with cond:
-            await cond.wait_for(lambda: self._poisoned is not None or self._turn >= seq_ids[0])
-            if self._poisoned is not None:
-                raise APIConnectionError(
-                    f"{self!r} is unusable: an earlier request was never delivered "
-                    f"({type(self._poisoned).__name__}: {self._poisoned})"
-                ) from self._poisoned
-        try:
-            results: list[T | BaseException]
-            if len(posts) == 1:  # no task for the common single submission
-                try:
-                    results = [await posts[0]()]
-                except Exception as exc:
-                    results = [exc]
-            else:
-                results = await asyncio.gather(*(p() for p in posts), return_exceptions=True)
-            for seq_id, r in zip(seq_ids, results, strict=True):
-                if isinstance(r, Exception):
-                    await self._fill_gap(seq_id, r)
-        finally:
-            async with cond:
-                self._turn = max(self._turn, seq_ids[-1] + 1)
-                cond.notify_all()
-        for r in results:
-            if isinstance(r, BaseException):
-                raise r
-        return results  # type: ignore[return-value]
-
-    async def _fill_gap(self, seq_id: int, cause: Exception) -> None:
-        """Occupy ``seq_id`` after its submission failed, so later requests are not stuck.
-
-        A rejected or undeliverable submission leaves a hole in the model's ``seq_id`` order
-        that the server would wait on. A forward-only no-op (one token, zero weight, nothing
-        accumulated) takes its place; if the original did arrive, the server's
-        ``(model_id, seq_id)`` deduplication ignores the no-op. If even that cannot be
-        delivered the client is poisoned: later calls raise instead of hanging.
-        """
-        try:
-            await self._post_fwdbwd([noop_datum()], seq_id, "cross_entropy", None, True)
-        except Exception:
-            await self._poison(cause)
-
-    async def _poison(self, exc: BaseException) -> None:
-        cond = self._cond()
-        async with cond:
-            if self._poisoned is None:
-                self._poisoned = exc
-            cond.notify_all()
-
-    async def _post(self, path: str, body: Any) -> UntypedAPIFuture:
-        resp = await self.service.transport.request("POST", path, json=body, ids=self._ids)
-        return decode_response(resp, UntypedAPIFuture)
-
-    async def _post_fwdbwd(
-        self,
-        chunk: list[Datum] | WeightedChunk,
-        seq_id: int,
-        loss_fn: str,
-        loss_fn_config: dict[str, float | str] | None,
-        forward_only: bool,
-    ) -> UntypedAPIFuture:
-        transport = self.service.transport
-        body: bytes
-        if isinstance(chunk, WeightedChunk):  # pre-encoded datums (forward_backward_custom)
-            if loss_fn_config or transport.config.wire_mode == "json":
-                raise ValueError("pre-encoded chunks are sent as protobuf without a config")
-            body = encode_weighted_request(
-                chunk,
-                model_id=self.model_id,
-                seq_id=seq_id,
-                loss_fn=loss_fn,
-                forward_only=forward_only,
-            )
-        else:
-            fb_input = ForwardBackwardInput(
-                data=chunk,
-                loss_fn=loss_fn,  # type: ignore[arg-type]
-                loss_fn_config=loss_fn_config,
-            )
-            request: ForwardRequest | ForwardBackwardRequest
-            if forward_only:
-                request = ForwardRequest(
-                    forward_input=fb_input, model_id=self.model_id, seq_id=seq_id
-                )
-            else:
-                request = ForwardBackwardRequest(
-                    forward_backward_input=fb_input, model_id=self.model_id, seq_id=seq_id
-                )
-            if transport.config.wire_mode == "json":
-                path = "/api/v1/forward" if forward_only else "/api/v1/forward_backward"
-                return await self._post(path, request)
-            body = encode_forward_backward_request(request)
-        resp = await transport.request(
-            "POST",
-            "/api/v1/forward_backward",
-            content=body,
-            content_type="application/x-protobuf",
-            ids=self._ids,
-        )
-        return decode_response(resp, UntypedAPIFuture)
-
-    async def _ordered_call(
-        self, seq_id: int, path: str, body: Any, result_type: type[T], request_type: str
-    ) -> T:
-        (ack,) = await self._submit_in_turn([seq_id], [lambda: self._post(path, body)])
-        return await poll_future(
-            self.service.transport,
-            ack.request_id,
-            result_type,
-            request_type=request_type,
-            ids=self._ids,
-        )
+    def _ordered(
+        self, seq: int, path: str, body: Any, result_type: type[T], request_type: str
+    ) -> Coroutine[Any, Any, T]:
+        return self._queue.call(seq, path, body, result_type, request_type)
 
     # ------------------------------------------------------------ forward / backward
     def _fwdbwd(
@@ -290,18 +85,18 @@ class TrainingClient:
         loss_fn_config: Mapping[str, float | str] | None,
         forward_only: bool,
     ) -> APIFuture[ForwardBackwardOutput]:
-        chunks = self._chunk_data(list(data))
-        seq_ids = self._reserve_seq_ids(len(chunks))
+        chunks = self._queue.chunk(list(data))
+        seq_ids = self._queue.reserve(len(chunks))
 
         async def run() -> ForwardBackwardOutput:
-            outputs = await self._send_fwdbwd_chunks(
+            outputs = await self._queue.send_fwdbwd(
                 chunks,
                 seq_ids,
                 loss_fn=loss_fn,
                 loss_fn_config=loss_fn_config,
                 forward_only=forward_only,
             )
-            return self._combine_outputs(outputs)
+            return combine_outputs(outputs)
 
         return self._submit(run())
 
@@ -360,10 +155,12 @@ class TrainingClient:
         Two server passes (forward-only, then cross-entropy with ``weights = -∂loss/∂logprobs``);
         see :mod:`tinkjax.client._custom`. The result is a ``CustomForwardBackwardOutput``.
         """
-        from tinkjax.client._custom import forward_backward_custom_async_impl
+        # Imported on the first custom-loss call: the engine pulls in JAX, which
+        # ``import tinkjax`` does not need.
+        from ._custom import forward_backward_custom_async_impl
 
         coro = forward_backward_custom_async_impl(
-            self,
+            self._queue,
             list(data),
             loss_fn,
             regularizers=regularizers,
@@ -405,7 +202,7 @@ class TrainingClient:
         if (optim_params is None) == (adam_params is None):
             raise ValueError("pass exactly one of optim_params and adam_params")
         params = optim_params if optim_params is not None else adam_params
-        seq = self._reserve_seq_ids(1)[0]
+        seq = self._queue.reserve(1)[0]
         request = OptimStepRequest(
             model_id=self.model_id,
             seq_id=seq,
@@ -413,7 +210,7 @@ class TrainingClient:
             optimizer_params=params if isinstance(params, DimuonParams) else None,
         )
         return self._submit(
-            self._ordered_call(seq, "/api/v1/optim_step", request, OptimStepResponse, "OptimStep")
+            self._ordered(seq, "/api/v1/optim_step", request, OptimStepResponse, "OptimStep")
         )
 
     async def optim_step_async(
@@ -431,7 +228,7 @@ class TrainingClient:
         user_metadata: dict[str, str] | None = None,
     ) -> APIFuture[SaveWeightsResponse]:
         """Save weights and optimizer state as ``tinker://{model_id}/weights/{name}``."""
-        seq = self._reserve_seq_ids(1)[0]
+        seq = self._queue.reserve(1)[0]
         request = SaveWeightsRequest(
             model_id=self.model_id,
             path=name,
@@ -441,9 +238,7 @@ class TrainingClient:
             user_metadata=user_metadata,
         )
         return self._submit(
-            self._ordered_call(
-                seq, "/api/v1/save_weights", request, SaveWeightsResponse, "SaveWeights"
-            )
+            self._ordered(seq, "/api/v1/save_weights", request, SaveWeightsResponse, "SaveWeights")
         )
 
     async def save_state_async(
@@ -457,14 +252,12 @@ class TrainingClient:
         return self.save_state(name, ttl_seconds, overwrite, user_metadata)
 
     def _load(self, path: str, optimizer: bool) -> APIFuture[LoadWeightsResponse]:
-        seq = self._reserve_seq_ids(1)[0]
+        seq = self._queue.reserve(1)[0]
         request = LoadWeightsRequest(
             path=path, optimizer=optimizer, model_id=self.model_id, seq_id=seq
         )
         return self._submit(
-            self._ordered_call(
-                seq, "/api/v1/load_weights", request, LoadWeightsResponse, "LoadWeights"
-            )
+            self._ordered(seq, "/api/v1/load_weights", request, LoadWeightsResponse, "LoadWeights")
         )
 
     def load_state(self, path: str) -> APIFuture[LoadWeightsResponse]:
@@ -487,7 +280,7 @@ class TrainingClient:
         self, name: str, ttl_seconds: int | None = None, user_metadata: dict[str, str] | None = None
     ) -> APIFuture[SaveWeightsForSamplerResponse]:
         """Save sampler weights as ``tinker://{model_id}/sampler_weights/{name}``."""
-        seq = self._reserve_seq_ids(1)[0]
+        seq = self._queue.reserve(1)[0]
         request = SaveWeightsForSamplerRequest(
             model_id=self.model_id,
             path=name,
@@ -497,7 +290,7 @@ class TrainingClient:
         )
 
         async def run() -> SaveWeightsForSamplerResponse:
-            out = await self._ordered_call(
+            out = await self._ordered(
                 seq,
                 "/api/v1/save_weights_for_sampler",
                 request,
@@ -534,23 +327,24 @@ class TrainingClient:
 
             async def named() -> SamplingClient:
                 path = (await saved).path
-                return await self.service.create_sampling_client(
+                check_sampling_source(path, None)
+                return await create_sampling_client(
+                    self.session,
                     model_path=path,
+                    base_model=None,
                     retry_config=retry_config,
                     record_stability_info=record_stability_info,
                 )
 
             return self._submit(named())
-        seq = self._reserve_seq_ids(1)[0]
-        sampling_seq = self.service._next_sampling_seq()
+        seq = self._queue.reserve(1)[0]
+        sampling_seq = self.session.next_sampling_seq()
         request = SaveWeightsForSamplerRequest(
             model_id=self.model_id, sampling_session_seq_id=sampling_seq, kind=kind, seq_id=seq
         )
 
         async def unnamed() -> SamplingClient:
-            from ._sampling import SamplingClient
-
-            out = await self._ordered_call(
+            out = await self._ordered(
                 seq,
                 "/api/v1/save_weights_for_sampler",
                 request,
@@ -563,7 +357,7 @@ class TrainingClient:
                 )
             base = self._info.model_data.model_name if self._info is not None else None
             return SamplingClient(
-                self.service,
+                self.session,
                 out.sampling_session_id,
                 base_model=base,
                 retry_config=retry_config,
@@ -591,16 +385,27 @@ class TrainingClient:
         record_stability_info: bool = False,
     ) -> APIFuture[SamplingClient]:
         """A ``SamplingClient`` on saved sampler weights (same as the service's)."""
-        return self.service.create_sampling_client(
-            model_path=model_path,
-            retry_config=retry_config,
-            record_stability_info=record_stability_info,
+        self.session.check_open()
+        check_sampling_source(model_path, None)
+        return ClientFuture(
+            submit(
+                create_sampling_client(
+                    self.session,
+                    model_path=model_path,
+                    base_model=None,
+                    retry_config=retry_config,
+                    record_stability_info=record_stability_info,
+                )
+            )
         )
 
     # ------------------------------------------------------------ info
     async def _fetch_info(self) -> GetInfoResponse:
-        resp = await self.service.transport.request(
-            "POST", "/api/v1/get_info", json=GetInfoRequest(model_id=self.model_id), ids=self._ids
+        resp = await self.session.transport.request(
+            "POST",
+            "/api/v1/get_info",
+            json=GetInfoRequest(model_id=self.model_id),
+            ids=self._queue.ids,
         )
         self._info = decode_response(resp, GetInfoResponse)
         return self._info
@@ -630,10 +435,16 @@ class TrainingClient:
         Raises:
             ImportError: the model needs ``transformers`` and it is not installed.
         """
-        from ._tokenizer import load_tokenizer
-
         info = self._info
         if info is None:
             info = self.get_info()
         name = info.model_data.model_name or info.model_name or ""
         return load_tokenizer(name, info.model_data.tokenizer_id)
+
+
+async def open_training_client(session: SessionContext, model_id: str) -> TrainingClient:
+    """The ``TrainingClient`` of a model the session just created or loaded, with its info
+    fetched (``base_model``, the tokenizer)."""
+    tc = TrainingClient(session, model_id)
+    await tc._fetch_info()
+    return tc

@@ -18,7 +18,8 @@ from typing import Any, TypeVar
 
 import httpx
 
-from tinkjax import __version__, events
+from tinkjax import events
+from tinkjax._version import __version__
 from tinkjax.codec import decode_json, encode_json
 from tinkjax.errors import (
     APIConnectionError,
