@@ -1,7 +1,11 @@
 """The custom-loss engine: ``loss = base + Σ wᵢ·regᵢ`` and ∂loss/∂logprobs in one jitted program."""
 
 from tinkjax.engine._batch import STANDARD_INPUTS, LossBatch, bucket_size
-from tinkjax.engine._compute import compute_custom_loss, compute_custom_loss_async, lower_custom_loss
+from tinkjax.engine._compute import (
+    compute_custom_loss,
+    compute_custom_loss_async,
+    lower_custom_loss,
+)
 from tinkjax.engine._errors import (
     CustomLossError,
     EngineInputError,

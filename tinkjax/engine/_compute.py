@@ -1,7 +1,8 @@
 """The engine's entry points: compute a custom-loss step, or lower its program.
 
-Each takes the step's :class:`~tinkjax.engine.CustomLossSpec` as ``loss``, or the base loss
-and the keyword options that build the spec (:func:`~tinkjax.engine.as_spec`), so both
+Each takes the step's :class:`~tinkjax.engine.CustomLossSpec` as ``spec``, or (as before the
+spec existed) the base loss there and the keyword options that build the spec
+(:func:`~tinkjax.engine.as_spec`), so both
 ``compute_custom_loss(inputs, lps, spec)`` and ``compute_custom_loss(inputs, lps, "ppo",
 regularizers=[...])`` work; the spec is checked once, when it is built.
 """
@@ -32,7 +33,7 @@ __all__ = ["compute_custom_loss", "compute_custom_loss_async", "lower_custom_los
 def compute_custom_loss(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     logprobs: Sequence[npt.ArrayLike],
-    loss: LossSpec | CustomLossSpec = None,
+    spec: CustomLossSpec | LossSpec = None,
     *,
     data: Sequence[Any] | None = None,
     emit: EmitFn | None = None,
@@ -46,14 +47,14 @@ def compute_custom_loss(
             ``reference_logprobs``, ``paired_logprobs``, or any other key).
         logprobs: per datum, the target-token logprobs of the forward pass, ``[n]`` or
             ``[n, K]``.
-        loss: the step's :class:`CustomLossSpec`; or its base loss (a built-in name such as
+        spec: the step's :class:`CustomLossSpec`; or its base loss (a built-in name such as
             ``"cross_entropy"`` or ``"ppo"``, a :class:`PackedLoss`, a :class:`DatumLoss` or
             bare Tinker-style callable ``fn(data, logprobs_list) -> (loss, metrics)`` written
             in JAX, or ``None``), the spec's other fields then coming from ``options``.
         data: what regularizers' ``prepare`` steps receive (default: ``inputs``).
         emit: ``emit(event, measurements, metadata)`` for ``custom_loss.start/stop/exception``
             and ``regularizer.compute``.
-        **options: the other fields of the spec when ``loss`` is not one: ``regularizers``,
+        **options: the other fields of the spec when ``spec`` is not one: ``regularizers``,
             ``loss_fn_config``, ``track_grad_norms``, ``norm_method``, ``dtype``,
             ``bucketing`` (see :class:`CustomLossSpec`).
 
@@ -64,19 +65,19 @@ def compute_custom_loss(
         RuntimeError: ``prepare`` steps need an event loop and one is already running (use
             :func:`compute_custom_loss_async`).
     """
-    regs = loss.regularizers if isinstance(loss, CustomLossSpec) else options.get("regularizers")
+    regs = spec.regularizers if isinstance(spec, CustomLossSpec) else options.get("regularizers")
     if any(isinstance(r, Regularizer) and r.prepare is not None for r in regs or ()):
         try:
             asyncio.get_running_loop()
         except RuntimeError:
             return asyncio.run(
-                compute_custom_loss_async(inputs, logprobs, loss, data=data, emit=emit, **options)
+                compute_custom_loss_async(inputs, logprobs, spec, data=data, emit=emit, **options)
             )
         raise RuntimeError(
             "regularizers with a prepare step cannot run synchronously inside a running "
             "event loop; await compute_custom_loss_async instead"
         )
-    spec, started = open_span(emit, loss, options)
+    spec, started = open_span(emit, spec, options)
     try:
         result = finish_step(build_step(spec, inputs, logprobs, prepared={}))
     except Exception as exc:
@@ -89,7 +90,7 @@ def compute_custom_loss(
 async def compute_custom_loss_async(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     logprobs: Sequence[npt.ArrayLike],
-    loss: LossSpec | CustomLossSpec = None,
+    spec: CustomLossSpec | LossSpec = None,
     *,
     data: Sequence[Any] | None = None,
     emit: EmitFn | None = None,
@@ -103,7 +104,7 @@ async def compute_custom_loss_async(
             f"got {len(inputs)} datums but {len(logprobs)} logprobs arrays; they must match"
         )
     pending = await prepare_custom_loss_async(
-        inputs, [np.shape(lp) for lp in logprobs], loss, data=data, emit=emit, **options
+        inputs, [np.shape(lp) for lp in logprobs], spec, data=data, emit=emit, **options
     )
     return await pending.run(logprobs)
 
@@ -111,7 +112,7 @@ async def compute_custom_loss_async(
 def lower_custom_loss(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     logprobs: Sequence[npt.ArrayLike],
-    loss: LossSpec | CustomLossSpec = None,
+    spec: CustomLossSpec | LossSpec = None,
     **options: Unpack[SpecOptions],
 ) -> jax.stages.Lowered:
     """The lowered program of a step, for ``.compile().memory_analysis()`` / ``cost_analysis()``.
@@ -119,7 +120,7 @@ def lower_custom_loss(
     Arguments as for :func:`compute_custom_loss`; regularizers with a ``prepare`` step are not
     supported here.
     """
-    spec = as_spec(loss, **options)
+    spec = as_spec(spec, **options)
     if spec.needs_prepare:
         raise EngineInputError("lower_custom_loss does not run prepare steps")
     step = build_step(spec, inputs, logprobs, prepared={})

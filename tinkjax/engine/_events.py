@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Unpack
+from typing import Any
 
 from tinkjax.engine._loss_spec import CustomLossSpec, LossSpec, SpecOptions, as_spec
 from tinkjax.engine._result import CustomLossResult
@@ -36,7 +36,7 @@ def _emit(
 
 
 def open_span(
-    emit: EmitFn | None, loss: LossSpec | CustomLossSpec, options: SpecOptions
+    emit: EmitFn | None, spec: CustomLossSpec | LossSpec, options: SpecOptions
 ) -> tuple[CustomLossSpec, float]:
     """Emit ``custom_loss.start`` and build the step's spec (:func:`as_spec`); returns the
     spec and the span's start time (``time.perf_counter()``).
@@ -45,8 +45,8 @@ def open_span(
         EngineInputError: a bad spec (after ``custom_loss.exception``).
     """
     started = time.perf_counter()
-    if isinstance(loss, CustomLossSpec):
-        count, track = len(loss.regularizers), loss.track_grad_norms
+    if isinstance(spec, CustomLossSpec):
+        count, track = len(spec.regularizers), spec.track_grad_norms
     else:
         count = len(options.get("regularizers", ()))
         track = options.get("track_grad_norms", False)
@@ -57,11 +57,11 @@ def open_span(
         {"regularizer_count": count, "track_grad_norms": track},
     )
     try:
-        spec = as_spec(loss, **options)
+        built = as_spec(spec, **options)
     except Exception as exc:
         emit_exception(emit, exc, time.perf_counter() - started)
         raise
-    return spec, started
+    return built, started
 
 
 def emit_stop(emit: EmitFn | None, result: CustomLossResult, duration: float) -> None:

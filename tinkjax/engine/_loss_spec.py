@@ -96,9 +96,7 @@ class CustomLossSpec:
     norm_method: NormMethod
     dtype: np.dtype[Any]
     bucketing: Bucketing
-    base: PackedLoss | DatumLoss | None = dataclasses.field(
-        init=False, compare=False, repr=False
-    )
+    base: PackedLoss | DatumLoss | None = dataclasses.field(init=False, compare=False, repr=False)
 
     def __init__(self, loss: LossSpec = None, **options: Unpack[SpecOptions]) -> None:
         unknown = sorted(set(options) - set(SpecOptions.__annotations__))
@@ -132,19 +130,22 @@ class CustomLossSpec:
         return any(reg.prepare is not None for reg in self.regularizers)
 
 
-def as_spec(loss: LossSpec | CustomLossSpec = None, **options: Unpack[SpecOptions]) -> CustomLossSpec:
-    """``loss`` itself when it is a :class:`CustomLossSpec`, else the spec the arguments build.
+def as_spec(
+    spec: CustomLossSpec | LossSpec = None, **options: Unpack[SpecOptions]
+) -> CustomLossSpec:
+    """``spec`` itself when it is a :class:`CustomLossSpec`; else the spec whose base loss it
+    is, with the other fields from ``options``: the one way the entry points get their spec.
 
     Raises:
         EngineInputError: a spec given together with keyword options, or a bad spec.
     """
-    if isinstance(loss, CustomLossSpec):
+    if isinstance(spec, CustomLossSpec):
         if options:
             raise EngineInputError(
                 f"got a CustomLossSpec and the options {sorted(options)}: put them in the spec"
             )
-        return loss
-    return CustomLossSpec(loss, **options)
+        return spec
+    return CustomLossSpec(spec, **options)
 
 
 def _float_dtype(dtype: npt.DTypeLike) -> np.dtype[Any]:

@@ -1,12 +1,13 @@
 """A custom-loss step prepared before its logprobs exist.
 
 ``forward_backward_custom`` knows everything about its step except the logprobs once it has
-sent the forward pass: the loss inputs, the regularizers, the shapes.
-:func:`prepare_custom_loss_async` does all the work that needs no logprobs (validation,
-awaiting the regularizers' ``prepare`` steps, packing the loss inputs, planning) while the
-server runs the forward pass; :meth:`PendingCustomLoss.run` then only packs the logprobs and
-runs the compiled program. The packing leaves the step's critical path, and regularizers' I/O
-(a reward model, a database) overlaps the server's forward pass instead of following it.
+sent the forward pass: the loss inputs, the step's spec, the shapes.
+:func:`prepare_custom_loss_async` does all the work that needs no logprobs (building the spec
+unless it is given one, awaiting the regularizers' ``prepare`` steps, packing the loss inputs,
+planning) while the server runs the forward pass; :meth:`PendingCustomLoss.run` then only
+packs the logprobs and runs the compiled program. The packing leaves the step's critical path,
+and regularizers' I/O (a reward model, a database) overlaps the server's forward pass instead
+of following it.
 """
 
 from __future__ import annotations
@@ -88,7 +89,9 @@ class PendingCustomLoss:
             self._done = True
             emit_exception(self._emit, exc, self._spent)
 
-    def _step_andfinish_step(self, logprobs: Sequence[npt.ArrayLike]) -> tuple[Step, CustomLossResult]:
+    def _step_andfinish_step(
+        self, logprobs: Sequence[npt.ArrayLike]
+    ) -> tuple[Step, CustomLossResult]:
         step = self._template.step(logprobs)
         return step, finish_step(step)
 
@@ -96,7 +99,7 @@ class PendingCustomLoss:
 async def prepare_custom_loss_async(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     shapes: Sequence[tuple[int, ...]],
-    loss: LossSpec | CustomLossSpec = None,
+    spec: CustomLossSpec | LossSpec = None,
     *,
     data: Sequence[Any] | None = None,
     emit: EmitFn | None = None,
@@ -105,11 +108,11 @@ async def prepare_custom_loss_async(
     """Everything of a :func:`~tinkjax.engine.compute_custom_loss_async` step that does not
     need the logprobs, for logprobs of per-datum ``shapes`` (``[n]`` or ``[n, K]``).
 
-    Arguments and errors are those of :func:`~tinkjax.engine.compute_custom_loss`: ``loss``
+    Arguments and errors are those of :func:`~tinkjax.engine.compute_custom_loss`: ``spec``
     is a :class:`~tinkjax.engine.CustomLossSpec`, or the base loss of the spec that
     ``options`` build.
     """
-    spec, started = open_span(emit, loss, options)
+    spec, started = open_span(emit, spec, options)
     try:
         prepared = await run_prepares(spec.regularizers, inputs if data is None else data)
         small = sum(math.prod(s) for s in shapes) <= INLINE_MAX_LOGPROBS

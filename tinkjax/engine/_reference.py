@@ -53,7 +53,7 @@ jacobian_norms = jax.jit(_jacobian_norms, static_argnames=("plan",))
 def reference_grad_norms(
     inputs: Sequence[Mapping[str, npt.ArrayLike]],
     logprobs: Sequence[npt.ArrayLike],
-    loss: LossSpec | CustomLossSpec = None,
+    spec: CustomLossSpec | LossSpec = None,
     **options: Unpack[SpecOptions],
 ) -> npt.NDArray[Any]:
     """Norms ``[1 + K]`` of ∂base/∂lp and each ∂regᵢ/∂lp (unweighted), via ``jacrev``.
@@ -61,7 +61,7 @@ def reference_grad_norms(
     Arguments as for :func:`~tinkjax.engine.compute_custom_loss` (the spec's norm settings are
     ignored). Regularizers with a ``prepare`` step are not supported.
     """
-    spec = as_spec(loss, **options)
+    spec = as_spec(spec, **options)
     if spec.track_grad_norms:  # a plain step: one term per regularizer, in order
         spec = dataclasses.replace(spec, track_grad_norms=False)
     step = build_step(spec, inputs, logprobs, prepared={})

@@ -122,9 +122,7 @@ def plan_step(
     base = spec.base
     packed = pack_batch(inputs, shapes, dtype=dt, bucketing=spec.bucketing)
     present = packed.layout.present
-    _check_requires(
-        "the base loss", base.requires if isinstance(base, PackedLoss) else (), present
-    )
+    _check_requires("the base loss", base.requires if isinstance(base, PackedLoss) else (), present)
     for reg in regs:
         _check_requires(f"regularizer {reg.name!r}", reg.requires, present)
 
@@ -200,6 +198,7 @@ def _check_requires(label: str, requires: Sequence[str], present: Sequence[str])
             f"{label} requires loss inputs {missing}, which the data does not carry "
             f"(it has {list(present)})"
         )
+
 
 def _term_label(step: Step, group: int, index: int) -> tuple[str, str]:
     for reg, slot in zip(step.regularizers, step.slots, strict=True):
@@ -282,5 +281,3 @@ def finish_step(step: Step) -> CustomLossResult:
         metrics=metrics,
         gradients=step.packed.layout.split(np.asarray(out["grad"])),
     )
-
-
