@@ -27,7 +27,7 @@ from tinkjax.types import AdamParams, ModelInput, SamplingParams
 
 from .conftest import API_KEY
 from .fake import FakeTinker
-from .test_training_mock import datum
+from .test_training import datum
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -10,7 +10,7 @@ from tinkjax.client._loop import submit
 from tinkjax.types import AdamParams
 
 from .fake import FakeTinker
-from .test_training_mock import datum
+from .test_training import datum
 
 
 def test_reserved_ids_order_later_calls_across_two_passes(
