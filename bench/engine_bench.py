@@ -139,9 +139,7 @@ def _runner(method: str, inputs: Any, lps: Any, regs: list[Regularizer]) -> tupl
     step = build_step(spec, inputs, lps, prepared={})
     if method == "jacrev":
         lp, batch, base_params, _w, params, prepared = step.args
-        lowered = jacobian_norms.lower(
-            lp, batch, base_params, params, prepared, plan=step.plan
-        )
+        lowered = jacobian_norms.lower(lp, batch, base_params, params, prepared, plan=step.plan)
         compiled = lowered.compile()
         return (
             lambda: jax.block_until_ready(compiled(lp, batch, base_params, params, prepared))
