@@ -65,7 +65,7 @@ class ServerHandle:
 
     def applied_count(self, model_id: str, seq_id: int) -> int:
         """How many times ``(model_id, seq_id)`` was executed (0 or 1 unless something broke)."""
-        return int(self.backend.scheduler.applied[(model_id, seq_id)])
+        return int(self.backend.scheduler.applied_count(model_id, seq_id))
 
     @property
     def running(self) -> bool:

@@ -122,6 +122,12 @@ class Scheduler:
         with self._cond:
             return collections.Counter({key: seen.runs for key, seen in self._seen.items()})
 
+    def applied_count(self, model_id: str, seq_id: int) -> int:
+        """How many times ``(model_id, seq_id)`` was executed (0 once it is forgotten)."""
+        with self._cond:
+            seen = self._seen.get((model_id, seq_id))
+            return 0 if seen is None else seen.runs
+
     # ----------------------------------------------------------------- lifecycle
 
     def start(self, warmup: Callable[[], None] | None = None) -> None:
