@@ -64,17 +64,6 @@ def _is_module(name: str) -> bool:
     return base.is_dir() or base.with_suffix(".py").exists()
 
 
-#: Known debt of the client restructuring (issue 9, deliver 1, open), listed so that every new
-#: case fails: the client still reads ``__version__`` from the root package, and
-#: ``client/_training.py`` is past the size limit.
-KNOWN_ROOT_IMPORTS = {
-    "tinkjax/cli/_main.py",
-    "tinkjax/client/_service.py",
-    "tinkjax/client/_transport.py",
-}
-KNOWN_LONG_MODULES = {"tinkjax/client/_training.py"}
-
-
 ALL_SOURCES = [*_sources(PACKAGE), *_sources(KERNELS)]
 
 
@@ -94,7 +83,7 @@ def test_no_module_imports_from_the_root_package() -> None:
     bad = [
         f"{path.relative_to(ROOT)}:{line} imports {names} from the root package"
         for path in ALL_SOURCES
-        if _module_name(path) != "tinkjax" and str(path.relative_to(ROOT)) not in KNOWN_ROOT_IMPORTS
+        if _module_name(path) != "tinkjax"
         for line, target, names in _imports(path)
         if target == "tinkjax"
         and any(
@@ -123,8 +112,6 @@ def test_no_private_name_is_imported_from_another_module() -> None:
 @pytest.mark.parametrize("path", ALL_SOURCES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_module_is_at_most_600_lines(path: Path) -> None:
     lines = len(path.read_text().splitlines())
-    if str(path.relative_to(ROOT)) in KNOWN_LONG_MODULES:
-        pytest.xfail("known debt: split with the client restructuring (issue 9)")
     assert lines <= MAX_MODULE_LINES, f"{path.relative_to(ROOT)} has {lines} lines"
 
 

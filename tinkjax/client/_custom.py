@@ -13,7 +13,7 @@ Each datum's model input and target tokens are encoded once for both passes when
 session's wire can (:meth:`tinkjax.codec.Wire.pre_encode`: protobuf, 1-D target tokens);
 otherwise (JSON wire mode, 2-D target tokens) each pass sends ``Datum`` objects. While the
 server runs the forward pass the engine prepares everything that needs no logprobs
-(:func:`~tinkjax.engine._pending.prepare_custom_loss_async`: async regularizers' I/O,
+(:func:`~tinkjax.engine.prepare_custom_loss_async`: async regularizers' I/O,
 packing, planning).
 
 The ``2N`` sequence ids of both passes are reserved when the call is made, so an ``optim_step``
@@ -29,17 +29,21 @@ ordered sending); nothing here knows the wire mode.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Coroutine, Sequence
+from typing import Any, Unpack
 
 import numpy as np
 import numpy.typing as npt
 
 from tinkjax import events
 from tinkjax.codec import EncodedBatch, WeightedChunk
-from tinkjax.engine import Bucketing, LossSpec, NormMethod, Regularizer
-from tinkjax.engine._pending import prepare_custom_loss_async
-from tinkjax.engine._spec import validate_regularizers
+from tinkjax.engine import (
+    CustomLossSpec,
+    LossSpec,
+    SpecOptions,
+    as_spec,
+    prepare_custom_loss_async,
+)
 from tinkjax.errors import EngineInputError
 from tinkjax.types import Datum, ForwardBackwardOutput, TensorData
 
@@ -147,35 +151,26 @@ def _emitter(model_id: str) -> Callable[[str, dict[str, float], dict[str, Any]],
 def forward_backward_custom_async_impl(
     queue: ModelQueue,
     data: Sequence[Datum],
-    loss_fn: LossSpec,
-    *,
-    regularizers: Sequence[Regularizer] = (),
-    track_grad_norms: bool = False,
-    loss_fn_config: Mapping[str, float] | None = None,
-    norm_method: NormMethod = "vmap",
-    dtype: npt.DTypeLike = np.float32,
-    bucketing: Bucketing | None = None,
+    spec: CustomLossSpec | LossSpec,
+    **options: Unpack[SpecOptions],
 ) -> Coroutine[Any, Any, CustomForwardBackwardOutput]:
     """Forward pass → engine → backward pass with ``weights = −∂C/∂logprobs``.
 
-    See :meth:`~tinkjax.client.TrainingClient.forward_backward_custom` for the arguments. The data are
-    checked, chunked and the ``2N`` sequence ids reserved *now*, at call time (so a call made
-    after this one, e.g. ``optim_step``, is ordered after both passes); the returned coroutine
-    does the rest.
+    See :meth:`~tinkjax.client.TrainingClient.forward_backward_custom` for the arguments:
+    ``spec`` is a :class:`~tinkjax.engine.CustomLossSpec`, or the base loss of the spec that
+    ``options`` build (:func:`~tinkjax.engine.as_spec`). The spec and the data are checked, the
+    data chunked and the ``2N`` sequence ids reserved *now*, at call time (so a call made after
+    this one, e.g. ``optim_step``, is ordered after both passes, and a bad spec raises here,
+    before any request); the returned coroutine does the rest.
     """
-    regularizers = validate_regularizers(regularizers)
+    spec = as_spec(spec, **options)
     datums = [_as_datum(d, i) for i, d in enumerate(data)]
     if not datums:
         raise EngineInputError("data: forward_backward_custom needs at least one datum")
     plan = plan_passes(queue, datums)
     n = len(plan.forward)
     ids = queue.reserve(2 * n)
-    forward_ids, backward_ids = ids[:n], ids[n:]
-    return _run(
-        queue, datums, plan, forward_ids, backward_ids, loss_fn,
-        regularizers=regularizers, track_grad_norms=track_grad_norms,
-        loss_fn_config=loss_fn_config, norm_method=norm_method, dtype=dtype, bucketing=bucketing,
-    )  # fmt: skip
+    return _run(queue, datums, plan, ids[:n], ids[n:], spec)
 
 
 async def _run(
@@ -184,14 +179,7 @@ async def _run(
     plan: DatumChunks | EncodedChunks,
     forward_ids: list[int],
     backward_ids: list[int],
-    loss_fn: LossSpec,
-    *,
-    regularizers: Sequence[Regularizer],
-    track_grad_norms: bool,
-    loss_fn_config: Mapping[str, float] | None,
-    norm_method: NormMethod,
-    dtype: npt.DTypeLike,
-    bucketing: Bucketing | None,
+    spec: CustomLossSpec,
 ) -> CustomForwardBackwardOutput:
     forward_task = asyncio.ensure_future(
         queue.send_fwdbwd(
@@ -206,20 +194,9 @@ async def _run(
     # logprobs (and awaits async regularizers) while the server runs the forward pass.
     await asyncio.sleep(0)
     inputs = [{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()} for d in datums]
-    extra: dict[str, Any] = {} if bucketing is None else {"bucketing": bucketing}
     try:
         pending = await prepare_custom_loss_async(
-            inputs,
-            plan.shapes,
-            loss_fn,
-            regularizers=regularizers,
-            loss_fn_config=loss_fn_config,
-            track_grad_norms=track_grad_norms,
-            norm_method=norm_method,
-            data=datums,
-            emit=_emitter(queue.model_id),
-            dtype=dtype,
-            **extra,
+            inputs, plan.shapes, spec, data=datums, emit=_emitter(queue.model_id)
         )
     except BaseException:
         forward_task.add_done_callback(_retrieve)  # its outcome no longer matters

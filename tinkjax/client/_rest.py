@@ -29,6 +29,7 @@ from ._embedded import start_embedded
 from ._futures import APIFuture
 from ._loop import submit
 from ._transport import Transport, decode_response
+from ._twins import awaiting
 
 __all__ = ["RestClient", "apaginate", "paginate"]
 
@@ -140,8 +141,7 @@ class RestClient:
             self._get("/api/v1/get_server_capabilities", GetServerCapabilitiesResponse)
         )
 
-    async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
-        return await self.get_server_capabilities()
+    get_server_capabilities_async = awaiting(get_server_capabilities)
 
     # ------------------------------------------------------------ training runs
     def get_training_run(
@@ -156,17 +156,13 @@ class RestClient:
             )
         )
 
-    async def get_training_run_async(
-        self, training_run_id: str, access_scope: AccessScope = "owned"
-    ) -> TrainingRun:
-        return await self.get_training_run(training_run_id, access_scope)
+    get_training_run_async = awaiting(get_training_run)
 
     def get_training_run_by_tinker_path(self, tinker_path: str) -> APIFuture[TrainingRun]:
         """The training run a ``tinker://`` checkpoint path belongs to."""
         return self.get_training_run(parse_tinker_path(tinker_path).training_run_id)
 
-    async def get_training_run_by_tinker_path_async(self, tinker_path: str) -> TrainingRun:
-        return await self.get_training_run_by_tinker_path(tinker_path)
+    get_training_run_by_tinker_path_async = awaiting(get_training_run_by_tinker_path)
 
     def list_training_runs(
         self,
@@ -184,14 +180,7 @@ class RestClient:
         }
         return self._call(self._get("/api/v1/training_runs", TrainingRunsResponse, params))
 
-    async def list_training_runs_async(
-        self,
-        limit: int = 20,
-        offset: int = 0,
-        access_scope: AccessScope = "owned",
-        project_id: str | None = None,
-    ) -> TrainingRunsResponse:
-        return await self.list_training_runs(limit, offset, access_scope, project_id)
+    list_training_runs_async = awaiting(list_training_runs)
 
     def iter_training_runs(
         self,
@@ -219,8 +208,7 @@ class RestClient:
             )
         )
 
-    async def list_checkpoints_async(self, training_run_id: str) -> CheckpointsListResponse:
-        return await self.list_checkpoints(training_run_id)
+    list_checkpoints_async = awaiting(list_checkpoints)
 
     def list_user_checkpoints(
         self, limit: int = 100, offset: int = 0
@@ -232,10 +220,7 @@ class RestClient:
             )
         )
 
-    async def list_user_checkpoints_async(
-        self, limit: int = 100, offset: int = 0
-    ) -> CheckpointsListResponse:
-        return await self.list_user_checkpoints(limit, offset)
+    list_user_checkpoints_async = awaiting(list_user_checkpoints)
 
     def iter_user_checkpoints(self, page_size: int = 100) -> Iterator[Checkpoint]:
         """All the user's checkpoints, fetched page by page."""
@@ -259,16 +244,14 @@ class RestClient:
 
         return self._call(run())
 
-    async def delete_checkpoint_async(self, training_run_id: str, checkpoint_id: str) -> None:
-        await self.delete_checkpoint(training_run_id, checkpoint_id)
+    delete_checkpoint_async = awaiting(delete_checkpoint)
 
     def delete_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
         """Delete the checkpoint at a ``tinker://`` path."""
         parsed = parse_tinker_path(tinker_path)
         return self.delete_checkpoint(parsed.training_run_id, parsed.checkpoint_id)
 
-    async def delete_checkpoint_from_tinker_path_async(self, tinker_path: str) -> None:
-        await self.delete_checkpoint_from_tinker_path(tinker_path)
+    delete_checkpoint_from_tinker_path_async = awaiting(delete_checkpoint_from_tinker_path)
 
     def get_weights_info_by_tinker_path(self, tinker_path: str) -> APIFuture[WeightsInfoResponse]:
         """Base model, LoRA settings and optimizer family of a checkpoint."""
@@ -281,8 +264,7 @@ class RestClient:
 
         return self._call(run())
 
-    async def get_weights_info_by_tinker_path_async(self, tinker_path: str) -> WeightsInfoResponse:
-        return await self.get_weights_info_by_tinker_path(tinker_path)
+    get_weights_info_by_tinker_path_async = awaiting(get_weights_info_by_tinker_path)
 
     def get_checkpoint_archive_url(
         self, training_run_id: str, checkpoint_id: str
@@ -305,18 +287,16 @@ class RestClient:
 
         return self._call(run())
 
-    async def get_checkpoint_archive_url_async(
-        self, training_run_id: str, checkpoint_id: str
-    ) -> str:
-        return await self.get_checkpoint_archive_url(training_run_id, checkpoint_id)
+    get_checkpoint_archive_url_async = awaiting(get_checkpoint_archive_url)
 
     def get_checkpoint_archive_url_from_tinker_path(self, tinker_path: str) -> APIFuture[str]:
         """:meth:`get_checkpoint_archive_url` for a ``tinker://`` path."""
         parsed = parse_tinker_path(tinker_path)
         return self.get_checkpoint_archive_url(parsed.training_run_id, parsed.checkpoint_id)
 
-    async def get_checkpoint_archive_url_from_tinker_path_async(self, tinker_path: str) -> str:
-        return await self.get_checkpoint_archive_url_from_tinker_path(tinker_path)
+    get_checkpoint_archive_url_from_tinker_path_async = awaiting(
+        get_checkpoint_archive_url_from_tinker_path
+    )
 
     def download_checkpoint(
         self,
@@ -350,8 +330,7 @@ class RestClient:
         """The training runs and samplers of a session."""
         return self._call(self._get(f"/api/v1/sessions/{session_id}", GetSessionResponse))
 
-    async def get_session_async(self, session_id: str) -> GetSessionResponse:
-        return await self.get_session(session_id)
+    get_session_async = awaiting(get_session)
 
     def list_sessions(
         self, limit: int = 20, offset: int = 0, access_scope: AccessScope = "owned"
@@ -365,10 +344,7 @@ class RestClient:
             )
         )
 
-    async def list_sessions_async(
-        self, limit: int = 20, offset: int = 0, access_scope: AccessScope = "owned"
-    ) -> ListSessionsResponse:
-        return await self.list_sessions(limit, offset, access_scope)
+    list_sessions_async = awaiting(list_sessions)
 
     def iter_sessions(self, page_size: int = 20) -> Iterator[str]:
         """Every session id, fetched page by page."""
@@ -385,5 +361,4 @@ class RestClient:
         """A sampler's base model and weights path."""
         return self._call(self._get(f"/api/v1/samplers/{sampler_id}", GetSamplerResponse))
 
-    async def get_sampler_async(self, sampler_id: str) -> GetSamplerResponse:
-        return await self.get_sampler(sampler_id)
+    get_sampler_async = awaiting(get_sampler)

@@ -44,6 +44,7 @@ from ._ratelimit import limiter_for
 from ._session import SessionContext
 from ._tokenizer import load_tokenizer
 from ._transport import decode_response, is_retryable_status
+from ._twins import awaiting
 
 __all__ = [
     "SamplingClient",
@@ -159,30 +160,7 @@ class SamplingClient:
         }
         return APIFuture(submit(self._sample(fields)))
 
-    async def sample_async(
-        self,
-        prompt: ModelInput,
-        num_samples: int,
-        sampling_params: SamplingParams,
-        include_prompt_logprobs: bool = False,
-        topk_prompt_logprobs: int = 0,
-        topk_sample_logprobs: int = 0,
-        target_prompt_logprobs: TensorData | None = None,
-        prompt_alt_tokens_k: int = 0,
-        prompt_logprobs_last_n: int | None = None,
-    ) -> SampleResponse:
-        """Async twin of :meth:`sample` (returns the response)."""
-        return await self.sample(
-            prompt,
-            num_samples,
-            sampling_params,
-            include_prompt_logprobs,
-            topk_prompt_logprobs,
-            topk_sample_logprobs,
-            target_prompt_logprobs,
-            prompt_alt_tokens_k,
-            prompt_logprobs_last_n,
-        )
+    sample_async = awaiting(sample)
 
     def compute_logprobs(
         self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None
@@ -204,11 +182,7 @@ class SamplingClient:
 
         return APIFuture(submit(run()))
 
-    async def compute_logprobs_async(
-        self, prompt: ModelInput, prompt_logprobs_last_n: int | None = None
-    ) -> list[float | None]:
-        """Async twin of :meth:`compute_logprobs`."""
-        return await self.compute_logprobs(prompt, prompt_logprobs_last_n)
+    compute_logprobs_async = awaiting(compute_logprobs)
 
     async def _sample(self, fields: dict[str, Any]) -> SampleResponse:
         rc = self.retry_config

@@ -38,6 +38,7 @@ from ._sampling import (
 from ._session import FinishStatus, SessionContext
 from ._training import TrainingClient, open_training_client
 from ._transport import Transport, decode_response
+from ._twins import awaiting, blocking
 
 __all__ = ["ServiceClient"]
 
@@ -207,21 +208,7 @@ class ServiceClient:
         )
         return ClientFuture(submit(self._create_lora(base_model, lora, user_metadata, optimizer)))
 
-    async def create_lora_training_client_async(
-        self,
-        base_model: str,
-        rank: int = 32,
-        seed: int | None = None,
-        train_mlp: bool = True,
-        train_attn: bool = True,
-        train_unembed: bool = True,
-        user_metadata: dict[str, str] | None = None,
-        optimizer: OptimizerConfig | None = None,
-    ) -> TrainingClient:
-        """Async twin of :meth:`create_lora_training_client` (returns the client)."""
-        return await self.create_lora_training_client(
-            base_model, rank, seed, train_mlp, train_attn, train_unembed, user_metadata, optimizer
-        )
+    create_lora_training_client_async = awaiting(create_lora_training_client)
 
     async def _create_lora(
         self,
@@ -269,18 +256,7 @@ class ServiceClient:
             )
         )
 
-    async def create_training_client_from_state_async(
-        self,
-        path: str,
-        base_model: str | None = None,
-        user_metadata: dict[str, str] | None = None,
-        weights_access_token: str | None = None,
-        optimizer: OptimizerConfig | None = None,
-    ) -> TrainingClient:
-        """Async twin of :meth:`create_training_client_from_state`."""
-        return await self.create_training_client_from_state(
-            path, base_model, user_metadata, weights_access_token, optimizer
-        )
+    create_training_client_from_state_async = awaiting(create_training_client_from_state)
 
     def create_training_client_from_state_with_optimizer(
         self,
@@ -300,18 +276,9 @@ class ServiceClient:
             )
         )
 
-    async def create_training_client_from_state_with_optimizer_async(
-        self,
-        path: str,
-        base_model: str | None = None,
-        user_metadata: dict[str, str] | None = None,
-        weights_access_token: str | None = None,
-        optimizer: OptimizerConfig | None = None,
-    ) -> TrainingClient:
-        """Async twin of :meth:`create_training_client_from_state_with_optimizer`."""
-        return await self.create_training_client_from_state_with_optimizer(
-            path, base_model, user_metadata, weights_access_token, optimizer
-        )
+    create_training_client_from_state_with_optimizer_async = awaiting(
+        create_training_client_from_state_with_optimizer
+    )
 
     async def _create_from_state(
         self,
@@ -375,34 +342,18 @@ class ServiceClient:
             )
         )
 
-    async def create_sampling_client_async(
-        self,
-        model_path: str | None = None,
-        base_model: str | None = None,
-        retry_config: SamplingRetryConfig | None = None,
-        record_stability_info: bool = False,
-    ) -> SamplingClient:
-        """Async twin of :meth:`create_sampling_client`."""
-        return await self.create_sampling_client(
-            model_path, base_model, retry_config, record_stability_info
-        )
+    create_sampling_client_async = awaiting(create_sampling_client)
 
     def create_rest_client(self) -> RestClient:
         """A ``RestClient`` sharing this client's configuration and connections."""
         self.session.check_open()
         return RestClient.from_transport(self.transport)
 
-    def get_server_capabilities(self) -> GetServerCapabilitiesResponse:
-        """The models the server supports (blocks; see :meth:`get_server_capabilities_async`)."""
-        warn_if_in_loop(
-            "ServiceClient.get_server_capabilities()",
-            "`await service.get_server_capabilities_async()`",
-        )
-        return self.create_rest_client().get_server_capabilities().result()
-
     async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
-        """Async twin of :meth:`get_server_capabilities`."""
+        """The models the server supports."""
         return await self.create_rest_client().get_server_capabilities()
+
+    get_server_capabilities = blocking(get_server_capabilities_async)
 
 
 def _finish_status(

@@ -8,7 +8,7 @@ and poisons the client when even that fails).
 from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
 
 from tinkjax.errors import APIResponseValidationError
 from tinkjax.types import (
@@ -45,6 +45,10 @@ from ._sampling import (
 from ._session import SessionContext
 from ._tokenizer import load_tokenizer
 from ._transport import decode_response
+from ._twins import awaiting, submitting
+
+if TYPE_CHECKING:  # the engine imports JAX; ``import tinkjax`` does not need it
+    from tinkjax.engine import CustomLossSpec, LossSpec, SpecOptions
 
 __all__ = ["TrainingClient", "open_training_client"]
 
@@ -109,14 +113,7 @@ class TrainingClient:
         """Forward pass only: per-datum ``logprobs`` and the loss, no gradient accumulated."""
         return self._fwdbwd(data, loss_fn, loss_fn_config, True)
 
-    async def forward_async(
-        self,
-        data: Sequence[Datum],
-        loss_fn: LossFnType | str,
-        loss_fn_config: Mapping[str, float | str] | None = None,
-    ) -> APIFuture[ForwardBackwardOutput]:
-        """Async twin of :meth:`forward`."""
-        return self.forward(data, loss_fn, loss_fn_config)
+    forward_async = submitting(forward)
 
     def forward_backward(
         self,
@@ -131,64 +128,40 @@ class TrainingClient:
         """
         return self._fwdbwd(data, loss_fn, loss_fn_config, False)
 
-    async def forward_backward_async(
-        self,
-        data: Sequence[Datum],
-        loss_fn: LossFnType | str,
-        loss_fn_config: Mapping[str, float | str] | None = None,
-    ) -> APIFuture[ForwardBackwardOutput]:
-        """Async twin of :meth:`forward_backward`."""
-        return self.forward_backward(data, loss_fn, loss_fn_config)
+    forward_backward_async = submitting(forward_backward)
 
     def forward_backward_custom(
         self,
+        /,
         data: Sequence[Datum],
-        loss_fn: Any,
-        *,
-        regularizers: Sequence[Any] = (),
-        track_grad_norms: bool = False,
-        loss_fn_config: Mapping[str, Any] | None = None,
-        **kwargs: Any,
+        loss_fn: CustomLossSpec | LossSpec,
+        **options: Unpack[SpecOptions],
     ) -> APIFuture[CustomForwardBackwardOutput]:
         """A forward/backward step with a loss computed client-side in JAX.
 
         Two server passes (forward-only, then cross-entropy with ``weights = -∂loss/∂logprobs``);
         see :mod:`tinkjax.client._custom`. The result is a ``CustomForwardBackwardOutput``.
+
+        Args:
+            data: the datums; each needs ``target_tokens``.
+            loss_fn: a :class:`tinkjax.engine.CustomLossSpec` (built once, reused every step),
+                or its base loss (a built-in name, a ``PackedLoss``, a ``DatumLoss`` or a
+                Tinker-style ``fn(data, logprobs_list) -> (loss, metrics)``), completed by the
+                keyword ``options`` (``regularizers``, ``loss_fn_config``, ``track_grad_norms``,
+                ``norm_method``, ``dtype``, ``bucketing``; see :class:`~tinkjax.engine.SpecOptions`).
+
+        Raises:
+            EngineInputError: a bad spec or bad data (at call time, before any request).
         """
         # Imported on the first custom-loss call: the engine pulls in JAX, which
         # ``import tinkjax`` does not need.
         from ._custom import forward_backward_custom_async_impl
 
-        coro = forward_backward_custom_async_impl(
-            self._queue,
-            list(data),
-            loss_fn,
-            regularizers=regularizers,
-            track_grad_norms=track_grad_norms,
-            loss_fn_config=loss_fn_config,
-            **kwargs,
+        return self._submit(
+            forward_backward_custom_async_impl(self._queue, data, loss_fn, **options)
         )
-        return self._submit(coro)
 
-    async def forward_backward_custom_async(
-        self,
-        data: Sequence[Datum],
-        loss_fn: Any,
-        *,
-        regularizers: Sequence[Any] = (),
-        track_grad_norms: bool = False,
-        loss_fn_config: Mapping[str, Any] | None = None,
-        **kwargs: Any,
-    ) -> APIFuture[CustomForwardBackwardOutput]:
-        """Async twin of :meth:`forward_backward_custom`."""
-        return self.forward_backward_custom(
-            data,
-            loss_fn,
-            regularizers=regularizers,
-            track_grad_norms=track_grad_norms,
-            loss_fn_config=loss_fn_config,
-            **kwargs,
-        )
+    forward_backward_custom_async = submitting(forward_backward_custom)
 
     # ------------------------------------------------------------ optimizer
     def optim_step(
@@ -213,11 +186,7 @@ class TrainingClient:
             self._ordered(seq, "/api/v1/optim_step", request, OptimStepResponse, "OptimStep")
         )
 
-    async def optim_step_async(
-        self, optim_params: OptimParams | None = None, *, adam_params: AdamParams | None = None
-    ) -> APIFuture[OptimStepResponse]:
-        """Async twin of :meth:`optim_step`."""
-        return self.optim_step(optim_params, adam_params=adam_params)
+    optim_step_async = submitting(optim_step)
 
     # ------------------------------------------------------------ checkpoints
     def save_state(
@@ -241,15 +210,7 @@ class TrainingClient:
             self._ordered(seq, "/api/v1/save_weights", request, SaveWeightsResponse, "SaveWeights")
         )
 
-    async def save_state_async(
-        self,
-        name: str,
-        ttl_seconds: int | None = None,
-        overwrite: bool = False,
-        user_metadata: dict[str, str] | None = None,
-    ) -> APIFuture[SaveWeightsResponse]:
-        """Async twin of :meth:`save_state`."""
-        return self.save_state(name, ttl_seconds, overwrite, user_metadata)
+    save_state_async = submitting(save_state)
 
     def _load(self, path: str, optimizer: bool) -> APIFuture[LoadWeightsResponse]:
         seq = self._queue.reserve(1)[0]
@@ -264,17 +225,13 @@ class TrainingClient:
         """Load the weights of checkpoint ``path`` into this model (optimizer state untouched)."""
         return self._load(path, False)
 
-    async def load_state_async(self, path: str) -> APIFuture[LoadWeightsResponse]:
-        """Async twin of :meth:`load_state`."""
-        return self.load_state(path)
+    load_state_async = submitting(load_state)
 
     def load_state_with_optimizer(self, path: str) -> APIFuture[LoadWeightsResponse]:
         """Load weights and optimizer state of checkpoint ``path`` into this model."""
         return self._load(path, True)
 
-    async def load_state_with_optimizer_async(self, path: str) -> APIFuture[LoadWeightsResponse]:
-        """Async twin of :meth:`load_state_with_optimizer`."""
-        return self.load_state_with_optimizer(path)
+    load_state_with_optimizer_async = submitting(load_state_with_optimizer)
 
     def save_weights_for_sampler(
         self, name: str, ttl_seconds: int | None = None, user_metadata: dict[str, str] | None = None
@@ -305,11 +262,7 @@ class TrainingClient:
 
         return self._submit(run())
 
-    async def save_weights_for_sampler_async(
-        self, name: str, ttl_seconds: int | None = None, user_metadata: dict[str, str] | None = None
-    ) -> APIFuture[SaveWeightsForSamplerResponse]:
-        """Async twin of :meth:`save_weights_for_sampler`."""
-        return self.save_weights_for_sampler(name, ttl_seconds, user_metadata)
+    save_weights_for_sampler_async = submitting(save_weights_for_sampler)
 
     def save_weights_and_get_sampling_client(
         self,
@@ -366,17 +319,7 @@ class TrainingClient:
 
         return self._submit(unnamed())
 
-    async def save_weights_and_get_sampling_client_async(
-        self,
-        name: str | None = None,
-        retry_config: SamplingRetryConfig | None = None,
-        record_stability_info: bool = False,
-        kind: Literal["snapshot", "inflight"] = "snapshot",
-    ) -> SamplingClient:
-        """Async twin of :meth:`save_weights_and_get_sampling_client` (returns the client)."""
-        return await self.save_weights_and_get_sampling_client(
-            name, retry_config, record_stability_info, kind
-        )
+    save_weights_and_get_sampling_client_async = awaiting(save_weights_and_get_sampling_client)
 
     def create_sampling_client(
         self,
