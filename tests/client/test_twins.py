@@ -97,3 +97,28 @@ def test_blocking_needs_an_async_name() -> None:
 
     with pytest.raises(ValueError, match="'fetch'"):
         blocking(fetch)
+
+
+@pytest.mark.parametrize(
+    "cls_name", ["ServiceClient", "TrainingClient", "SamplingClient", "RestClient"]
+)
+def test_every_public_call_of_the_clients_has_a_twin_with_its_parameters(cls_name: str) -> None:
+    import tinkjax.client as client
+
+    cls = getattr(client, cls_name)
+    pairs = [
+        name
+        for name in dir(cls)
+        if not name.startswith("_") and name.endswith("_async") and callable(getattr(cls, name))
+    ]
+    assert pairs, f"{cls_name} has no async calls"
+    for async_name in pairs:
+        sync = getattr(cls, async_name.removesuffix("_async"))
+        twin = getattr(cls, async_name)
+        assert inspect.iscoroutinefunction(twin), async_name
+        sync_params = list(inspect.signature(sync).parameters.values())
+        twin_params = list(inspect.signature(twin).parameters.values())
+        # close/close_async and get_info keep hand-written pairs; their parameters still match.
+        assert [(p.name, p.kind, p.default) for p in sync_params] == [
+            (p.name, p.kind, p.default) for p in twin_params
+        ], async_name
