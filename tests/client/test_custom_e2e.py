@@ -62,7 +62,7 @@ def service(local_server: Any) -> Iterator[ServiceClient]:
 
 
 def _runtime(server: Any) -> Any:
-    return server.backend.runtime(MICRO)
+    return server.backend.models.runtime(MICRO)
 
 
 def _state(server: Any, model_id: str) -> dict[str, np.ndarray]:

@@ -24,7 +24,7 @@ import functools
 import itertools
 import math
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -106,7 +106,9 @@ def _run(
     global _traces
     _traces += 1
     if plan.track_grad_norms:
-        return _run_tracked(lp, batch, base_params, weights, params, prepared, plan=plan)
+        return _run_tracked(
+            lp, batch, TermArrays(base_params, weights, params, prepared), plan=plan
+        )
 
     def total_fn(x: Array) -> tuple[Array, Any]:
         base, base_metrics = base_value(plan, x, batch, base_params)
@@ -135,16 +137,17 @@ def _run(
     return out
 
 
-def _run_tracked(
-    lp: Array,
-    batch: LossBatch,
-    base_params: dict[str, Array],
-    weights: tuple[Array, ...],
-    params: tuple[dict[str, Array], ...],
-    prepared: tuple[dict[str, Array], ...],
-    *,
-    plan: Plan,
-) -> dict[str, Any]:
+class TermArrays(NamedTuple):
+    """The traced arrays of a step's terms, as :func:`_run` receives them."""
+
+    base_params: dict[str, Array]
+    weights: tuple[Array, ...]
+    params: tuple[dict[str, Array], ...]
+    prepared: tuple[dict[str, Array], ...]
+
+
+def _run_tracked(lp: Array, batch: LossBatch, terms: TermArrays, *, plan: Plan) -> dict[str, Any]:
+    base_params = terms.base_params
     (base, base_metrics), base_grad = jax.value_and_grad(
         lambda x: base_value(plan, x, batch, base_params), has_aux=True
     )(lp)
@@ -163,21 +166,13 @@ def _run_tracked(
         out["base_bad"] = _first_bad(base_grad)
         out["bad"] = ()
     if plan.groups:
-        out.update(_scan_terms(lp, batch, base, base_grad, weights, params, prepared, plan=plan))
+        out.update(_scan_terms(lp, batch, base, base_grad, terms, plan=plan))
     out["total_norm"] = _norm(out["grad"])
     return out
 
 
 def _scan_terms(
-    lp: Array,
-    batch: LossBatch,
-    base: Array,
-    base_grad: Array,
-    weights: tuple[Array, ...],
-    params: tuple[dict[str, Array], ...],
-    prepared: tuple[dict[str, Array], ...],
-    *,
-    plan: Plan,
+    lp: Array, batch: LossBatch, base: Array, base_grad: Array, terms: TermArrays, *, plan: Plan
 ) -> dict[str, Any]:
     """Every regularizer's value, metrics, gradient norm and weighted gradient, one at a time.
 
@@ -189,6 +184,7 @@ def _scan_terms(
     twice the time: the ~120 MB of temporaries were freshly mapped on every call, ~29k minor
     page faults per call against none for the scan.
     """
+    weights, params, prepared = terms.weights, terms.params, terms.prepared
     groups = plan.groups
     sizes = [term.size for term in groups]
     starts = np.cumsum([0, *sizes])

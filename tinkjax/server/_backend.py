@@ -21,7 +21,6 @@ answered 4xx and changes nothing), registers what the client must see at once, a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
 
 from tinkjax.server._futures import FutureTable
 from tinkjax.server._jobs import JobContext
@@ -33,9 +32,6 @@ from tinkjax.server._models_registry import ModelRegistry, warmup
 from tinkjax.server._samplers import SamplerRegistry
 from tinkjax.server._scheduler import Scheduler
 from tinkjax.server._store import Store
-
-if TYPE_CHECKING:
-    from tinkjax.models import ModelRuntime
 
 __all__ = ["Backend"]
 
@@ -76,7 +72,3 @@ class Backend:
     def stop(self) -> None:
         """Stop the worker thread."""
         self.scheduler.stop()
-
-    def runtime(self, base_model: str) -> ModelRuntime:
-        """``models.runtime``, kept for tests outside the server that inspect a model's state."""
-        return self.models.runtime(base_model)
