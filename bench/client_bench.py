@@ -125,11 +125,21 @@ class RawHttp:
         self.round_cpu: list[float] = []
         self.losses: list[float] = []
 
+    def _request(self, path: str, body: bytes, content_type: str, accept: str) -> Any:
+        headers = {"Content-Type": content_type, "Accept": accept, "X-API-Key": "tml-bench"}
+        try:
+            self.conn.request("POST", path, body=body, headers=headers)
+            return self.conn.getresponse()
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # the server closed an idle keep-alive connection: reconnect once, as a pool would
+            self.conn.close()
+            self.conn.connect()
+            self.conn.request("POST", path, body=body, headers=headers)
+            return self.conn.getresponse()
+
     def _send(self, path: str, body: bytes, content_type: str, accept: str) -> bytes:
-        self.conn.request("POST", path, body=body, headers={
-            "Content-Type": content_type, "Accept": accept, "X-API-Key": "tml-bench"})  # fmt: skip
-        resp = self.conn.getresponse()
-        data = resp.read()
+        resp = self._request(path, body, content_type, accept)
+        data: bytes = resp.read()
         if resp.status not in (200, 408):
             raise RuntimeError(f"{path}: HTTP {resp.status} {data[:300]!r}")
         return data
@@ -143,9 +153,7 @@ class RawHttp:
         body = encode_json(tinkjax.types.FutureRetrieveRequest(request_id=request_id))
         accept = "application/x-protobuf, application/json" if proto else "application/json"
         while True:
-            self.conn.request("POST", "/api/v1/retrieve_future", body=body, headers={
-                "Content-Type": "application/json", "Accept": accept, "X-API-Key": "tml-bench"})  # fmt: skip
-            resp = self.conn.getresponse()
+            resp = self._request("/api/v1/retrieve_future", body, "application/json", accept)
             data = resp.read()
             if resp.status == 408:
                 continue

@@ -10,7 +10,7 @@ import argparse
 from collections.abc import Callable, Sequence
 
 from tinkjax._version import __version__
-from tinkjax.cli import _demo, _serve
+from tinkjax.cli import _demo, _serve, _sweep
 
 __all__ = ["SUBCOMMANDS", "build_parser", "main"]
 
@@ -19,6 +19,7 @@ SUBCOMMANDS: dict[
 ] = {
     "serve": (_serve.HELP, _serve.add_arguments, _serve.run),
     "demo": (_demo.HELP, _demo.add_arguments, _demo.run),
+    "sweep": (_sweep.HELP, _sweep.add_arguments, _sweep.run),
 }
 
 
