@@ -45,7 +45,8 @@ def test_explicit_runs_follow_the_grid_and_accept_nested_tables() -> None:
 
 def test_no_grid_and_no_list_is_one_run_of_the_base() -> None:
     (only,) = expand({"seed": 3})
-    assert only.config["seed"] == 3 and only.overrides == {}
+    assert only.config["seed"] == 3
+    assert only.overrides == {}
 
 
 def test_run_ids_are_stable_and_depend_on_the_config() -> None:

@@ -53,8 +53,11 @@ def test_replay_supersedes_rows_past_a_resume_and_tracks_status(tmp_path: Path) 
     d.close()
     runs = replay(tmp_path / "results.jsonl")
     assert [(r["step"], r["loss"]) for r in runs["a"].rows] == [(0, 0.0), (1, 1.0), (2, 20.0)]
-    assert runs["a"].checkpoint == (1, "tinker://m/weights/x") and runs["a"].status == "completed"
-    assert runs["b"].status == "failed" and runs["b"].attempts == 2 and runs["b"].error == "E: y"
+    assert runs["a"].checkpoint == (1, "tinker://m/weights/x")
+    assert runs["a"].status == "completed"
+    assert runs["b"].status == "failed"
+    assert runs["b"].attempts == 2
+    assert runs["b"].error == "E: y"
 
 
 def test_a_torn_last_line_is_ignored_and_cut_before_appending(tmp_path: Path) -> None:
@@ -74,7 +77,7 @@ def test_a_torn_last_line_is_ignored_and_cut_before_appending(tmp_path: Path) ->
 
 def test_non_finite_values_are_never_logged(tmp_path: Path) -> None:
     d = _open(tmp_path, {"seed": [0]})
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="not JSON compliant"):
         d.append({"kind": "row", "run": "a", "step": 0, "loss": float("nan")})
     d.close()
 
@@ -82,6 +85,7 @@ def test_non_finite_values_are_never_logged(tmp_path: Path) -> None:
 def test_the_backend_key_is_made_once_and_kept(tmp_path: Path) -> None:
     d = _open(tmp_path, {"seed": [0]})
     key = d.backend_key()
-    assert key.startswith("tml-") and d.backend_key() == key
+    assert key.startswith("tml-")
+    assert d.backend_key() == key
     d.close()
     assert _open(tmp_path, {"seed": [0]}).backend_key() == key

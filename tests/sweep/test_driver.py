@@ -32,7 +32,8 @@ def test_six_runs_at_once_fill_the_table_and_equal_the_runs_done_one_by_one(
     step = sweep.supervised(datums(), batch_size=4)
     at_once = sweep.run(step, steps=2, base=BASE, grid=GRID, service=service, progress=False)
     assert at_once.status == {run_id: "completed" for run_id in at_once.status}
-    assert len(at_once.status) == 6 and len(at_once) == 12
+    assert len(at_once.status) == 6
+    assert len(at_once) == 12
     for row in at_once:
         for term in TERMS:
             for col in ("value", "contribution", "grad_norm"):
@@ -68,7 +69,8 @@ def test_a_failing_run_is_recorded_and_the_others_finish(service: ServiceClient)
     failed = [r for r, s in results.status.items() if s == "failed"]
     assert len(failed) == 1
     failure = results.failures[failed[0]]
-    assert failure.error == f"ValueError: boom in {failed[0]}" and failure.attempts == 1
+    assert failure.error == f"ValueError: boom in {failed[0]}"
+    assert failure.attempts == 1
     assert sorted(results.status.values()) == ["completed", "completed", "failed"]
     assert len(results.run(failed[0])) == 1  # its first step is kept
 
@@ -94,7 +96,8 @@ def test_a_retried_run_resumes_from_its_checkpoint(service: ServiceClient, tmp_p
     kinds = [
         json.loads(line)["kind"] for line in (tmp_path / "results.jsonl").read_text().splitlines()
     ]
-    assert kinds.count("failed") == 1 and kinds.count("resume") == 1
+    assert kinds.count("failed") == 1
+    assert kinds.count("resume") == 1
     assert [r["step"] for r in results] == [0, 1, 2]
 
 
@@ -114,11 +117,11 @@ def test_early_stop_ends_a_run_as_stopped(service: ServiceClient) -> None:
 
 def test_bad_definitions_are_refused_before_anything_runs(tmp_path: Path) -> None:
     step = sweep.supervised(datums(), batch_size=4)
-    with pytest.raises(sweep.SweepConfigError, match="'optimizer.lr' does not exist"):
+    with pytest.raises(sweep.SweepConfigError, match=r"'optimizer\.lr' does not exist"):
         sweep.run(step, steps=1, grid={"optimizer.lr": [1.0]}, base_url="http://127.0.0.1:9")
     with pytest.raises(sweep.SweepConfigError, match="grid has no runs"):
         sweep.run(step, steps=1, grid={"seed": []}, base_url="http://127.0.0.1:9")
-    with pytest.raises(sweep.SweepConfigError, match="steps: expected >= 1"):
+    with pytest.raises(sweep.SweepConfigError, match=r"steps: expected >= 1"):
         sweep.run(step, steps=0, base_url="http://127.0.0.1:9")
     (tmp_path / "sweep.json").write_text(json.dumps({"fingerprint": "other"}))
     with pytest.raises(sweep.SweepDirectoryError, match="holds a different sweep"):
