@@ -1,4 +1,4 @@
-"""Every Python code block of the README and of docs/engine.md and docs/wire.md runs.
+"""Every Python code block of the README and of docs/engine.md, docs/wire.md and docs/sweeps.md runs.
 
 (docs/client.md and docs/server.md have their own tests next to the code they describe.)
 """
@@ -11,7 +11,12 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-DOCS = [ROOT / "README.md", ROOT / "docs" / "engine.md", ROOT / "docs" / "wire.md"]
+DOCS = [
+    ROOT / "README.md",
+    ROOT / "docs" / "engine.md",
+    ROOT / "docs" / "wire.md",
+    ROOT / "docs" / "sweeps.md",
+]
 BLOCKS = [
     (doc, i, block)
     for doc in DOCS

@@ -126,3 +126,31 @@ def test_bad_definitions_are_refused_before_anything_runs(tmp_path: Path) -> Non
     (tmp_path / "sweep.json").write_text(json.dumps({"fingerprint": "other"}))
     with pytest.raises(sweep.SweepDirectoryError, match="holds a different sweep"):
         sweep.run(step, steps=1, directory=tmp_path, base_url="http://127.0.0.1:9")
+
+
+def _reward(prompt: list[int], completion: list[int], config: dict[str, Any]) -> float:
+    return sum(1.0 for t in completion if t == ord("e")) / max(len(completion), 1)
+
+
+def test_the_rl_loop_samples_scores_and_trains(service: ServiceClient) -> None:
+    step = sweep.rl(
+        ["the sea ", "a light"], _reward, group_size=3, prompts_per_step=2, max_tokens=6
+    )
+    results = sweep.run(
+        step, steps=2, base={"loss": {"name": "importance_sampling"}},
+        grid={"seed": [0, 1]}, service=service,
+        progress=False,
+    )  # fmt: skip
+    assert set(results.status.values()) == {"completed"}, results.failures
+    assert len(results) == 4
+    for row in results:
+        assert 0.0 <= row["metric/reward_mean"] <= 1.0
+        assert np.isfinite(row["loss"])
+        assert np.isfinite(row["base/grad_norm"])
+    # the loop refuses a loss that ignores the advantages, and that is not retried
+    bad = sweep.run(
+        step, steps=1, service=service, progress=False, retry=sweep.RetryPolicy(max_attempts=3)
+    )
+    (failure,) = bad.failures.values()
+    assert failure.attempts == 1
+    assert "loss.name is cross_entropy" in failure.error

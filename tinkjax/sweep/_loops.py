@@ -194,6 +194,11 @@ def rl(
         )
 
     async def step_fn(run: Run, step: int) -> StepResult:
+        if _loss(run.config)[0] == "cross_entropy":
+            raise SweepConfigError(
+                "rl(): loss.name is cross_entropy; set it to a policy-gradient loss "
+                "(importance_sampling, ppo, cispo, ...) in the base config"
+            )
         encoded = run.state.get("prompts")
         if encoded is None:
             tokenizer = None
