@@ -21,20 +21,20 @@ from typing import Any, Unpack
 
 import numpy.typing as npt
 
+from tinkjax.engine._dispatch import dispatcher
 from tinkjax.engine._events import EmitFn, emit_exception, emit_stop, open_span
 from tinkjax.engine._loss_spec import CustomLossSpec, LossSpec, SpecOptions
 from tinkjax.engine._prepare import run_prepares
 from tinkjax.engine._result import CustomLossResult
-from tinkjax.engine._step import Step, StepTemplate, finish_step, plan_step
+from tinkjax.engine._step import StepTemplate, finish_step, plan_step
 
 __all__ = ["PendingCustomLoss", "prepare_custom_loss_async"]
 
 #: Batches up to this many logprobs are packed and run on the calling (event-loop) thread
 #: once their program has run in this process: two thread hops (~0.1–0.3 ms) would cost more
 #: than the work. Larger batches, and any first run (it compiles), go to a worker thread so
-#: the loop stays responsive.
+#: the loop stays responsive (see :class:`~tinkjax.engine._dispatch.Dispatcher`).
 INLINE_MAX_LOGPROBS = 16_384
-_ran: set[Any] = set()  # shape keys of programs that have run
 
 
 class PendingCustomLoss:
@@ -70,13 +70,11 @@ class PendingCustomLoss:
         try:
             if self._small:
                 step = self._template.step(logprobs)
-                if step.shape_key in _ran:
-                    result = finish_step(step)
-                else:  # the first run compiles: keep it off the loop
-                    result = await asyncio.to_thread(finish_step, step)
             else:
-                step, result = await asyncio.to_thread(self._step_andfinish_step, logprobs)
-            _ran.add(step.shape_key)
+                step = await asyncio.to_thread(self._template.step, logprobs)
+            # alone, or stacked with other runs' steps ready at the same time (_dispatch.py)
+            out = await dispatcher().run(step, small=self._small)
+            result = finish_step(step, out)
         except Exception as exc:
             emit_exception(self._emit, exc, self._spent + time.perf_counter() - t0)
             raise
@@ -88,12 +86,6 @@ class PendingCustomLoss:
         if not self._done:
             self._done = True
             emit_exception(self._emit, exc, self._spent)
-
-    def _step_andfinish_step(
-        self, logprobs: Sequence[npt.ArrayLike]
-    ) -> tuple[Step, CustomLossResult]:
-        step = self._template.step(logprobs)
-        return step, finish_step(step)
 
 
 async def prepare_custom_loss_async(

@@ -270,8 +270,19 @@ def _run_packed(lp: Array, *args: Any, plan: Plan) -> tuple[Array, Any]:
 program = jax.jit(_run_packed, static_argnames=("plan",))
 
 
-def fetch(outputs: tuple[Array, Any], plan: Plan, dtype: np.dtype[Any]) -> dict[str, Any]:
-    """The program's outputs on the host as the dict :func:`_run` builds (NumPy leaves)."""
+def _run_stacked(lp: Array, *args: Any, plan: Plan) -> tuple[Array, Any]:
+    """:func:`_run_packed` over a leading run axis of every argument (``jax.vmap``): the steps
+    of several runs that share a plan and shapes, as one program."""
+    return jax.vmap(functools.partial(_run_packed, plan=plan))(lp, *args)
+
+
+#: The program over stacked runs; one executable per (plan, run count, shapes, dtypes).
+program_stacked = jax.jit(_run_stacked, static_argnames=("plan",))
+
+
+def fetch(outputs: tuple[Any, Any], plan: Plan, dtype: np.dtype[Any]) -> dict[str, Any]:
+    """The program's outputs on the host as the dict :func:`_run` builds (NumPy leaves); for
+    :data:`program_stacked`, pass one run's slice of them."""
     grad, small = outputs
     if plan.diagnose:
         fetched: dict[str, Any] = jax.device_get(small)

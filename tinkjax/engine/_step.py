@@ -244,13 +244,15 @@ def _raise_non_finite(step: Step, out: dict[str, Any]) -> None:
     )
 
 
-def finish_step(step: Step) -> CustomLossResult:
-    """Run the step and read its outputs.
+def finish_step(step: Step, out: dict[str, Any] | None = None) -> CustomLossResult:
+    """Run the step (unless its outputs ``out`` are given: a dispatch of several runs' steps
+    computed them) and read its outputs.
 
     Raises:
         NonFiniteError: a value or gradient is NaN/Inf (names the first such term and datum).
     """
-    out = step.run()
+    if out is None:
+        out = step.run()
     scalars = [out["total"], out["base"], *out["values"]]
     if not all(np.isfinite(s).all() for s in scalars) or not np.isfinite(out["grad"]).all():
         _raise_non_finite(step, out)
