@@ -34,6 +34,7 @@ from tinkjax.types import (
 
 from ._config import ClientConfig
 from ._loop import submit, warn_if_in_loop
+from ._paths import id_segment
 from ._polling import Decoder, poll_future
 from ._transport import Transport, decode_response
 
@@ -243,7 +244,7 @@ class SessionContext:
                 return  # no session was created: nothing to finish
             await self.transport.request(
                 "POST",
-                f"/api/v1/sessions/{session_id}/finish",
+                f"/api/v1/sessions/{id_segment(session_id, 'session_id')}/finish",
                 json=SessionFinishRequest(reason=SessionFinishReason(type=status), detail=detail),
                 ids={"session_id": session_id},
             )
