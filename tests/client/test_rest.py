@@ -116,7 +116,7 @@ def test_an_invalid_id_is_refused_naming_it(
     rest: RestClient, fake: FakeTinker, call: Any, field: str, value: str
 ) -> None:
     sent = len(_rest_requests(fake))
-    with pytest.raises(WireFormatError, match="is not a valid id|must look like|has kind") as info:
+    with pytest.raises(WireFormatError, match=r"is not a valid id|must look like|has kind") as info:
         call(rest).result(timeout=30)
     assert info.value.field == field
     assert repr(value) in str(info.value)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from tinkjax.client import ServiceClient
-from tinkjax.errors import ConfigurationError, NotFoundError
+from tinkjax.errors import ConfigurationError
 
 from .conftest import API_KEY
 from .fake import FakeTinker
@@ -98,8 +98,9 @@ def test_a_failing_close_never_replaces_the_body_exception(
     fake: FakeTinker, caplog: pytest.LogCaptureFixture, fault: dict[str, Any]
 ) -> None:
     with caplog.at_level(logging.WARNING, logger="tinkjax.client"):
-        with pytest.raises(ValueError, match="the body's own error"), _client(fake):
-            fake.fault(r"/finish$", **fault)
+        sc = _client(fake)
+        fake.fault(r"/finish$", **fault)
+        with pytest.raises(ValueError, match="the body's own error"), sc:
             raise ValueError("the body's own error")
 
         sc = _client(fake)

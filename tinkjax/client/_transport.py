@@ -166,9 +166,7 @@ class Transport:
     def _url(self, path: str) -> str:
         return path if path.startswith(("http://", "https://")) else self.config.base_url + path
 
-    def _headers(
-        self, method: str, extra: Mapping[str, str] | None, url: str
-    ) -> dict[str, str]:
+    def _headers(self, method: str, extra: Mapping[str, str] | None, url: str) -> dict[str, str]:
         headers = {"Accept": "application/json"}
         if self.config.api_key is not None and self.is_own_origin(url):
             headers["X-API-Key"] = self.config.api_key
