@@ -73,11 +73,15 @@ def _client(fake: FakeTinker) -> ServiceClient:
     return sc
 
 
-# the server is gone (every connection refused), or no longer knows the session
-GONE = [{"kind": "reset", "times": 100}, {"kind": "status", "status": 404}]
+# the server is gone (every connection refused), never answers, or no longer knows the session
+GONE = [
+    {"kind": "reset", "times": 100},
+    {"kind": "timeout", "times": 100},
+    {"kind": "status", "status": 404},
+]
 
 
-@pytest.mark.parametrize("fault", GONE, ids=["gone", "404"])
+@pytest.mark.parametrize("fault", GONE, ids=["gone", "silent", "404"])
 def test_close_logs_when_the_session_cannot_be_finished(
     fake: FakeTinker, caplog: pytest.LogCaptureFixture, fault: dict[str, Any]
 ) -> None:
@@ -93,7 +97,7 @@ def test_close_logs_when_the_session_cannot_be_finished(
     assert not fake.finished
 
 
-@pytest.mark.parametrize("fault", GONE, ids=["gone", "404"])
+@pytest.mark.parametrize("fault", GONE, ids=["gone", "silent", "404"])
 def test_a_failing_close_never_replaces_the_body_exception(
     fake: FakeTinker, caplog: pytest.LogCaptureFixture, fault: dict[str, Any]
 ) -> None:

@@ -51,6 +51,8 @@ _HEARTBEAT_GRACE_S = 120.0
 #: Retries of ``/sessions/{id}/finish`` on close (a server that is gone should not hold the
 #: caller for the full transport budget: ~1.5 s, not ~1 min).
 _FINISH_RETRIES = 2
+#: Read timeout of each finish try, seconds (a server that accepts but never answers).
+_FINISH_TIMEOUT_S = 10.0
 
 
 class SessionContext:
@@ -234,7 +236,7 @@ class SessionContext:
 
         Never raises: a session that cannot be finished (the server is gone, or no longer
         knows it) is logged as a warning, so closing never replaces an exception in flight
-        (``with`` blocks). The finish request is tried at most 3 times.
+        (``with`` blocks). The finish request is tried at most 3 times, 10 s each.
         """
         if self.closed:
             return
@@ -252,6 +254,7 @@ class SessionContext:
                 json=SessionFinishRequest(reason=SessionFinishReason(type=status), detail=detail),
                 ids={"session_id": session_id},
                 max_retries=min(self.config.max_retries, _FINISH_RETRIES),
+                timeout=min(self.config.timeout, _FINISH_TIMEOUT_S),
             )
         except Exception as exc:
             logger.warning(
