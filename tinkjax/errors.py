@@ -17,6 +17,8 @@ Names follow the official ``tinker`` SDK so code written against it keeps workin
     │   │   └── InternalServerError      >= 500
     │   ├── APIConnectionError           no answer (reset, refused, DNS, ...)
     │   │   └── APITimeoutError          no answer in time
+    │   │       └── FutureTimeoutError   (TimeoutError) a future that did not resolve: the
+    │   │                                timeout passed, or the server kept failing
     │   └── APIResponseValidationError   an answer we could not decode
     ├── RequestFailedError               a future that failed server-side (``.category``)
     ├── WireFormatError (ValueError)     bytes or values that break the wire contract
@@ -52,6 +54,7 @@ __all__ = [
     "DecodeError",
     "EngineInputError",
     "FutureExpiredError",
+    "FutureTimeoutError",
     "InternalServerError",
     "LossInputKeyError",
     "NonFiniteError",
@@ -171,6 +174,34 @@ class APITimeoutError(APIConnectionError):
 
     def __init__(self, message: str = "Request timed out.", *, request: Any = None) -> None:
         super().__init__(message, request=request)
+
+
+class FutureTimeoutError(APITimeoutError, TimeoutError):
+    """A future did not resolve: the caller's ``timeout`` passed, or the server answered
+    nothing but errors (429, 5xx, no answer) for longer than the client's
+    ``poll_error_timeout``. The request may still run on the server.
+
+    Attributes:
+        request_id: the server's id of the request (``None`` when it was not submitted yet).
+        request_type: what was waited on (``ForwardBackward``, ``Sample``, ...), if known.
+        waited_s: how long it was waited for, seconds.
+        last_error: the last error seen while polling (``None`` when the server answered).
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        request_id: str | None = None,
+        request_type: str | None = None,
+        waited_s: float | None = None,
+        last_error: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.request_id = request_id
+        self.request_type = request_type
+        self.waited_s = waited_s
+        self.last_error = last_error
 
 
 class APIResponseValidationError(APIError):

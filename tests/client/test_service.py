@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import time
+from typing import Any
 
 import pytest
 
 from tinkjax.client import ServiceClient
-from tinkjax.errors import ConfigurationError, NotFoundError
+from tinkjax.errors import ConfigurationError
 
 from .conftest import API_KEY
 from .fake import FakeTinker
@@ -58,18 +61,62 @@ def test_errored_block_finishes_with_detail_and_masks_key(fake: FakeTinker) -> N
     assert "boom ***" in fake.finished[0]["detail"]
 
 
-def test_finish_404_raises(fake: FakeTinker) -> None:
+def _client(fake: FakeTinker) -> ServiceClient:
     sc = ServiceClient(
         base_url="http://fake.test",
         api_key=API_KEY,
         http_transport=fake.transport(),
         heartbeat_interval=0,
+        max_retries=1,
     )
     assert sc.session_id == "sess-1"
-    fake.fault(r"/finish$", status=404)
-    with pytest.raises(NotFoundError):
+    return sc
+
+
+# the server is gone (every connection refused), never answers, or no longer knows the session
+GONE = [
+    {"kind": "reset", "times": 100},
+    {"kind": "timeout", "times": 100},
+    {"kind": "status", "status": 404},
+]
+
+
+@pytest.mark.parametrize("fault", GONE, ids=["gone", "silent", "404"])
+def test_close_logs_when_the_session_cannot_be_finished(
+    fake: FakeTinker, caplog: pytest.LogCaptureFixture, fault: dict[str, Any]
+) -> None:
+    sc = _client(fake)
+    fake.fault(r"/finish$", **fault)
+    with caplog.at_level(logging.WARNING, logger="tinkjax.client"):
         sc.close()
+    assert sc.transport.closed
+    [record] = [r for r in caplog.records if "could not finish session" in r.message]
+    assert "sess-1" in record.message
+    assert API_KEY not in record.message
     sc.close()  # idempotent
+    assert not fake.finished
+
+
+@pytest.mark.parametrize("fault", GONE, ids=["gone", "silent", "404"])
+def test_a_failing_close_never_replaces_the_body_exception(
+    fake: FakeTinker, caplog: pytest.LogCaptureFixture, fault: dict[str, Any]
+) -> None:
+    with caplog.at_level(logging.WARNING, logger="tinkjax.client"):
+        sc = _client(fake)
+        fake.fault(r"/finish$", **fault)
+        with pytest.raises(ValueError, match="the body's own error"), sc:
+            raise ValueError("the body's own error")
+
+        sc = _client(fake)
+
+        async def main() -> None:
+            async with sc:
+                raise ValueError("the async body's own error")
+
+        fake.fault(r"/finish$", **fault)
+        with pytest.raises(ValueError, match="the async body's own error"):
+            asyncio.run(main())
+    assert len([r for r in caplog.records if "could not finish session" in r.message]) == 2
 
 
 def test_factory_argument_checks(service: ServiceClient) -> None:

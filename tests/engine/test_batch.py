@@ -7,9 +7,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinkjax.engine import Bucketing, EngineInputError, LossBatch, bucket_size, pack_inputs
+from tinkjax.engine import (
+    Bucketing,
+    EngineInputError,
+    LossBatch,
+    Regularizer,
+    bucket_size,
+    compute_custom_loss,
+    pack_inputs,
+)
 
-from .data import packing_data
+from .data import packing_data, step_data
 
 LENGTHS = (5, 70, 0, 129)
 
@@ -63,3 +71,42 @@ def test_helpers_match_numpy_under_jit() -> None:
     for i, (off, shape) in enumerate(zip(packed.layout.offsets, packed.layout.shapes, strict=True)):
         assert (out["per_token"][off : off + shape[0]] == i).all()
         np.testing.assert_array_equal(out["extra"][off : off + shape[0]], inputs[i]["custom_key"])
+
+
+def unlikelihood(batch: LossBatch, lp: jax.Array) -> jax.Array:
+    """Σ -log(1 - p): infinite where a logprob is 0, which every padded position holds."""
+    return batch.token_sum(-jnp.log1p(-jnp.exp(lp)))
+
+
+def unlikelihood_seq(batch: LossBatch, lp: jax.Array) -> jax.Array:
+    """The same term through the per-sequence reductions."""
+    return batch.sequence_mean(batch.seq_mean(-jnp.log1p(-jnp.exp(lp)))) + batch.token_mean(
+        jnp.log(-lp)
+    )
+
+
+@pytest.mark.parametrize("track_grad_norms", [False, True])
+def test_terms_infinite_on_padding_stay_finite(track_grad_norms: bool) -> None:
+    inputs, lps = step_data()  # 6, 40 and 11 tokens: every datum's chunk ends in padding
+    regs = [
+        Regularizer("unlikely", unlikelihood, weight=1.0),
+        Regularizer("unlikely_seq", unlikelihood_seq, weight=0.5),
+    ]
+    result = compute_custom_loss(
+        inputs, lps, None, regularizers=regs, track_grad_norms=track_grad_norms
+    )
+    lp64 = [lp.astype(np.float64) for lp in lps]
+    flat = np.concatenate(lp64)
+    p = np.exp(flat)
+    seq_means = [np.mean(-np.log1p(-np.exp(lp))) for lp in lp64]
+    value_tok = np.sum(-np.log1p(-p))
+    value_seq = np.mean(seq_means) + np.mean(np.log(-flat))
+    np.testing.assert_allclose(result.regularizers["unlikely"].value, value_tok, rtol=1e-5)
+    np.testing.assert_allclose(result.regularizers["unlikely_seq"].value, value_seq, rtol=1e-5)
+    np.testing.assert_allclose(result.loss_total, value_tok + 0.5 * value_seq, rtol=1e-5)
+    n_seq, n_tok = len(lps), flat.size
+    for lp, grad in zip(lp64, result.gradients, strict=True):
+        q = np.exp(lp) / (1.0 - np.exp(lp))  # d/dlp of -log(1 - e^lp)
+        expected = q + 0.5 * (q / (n_seq * lp.size) + 1.0 / (lp * n_tok))
+        assert np.isfinite(grad).all()
+        np.testing.assert_allclose(grad, expected, rtol=1e-4)

@@ -37,6 +37,7 @@ NON_STRUCT_EXPORTS = {
     "StopReason",
     "TelemetryEvent",
     "TensorDtype",
+    "check_resource_id",
     "coerce_loss_input",
     "numpy_dtype",
     "parse_tinker_path",
@@ -266,6 +267,13 @@ def test_parse_tinker_path() -> None:
         "tinker://r/weights/x/y",
         "tinker://r//x",
         "tinker://r/bogus/x",
+        "tinker://../weights/y",
+        "tinker://./weights/y",
+        "tinker://r/weights/..",
+        "tinker://r/weights/x?y",
+        "tinker://r/weights/x#y",
+        "tinker://r%2F../weights/x",
+        "tinker://r r/weights/x",
     ):
         with pytest.raises(WireFormatError) as info:
             T.parse_tinker_path(bad)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import os
 from collections.abc import Mapping
 from typing import Any
@@ -65,6 +66,11 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
         timeout: read/write timeout of one HTTP request, seconds.
         connect_timeout: connection timeout, seconds.
         max_retries: transport-level retries of one HTTP call (0 disables).
+        poll_error_timeout: how long a future keeps polling while every answer is an error
+            (429, 5xx, connection failures, no answer), seconds; then it raises
+            :class:`~tinkjax.errors.FutureTimeoutError`. ``408``/``try_again`` answers (the
+            request is queued or running) do not count; any answer that is not an error
+            starts the count again.
         project_id: sent with ``create_session``.
         tags: sent with ``create_session``.
         user_metadata: sent with ``create_session``.
@@ -78,6 +84,7 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     timeout: float = 60.0
     connect_timeout: float = 5.0
     max_retries: int = 10
+    poll_error_timeout: float = 300.0
     project_id: str | None = None
     tags: tuple[str, ...] = ()
     user_metadata: dict[str, Any] | None = None
@@ -121,6 +128,7 @@ def resolve_config(
     timeout: float | None = None,
     connect_timeout: float | None = None,
     max_retries: int | None = None,
+    poll_error_timeout: float | None = None,
     project_id: str | None = None,
     tags: list[str] | tuple[str, ...] | None = None,
     user_metadata: Mapping[str, Any] | None = None,
@@ -130,7 +138,7 @@ def resolve_config(
     """Resolve settings: argument > environment > default. Only data: nothing is started.
 
     Environment: ``TINKER_API_KEY``, ``TINKER_BASE_URL``, ``TINKER_PROJECT_ID``, ``TINKER_TAGS``
-    (comma-separated), ``TINKJAX_WIRE_MODE``.
+    (comma-separated), ``TINKJAX_WIRE_MODE``, ``TINKJAX_POLL_ERROR_TIMEOUT`` (seconds).
 
     With neither a base URL nor an API key anywhere, or with ``base_url="local"``, the
     configuration is ``embedded``: the caller starts the in-process local backend
@@ -177,12 +185,22 @@ def resolve_config(
     mode = wire_mode or _env(env, "TINKJAX_WIRE_MODE") or "protobuf"
     if mode not in ("protobuf", "json"):
         raise ConfigurationError(f"wire_mode {mode!r} must be 'protobuf' or 'json'")
+    error_timeout = poll_error_timeout
+    env_error_timeout = _env(env, "TINKJAX_POLL_ERROR_TIMEOUT")
+    if error_timeout is None and env_error_timeout is not None:
+        try:
+            error_timeout = float(env_error_timeout)
+        except ValueError:
+            raise ConfigurationError(
+                f"TINKJAX_POLL_ERROR_TIMEOUT {env_error_timeout!r} is not a number of seconds"
+            ) from None
     cfg = ClientConfig(
         base_url=url,
         api_key=key,
         timeout=60.0 if timeout is None else float(timeout),
         connect_timeout=5.0 if connect_timeout is None else float(connect_timeout),
         max_retries=10 if max_retries is None else int(max_retries),
+        poll_error_timeout=300.0 if error_timeout is None else float(error_timeout),
         project_id=project_id or _env(env, "TINKER_PROJECT_ID"),
         tags=resolved_tags,
         user_metadata=dict(user_metadata) if user_metadata else None,
@@ -191,6 +209,10 @@ def resolve_config(
     )
     if cfg.timeout <= 0 or cfg.connect_timeout <= 0:
         raise ConfigurationError(f"timeout {cfg.timeout} and connect_timeout must be > 0")
+    if not (math.isfinite(cfg.poll_error_timeout) and cfg.poll_error_timeout > 0):
+        raise ConfigurationError(
+            f"poll_error_timeout {cfg.poll_error_timeout!r} must be a finite number of seconds > 0"
+        )
     if cfg.max_retries < 0:
         raise ConfigurationError(f"max_retries {cfg.max_retries} must be >= 0")
     return cfg

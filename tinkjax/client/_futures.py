@@ -8,7 +8,9 @@ import warnings
 from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
-from ._loop import warn_if_in_loop
+from tinkjax.errors import FutureTimeoutError
+
+from ._loop import CallFuture, warn_if_in_loop
 
 __all__ = ["APIFuture", "ClientFuture"]
 
@@ -42,12 +44,18 @@ class APIFuture(Generic[T]):
             timeout: seconds to wait; ``None`` waits as long as it takes.
 
         Raises:
-            TimeoutError: no result within ``timeout`` (the request keeps running).
+            FutureTimeoutError: (a ``TimeoutError``) no result within ``timeout``, naming the
+                request waited on; the request keeps running.
             Exception: whatever the call raised (see :mod:`tinkjax.errors`).
         """
         if not self._future.done():
             warn_if_in_loop("APIFuture.result()", "`await future` (or result_async())")
-        return self._future.result(timeout)
+        try:
+            return self._future.result(timeout)
+        except TimeoutError:
+            if self._future.done():  # the call itself raised a TimeoutError
+                raise
+            raise self._timed_out(timeout) from None
 
     async def result_async(self, timeout: float | None = None) -> T:
         """Await the result; ``timeout`` as in :meth:`result`."""
@@ -55,7 +63,25 @@ class APIFuture(Generic[T]):
         try:
             return await asyncio.wait_for(asyncio.shield(wrapped), timeout)
         except TimeoutError:
-            raise TimeoutError(f"no result within {timeout} s") from None
+            if self._future.done():
+                raise
+            raise self._timed_out(timeout) from None
+
+    def _timed_out(self, timeout: float | None) -> FutureTimeoutError:
+        waiting_on = self._future.waiting_on if isinstance(self._future, CallFuture) else None
+        request_type, request_id = waiting_on or (None, None)
+        what = (
+            f"{request_type} request {request_id}"
+            if waiting_on
+            else "the call (no request of it was acknowledged yet)"
+        )
+        return FutureTimeoutError(
+            f"no result within {timeout} s (result(timeout={timeout})) for {what}; it keeps "
+            "running: wait again, or pass a longer timeout",
+            request_id=request_id,
+            request_type=request_type,
+            waited_s=timeout,
+        )
 
     def __await__(self) -> Generator[Any, None, T]:
         return self.result_async().__await__()

@@ -3,6 +3,10 @@
 Every request coroutine runs there, so synchronous calls work from plain scripts and from
 notebooks (whose own loop is already running) alike. Calls are scheduled with the caller's
 ``contextvars`` context, so per-call telemetry metadata travels with them.
+
+Each call's future (:class:`CallFuture`) also says what the call is waiting on: code running
+for the call (the future poll loop) records it with :func:`note_waiting_on`, and
+``APIFuture.result(timeout)`` names it when the timeout passes.
 """
 
 from __future__ import annotations
@@ -15,9 +19,44 @@ import warnings
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
-__all__ = ["get_loop", "in_running_loop", "on_loop_thread", "submit", "warn_if_in_loop"]
+__all__ = [
+    "CallFuture",
+    "get_loop",
+    "in_running_loop",
+    "note_waiting_on",
+    "on_loop_thread",
+    "submit",
+    "warn_if_in_loop",
+]
 
 T = TypeVar("T")
+
+
+class CallFuture(concurrent.futures.Future[T]):
+    """The future of one :func:`submit`-ted call.
+
+    Attributes:
+        waiting_on: ``(request_type, request_id)`` of the request the call waits on now
+            (``("ForwardBackward", "req-7")``), or ``None`` before any request of it was
+            acknowledged.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waiting_on: tuple[str, str] | None = None
+
+
+_current_call: contextvars.ContextVar[CallFuture[Any] | None] = contextvars.ContextVar(
+    "tinkjax_current_call", default=None
+)
+
+
+def note_waiting_on(request_type: str, request_id: str) -> None:
+    """Record, on the future of the call running now (if any), the request it waits on."""
+    call = _current_call.get()
+    if call is not None:
+        call.waiting_on = (request_type, request_id)
+
 
 _lock = threading.Lock()
 _loop: asyncio.AbstractEventLoop | None = None
@@ -61,11 +100,12 @@ def in_running_loop() -> bool:
     return True
 
 
-def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
+def submit(coro: Coroutine[Any, Any, T]) -> CallFuture[T]:
     """Schedule ``coro`` on the client loop in the caller's context; return its future."""
     loop = get_loop()
     ctx = contextvars.copy_context()
-    result: concurrent.futures.Future[T] = concurrent.futures.Future()
+    result: CallFuture[T] = CallFuture()
+    ctx.run(_current_call.set, result)  # ctx is the call's own copy: the caller is unchanged
 
     def start() -> None:
         if not result.set_running_or_notify_cancel():

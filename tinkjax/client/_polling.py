@@ -18,8 +18,12 @@ other 4xx                    raise the status's error class
 ===========================  ========================================================
 
 Quick ``try_again`` answers (a server that does not long-poll) are spaced by a short growing
-delay, so the loop never spins. ``timeout`` bounds the whole wait
-(:class:`~tinkjax.errors.APITimeoutError`).
+delay, so the loop never spins. ``timeout`` bounds the whole wait; ``error_timeout``
+(``ClientConfig.poll_error_timeout``, 300 s by default, ``TINKJAX_POLL_ERROR_TIMEOUT``) bounds
+how long errors in a row (429, 5xx, connection failures, no answer) are polled through — a
+408/``try_again`` (queued or running) or any other answer ends the run of errors. Both raise
+:class:`~tinkjax.errors.FutureTimeoutError` naming the request, how long it was waited on and
+the last error seen.
 """
 
 from __future__ import annotations
@@ -35,9 +39,9 @@ from tinkjax.codec import Wire, decode_future_answer, decode_json
 from tinkjax.errors import (
     APIConnectionError,
     APIResponseValidationError,
-    APITimeoutError,
     DecodeError,
     FutureExpiredError,
+    FutureTimeoutError,
     RequestFailedError,
 )
 from tinkjax.types import (
@@ -48,6 +52,8 @@ from tinkjax.types import (
 )
 
 from ._backoff import Backoff, retry_after_seconds
+from ._config import mask_secrets
+from ._loop import note_waiting_on
 from ._transport import Transport
 
 __all__ = ["Decoder", "poll_future"]
@@ -73,14 +79,19 @@ async def poll_future(
     timeout: float | None = None,
     decode: Decoder | None = None,
     billing_pause_s: float = 3600.0,
+    error_timeout: float | None = None,
 ) -> T:
     """Poll ``request_id`` until it resolves to a ``result_type`` (or fails); ``wire`` says
     what the poll accepts.
 
+    Args:
+        error_timeout: seconds of errors in a row after which polling stops (``None``: the
+            transport configuration's ``poll_error_timeout``).
+
     Raises:
         RequestFailedError: the request failed server-side (``.category``).
         FutureExpiredError: the server no longer holds the future (HTTP 410).
-        APITimeoutError: ``timeout`` elapsed.
+        FutureTimeoutError: ``timeout`` elapsed, or only errors came for ``error_timeout``.
         DecodeError: a 2xx answer that is not a valid result.
         APIStatusError: a fatal HTTP status.
     """
@@ -94,18 +105,59 @@ async def poll_future(
     server = Backoff(base=0.25, cap=10.0)  # 5xx
     quick = Backoff(base=0.02, cap=1.0)  # try_again answered without long-polling
     queue_state: str | None = None
+    limit = transport.config.poll_error_timeout if error_timeout is None else error_timeout
+    started = time.monotonic()
+    failing_since: float | None = None  # start of the current run of errors
+    last_error: str | None = None
+    note_waiting_on(request_type, request_id)
+
+    def error_deadline() -> float | None:
+        return None if failing_since is None else failing_since + limit
+
+    def failed(error: str) -> None:
+        """Count one error answer; raise once errors came for ``limit`` seconds in a row."""
+        nonlocal failing_since, last_error
+        now = time.monotonic()
+        failing_since = now if failing_since is None else failing_since
+        last_error = error
+        if now - failing_since >= limit:
+            raise FutureTimeoutError(
+                f"{request_type} request {request_id}: the server answered only errors for "
+                f"{now - failing_since:.1f} s in a row (poll_error_timeout={limit} s, "
+                f"TINKJAX_POLL_ERROR_TIMEOUT; polled {now - started:.1f} s in all); "
+                f"last error: {error}",
+                request_id=request_id,
+                request_type=request_type,
+                waited_s=now - started,
+                last_error=error,
+            )
+
+    def answered() -> None:
+        nonlocal failing_since, last_error
+        failing_since = last_error = None
 
     async def sleep(delay: float) -> None:
-        if deadline is not None:
-            delay = min(delay, max(0.0, deadline - time.monotonic()))
+        for end in (deadline, error_deadline()):
+            if end is not None:
+                delay = min(delay, max(0.0, end - time.monotonic()))
         await asyncio.sleep(delay)
 
     while True:
-        if deadline is not None and time.monotonic() >= deadline:
-            raise APITimeoutError(f"future {request_id} did not resolve within {timeout} s")
+        now = time.monotonic()
+        if deadline is not None and now >= deadline:
+            seen = f"last error: {last_error}" if last_error else f"queue state: {queue_state}"
+            raise FutureTimeoutError(
+                f"{request_type} request {request_id} did not resolve within {timeout} s "
+                f"(timeout={timeout}); {seen}",
+                request_id=request_id,
+                request_type=request_type,
+                waited_s=now - started,
+                last_error=last_error,
+            )
         poll_timeout = _POLL_TIMEOUT_S
-        if deadline is not None:
-            poll_timeout = max(0.5, min(poll_timeout, deadline - time.monotonic() + 0.5))
+        for end in (deadline, error_deadline()):
+            if end is not None:
+                poll_timeout = max(0.5, min(poll_timeout, end - now + 0.5))
         headers["X-Tinker-Request-Iteration"] = str(iteration)
         iteration += 1
         t0 = time.monotonic()
@@ -123,6 +175,7 @@ async def poll_future(
                 ids=ids,
             )
         except APIConnectionError as exc:
+            failed(f"{type(exc).__name__}: {exc}")
             delay = slow.next()
             logger.debug("retrieve_future %s: %s; retrying in %.2fs", request_id, exc, delay)
             await sleep(delay)
@@ -147,6 +200,7 @@ async def poll_future(
                 ) from None
             slow.reset()
             server.reset()
+            answered()
             if isinstance(answer, TryAgainResponse):
                 if answer.queue_state != queue_state:
                     queue_state = answer.queue_state
@@ -177,11 +231,10 @@ async def poll_future(
                 status_code=410,
                 response=response,
             )
-        if status == 429:
-            await sleep(slow.next(retry_after_seconds(response.headers)))
-            continue
-        if status >= 500:
-            await sleep(server.next(retry_after_seconds(response.headers)))
+        if status == 429 or status >= 500:
+            failed(mask_secrets(f"HTTP {status}: {response.text[:200]}"))
+            backoff = slow if status == 429 else server
+            await sleep(backoff.next(retry_after_seconds(response.headers)))
             continue
         if status == 400 and bad_requests < 3:
             bad_requests += 1

@@ -28,6 +28,7 @@ from ._download import CheckpointDownload, check_output_dir
 from ._embedded import start_embedded
 from ._futures import APIFuture
 from ._loop import submit
+from ._paths import checkpoint_path, id_segment
 from ._transport import Transport, decode_response
 from ._twins import awaiting
 
@@ -150,7 +151,7 @@ class RestClient:
         """One training run (its base model, LoRA rank, last checkpoints)."""
         return self._call(
             self._get(
-                f"/api/v1/training_runs/{training_run_id}",
+                f"/api/v1/training_runs/{id_segment(training_run_id, 'training_run_id')}",
                 TrainingRun,
                 {"access_scope": access_scope},
             )
@@ -204,7 +205,8 @@ class RestClient:
         """The checkpoints of one training run."""
         return self._call(
             self._get(
-                f"/api/v1/training_runs/{training_run_id}/checkpoints", CheckpointsListResponse
+                f"/api/v1/training_runs/{id_segment(training_run_id, 'training_run_id')}/checkpoints",
+                CheckpointsListResponse,
             )
         )
 
@@ -238,9 +240,7 @@ class RestClient:
         """Delete a checkpoint (``checkpoint_id`` like ``weights/final``)."""
 
         async def run() -> None:
-            await self.transport.request(
-                "DELETE", f"/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_id}"
-            )
+            await self.transport.request("DELETE", checkpoint_path(training_run_id, checkpoint_id))
 
         return self._call(run())
 
@@ -273,7 +273,7 @@ class RestClient:
         of the service's redirect)."""
 
         async def run() -> str:
-            path = f"/api/v1/training_runs/{training_run_id}/checkpoints/{checkpoint_id}/archive"
+            path = checkpoint_path(training_run_id, checkpoint_id) + "/archive"
             resp = await self.transport.request("GET", path, headers={"Accept": "application/gzip"})
             location = resp.headers.get("location")
             if resp.status_code in (301, 302, 303, 307, 308) and location:
@@ -328,7 +328,11 @@ class RestClient:
     # ------------------------------------------------------------ sessions, samplers
     def get_session(self, session_id: str) -> APIFuture[GetSessionResponse]:
         """The training runs and samplers of a session."""
-        return self._call(self._get(f"/api/v1/sessions/{session_id}", GetSessionResponse))
+        return self._call(
+            self._get(
+                f"/api/v1/sessions/{id_segment(session_id, 'session_id')}", GetSessionResponse
+            )
+        )
 
     get_session_async = awaiting(get_session)
 
@@ -359,6 +363,10 @@ class RestClient:
 
     def get_sampler(self, sampler_id: str) -> APIFuture[GetSamplerResponse]:
         """A sampler's base model and weights path."""
-        return self._call(self._get(f"/api/v1/samplers/{sampler_id}", GetSamplerResponse))
+        return self._call(
+            self._get(
+                f"/api/v1/samplers/{id_segment(sampler_id, 'sampler_id')}", GetSamplerResponse
+            )
+        )
 
     get_sampler_async = awaiting(get_sampler)

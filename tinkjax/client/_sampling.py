@@ -40,6 +40,7 @@ from tinkjax.types import (
 from ._backoff import Backoff
 from ._futures import APIFuture
 from ._loop import submit, warn_if_in_loop
+from ._paths import id_segment
 from ._ratelimit import limiter_for
 from ._session import SessionContext
 from ._tokenizer import load_tokenizer
@@ -241,7 +242,9 @@ class SamplingClient:
     # ------------------------------------------------------------ info
     async def _get_sampler(self) -> GetSamplerResponse:
         resp = await self.session.transport.request(
-            "GET", f"/api/v1/samplers/{self.sampling_session_id}", ids=self._ids
+            "GET",
+            f"/api/v1/samplers/{id_segment(self.sampling_session_id, 'sampler_id')}",
+            ids=self._ids,
         )
         info = decode_response(resp, GetSamplerResponse)
         self._base_model = info.base_model

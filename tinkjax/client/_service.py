@@ -132,8 +132,9 @@ class ServiceClient:
     def close(self, status: FinishStatus = "success", detail: str | None = None) -> None:
         """Finish the session (``/sessions/{id}/finish``), stop heartbeats, close connections.
 
-        Raises:
-            NotFoundError: the server does not know the session.
+        Never raises for the server's sake: a session the server cannot finish (it is gone,
+        or no longer knows the session) is logged as a warning, so leaving a ``with`` block
+        never replaces the body's own exception.
         """
         if self.session.closed:
             return

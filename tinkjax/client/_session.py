@@ -34,6 +34,7 @@ from tinkjax.types import (
 
 from ._config import ClientConfig
 from ._loop import submit, warn_if_in_loop
+from ._paths import id_segment
 from ._polling import Decoder, poll_future
 from ._transport import Transport, decode_response
 
@@ -47,6 +48,11 @@ FinishStatus = Literal["success", "errored", "interrupted"]
 
 #: Heartbeat failures are only reported after this long without a successful one.
 _HEARTBEAT_GRACE_S = 120.0
+#: Retries of ``/sessions/{id}/finish`` on close (a server that is gone should not hold the
+#: caller for the full transport budget: ~1.5 s, not ~1 min).
+_FINISH_RETRIES = 2
+#: Read timeout of each finish try, seconds (a server that accepts but never answers).
+_FINISH_TIMEOUT_S = 10.0
 
 
 class SessionContext:
@@ -228,8 +234,9 @@ class SessionContext:
         """Stop heartbeats, finish the session (``/sessions/{id}/finish``) if it was created,
         close the transport. Runs on the client loop; a second call does nothing.
 
-        Raises:
-            NotFoundError: the server does not know the session.
+        Never raises: a session that cannot be finished (the server is gone, or no longer
+        knows it) is logged as a warning, so closing never replaces an exception in flight
+        (``with`` blocks). The finish request is tried at most 3 times, 10 s each.
         """
         if self.closed:
             return
@@ -243,12 +250,24 @@ class SessionContext:
                 return  # no session was created: nothing to finish
             await self.transport.request(
                 "POST",
-                f"/api/v1/sessions/{session_id}/finish",
+                f"/api/v1/sessions/{id_segment(session_id, 'session_id')}/finish",
                 json=SessionFinishRequest(reason=SessionFinishReason(type=status), detail=detail),
                 ids={"session_id": session_id},
+                max_retries=min(self.config.max_retries, _FINISH_RETRIES),
+                timeout=min(self.config.timeout, _FINISH_TIMEOUT_S),
+            )
+        except Exception as exc:
+            logger.warning(
+                "could not finish session %s (%s); closing anyway: %s",
+                self.session_id_if_ready,
+                status,
+                exc,
             )
         finally:
-            await self.transport.aclose()
+            try:
+                await self.transport.aclose()
+            except Exception as exc:  # a broken connection must not fail the close either
+                logger.warning("closing the connections failed: %s", exc)
 
 
 def _heartbeat_failed(session_id: str, last_ok: float, exc: Exception, reported: bool) -> bool:

@@ -4,6 +4,12 @@ It adds the headers (``X-API-Key``, idempotency key), retries what the protocol 
 retryable (honouring ``x-should-retry`` and ``retry-after``) with :class:`~._backoff.Backoff`,
 maps failures onto :mod:`tinkjax.errors` (``raise ... from exc``) with the API key scrubbed
 from every message, and emits ``tinkjax.request.{start,stop,exception}`` events.
+
+The API key only goes to the service's own origin: every request, and every hop of a
+redirected download, compares its URL's origin (scheme, host, port with the default port
+filled in; :func:`origin_of`) with the ``base_url``'s exactly, and sends no ``X-API-Key``
+when they differ. Redirects are followed here, hop by hop, never by httpx (which would carry
+the header along); once a hop left the origin the key is not sent again.
 """
 
 from __future__ import annotations
@@ -35,13 +41,26 @@ from ._backoff import Backoff, retry_after_seconds
 from ._config import ClientConfig, mask_secrets
 from ._fasthttp import FastHTTP, fast_http_applicable
 
-__all__ = ["Transport", "decode_response", "is_retryable_status"]
+__all__ = ["Transport", "decode_response", "is_retryable_status", "origin_of"]
 
 logger = logging.getLogger("tinkjax.client")
 
 _RETRYABLE = frozenset({408, 409, 429})
 #: Budget of bodiless-400 answers treated as a connection error (a proxy rejecting the request).
 _EMPTY_400_RETRIES = 16
+#: Redirect hops a download follows (httpx's default).
+_MAX_REDIRECTS = 20
+_DEFAULT_PORTS = {"http": 80, "https": 443}
+
+
+def origin_of(url: str | httpx.URL) -> tuple[str, str, int | None]:
+    """``(scheme, host, port)`` of ``url``, lower-cased, the default port filled in.
+
+    The user-info part is not the host: ``http://127.0.0.1:4000@evil:5000/`` is ``evil:5000``.
+    """
+    u = url if isinstance(url, httpx.URL) else httpx.URL(url)
+    scheme = u.scheme.lower()
+    return scheme, u.host.lower(), u.port if u.port is not None else _DEFAULT_PORTS.get(scheme)
 
 
 def _h2_available() -> bool:
@@ -109,6 +128,7 @@ class Transport:
         fast_http: bool = True,
     ) -> None:
         self.config = config
+        self._origin = origin_of(config.base_url)
         self._http_transport = http_transport
         self._client: httpx.AsyncClient | None = None
         self._fast: FastHTTP | None = None
@@ -136,9 +156,19 @@ class Transport:
             )
         return self._client
 
-    def _headers(self, method: str, extra: Mapping[str, str] | None) -> dict[str, str]:
+    def is_own_origin(self, url: str | httpx.URL) -> bool:
+        """Whether ``url`` has exactly the service's origin (the API key may go there)."""
+        try:
+            return origin_of(url) == self._origin
+        except httpx.InvalidURL:
+            return False
+
+    def _url(self, path: str) -> str:
+        return path if path.startswith(("http://", "https://")) else self.config.base_url + path
+
+    def _headers(self, method: str, extra: Mapping[str, str] | None, url: str) -> dict[str, str]:
         headers = {"Accept": "application/json"}
-        if self.config.api_key is not None:
+        if self.config.api_key is not None and self.is_own_origin(url):
             headers["X-API-Key"] = self.config.api_key
         if method != "GET":
             headers["X-Idempotency-Key"] = f"tinkjax-retry-{uuid.uuid4()}"
@@ -181,14 +211,14 @@ class Transport:
             APIConnectionError: no answer (``APITimeoutError`` when it timed out).
         """
         retries = self.config.max_retries if max_retries is None else max_retries
-        all_headers = self._headers(method, headers)
+        url = self._url(path)
+        all_headers = self._headers(method, headers, url)
         body = content
         if json is not None:
             body = encode_json(json)
             all_headers.setdefault("Content-Type", "application/json")
         elif content is not None:
             all_headers.setdefault("Content-Type", content_type or "application/octet-stream")
-        url = path if path.startswith(("http://", "https://")) else self.config.base_url + path
         query = {k: v for k, v in (params or {}).items() if v is not None} or None
         req_timeout = (
             httpx.Timeout(timeout, connect=self.config.connect_timeout)
@@ -311,24 +341,38 @@ class Transport:
     async def stream(
         self, url: str, *, follow_redirects: bool = True
     ) -> AsyncIterator[httpx.Response]:
-        """Stream a GET of ``url`` (absolute or ``/api/v1/...``); non-2xx raises."""
-        full = url if url.startswith(("http://", "https://")) else self.config.base_url + url
+        """Stream a GET of ``url`` (absolute or ``/api/v1/...``); non-2xx raises.
+
+        Redirects (up to 20 hops) are followed one by one: a hop whose origin is not the
+        service's is sent without the API key, and so is every hop after it.
+        """
         client = self._get_client()
-        headers = self._headers("GET", None)
-        if not full.startswith(self.config.base_url):
-            headers.pop("X-API-Key", None)  # never send the key to a third-party URL
+        full = self._url(url)
+        response: httpx.Response | None = None
         try:
-            async with client.stream(
-                "GET", full, headers=headers, follow_redirects=follow_redirects
-            ) as response:
-                if response.status_code >= 400:
-                    await response.aread()
-                    raise self.status_error(response, url)
-                yield response
+            request = client.build_request("GET", full, headers=self._headers("GET", None, full))
+            for _ in range(_MAX_REDIRECTS + 1):
+                if not self.is_own_origin(request.url):
+                    request.headers.pop("X-API-Key", None)
+                response = await client.send(request, stream=True, follow_redirects=False)
+                next_request = response.next_request
+                if not follow_redirects or next_request is None:
+                    break
+                await response.aclose()
+                request = next_request
+            else:
+                raise APIConnectionError(f"GET {url}: more than {_MAX_REDIRECTS} redirects")
+            if response.status_code >= 400:
+                await response.aread()
+                raise self.status_error(response, url)
+            yield response
         except httpx.TimeoutException as exc:
             raise APITimeoutError(mask_secrets(f"GET {url} timed out: {exc}")) from exc
         except httpx.HTTPError as exc:
             raise APIConnectionError(mask_secrets(f"GET {url} failed: {exc}")) from exc
+        finally:
+            if response is not None:
+                await response.aclose()
 
     async def aclose(self) -> None:
         """Close the connection pool."""

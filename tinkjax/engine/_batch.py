@@ -8,7 +8,11 @@ close to the speed of a padded ``[B, L]`` layout with under 4 % padding, instead
 over all ``T`` tokens.
 
 Padded positions (inside a datum's last chunk and at the tail) have ``mask == 0``; tail padding
-belongs to the last segment id so the ids stay sorted. Padded sequences (``B`` is bucketed
+belongs to the last segment id so the ids stay sorted. The reductions select real entries with
+``where``, never by multiplying with the mask: a term that is infinite where a padded logprob is
+0 (``-log1p(-exp(lp))``, ``log(-lp)``, ``1/lp``) would make ``inf · 0 = NaN``. The NaN that
+such a term's gradient still has on padded positions is dropped by the engine, which selects
+the gradient of real positions with ``where`` too. Padded sequences (``B`` is bucketed
 too) have ``seq_valid == 0`` and length 0; every division uses ``maximum(count, 1)`` so their
 gradients stay finite.
 
@@ -97,9 +101,14 @@ class LossBatch:
         """[] float, number of real sequences."""
         return jnp.sum(self.seq_valid)
 
+    def real(self, x: Array) -> Array:
+        """``x`` on real entries, 0 on padding (selected with ``where``: a NaN or ±inf on a
+        padded entry does not leak into a sum). ``x``: token-shaped."""
+        return jnp.where(self.mask > 0, x, jnp.zeros((), x.dtype))
+
     def token_sum(self, x: Array) -> Array:
         """Σ of ``x`` over real entries. ``x``: token-shaped. Returns [] float."""
-        return jnp.sum(x * self.mask)
+        return jnp.sum(self.real(x))
 
     def token_mean(self, x: Array) -> Array:
         """Mean of ``x`` over all real entries of the batch (0 for an empty batch)."""
@@ -107,7 +116,7 @@ class LossBatch:
 
     def seq_sum(self, x: Array) -> Array:
         """Per-sequence Σ of ``x`` over real entries. ``x``: token-shaped. Returns [B]."""
-        per_chunk = jnp.sum((x * self.mask).reshape(self.num_chunks, -1), axis=1)
+        per_chunk = jnp.sum(self.real(x).reshape(self.num_chunks, -1), axis=1)
         return jax.ops.segment_sum(
             per_chunk,
             self.chunk_segment_ids,
@@ -121,7 +130,8 @@ class LossBatch:
 
     def sequence_mean(self, v: Array) -> Array:
         """Mean of a per-sequence value ``v: [B]`` over the real sequences. Returns []."""
-        return jnp.sum(v * self.seq_valid) / jnp.maximum(self.num_sequences, 1.0)
+        real = jnp.where(self.seq_valid > 0, v, jnp.zeros((), v.dtype))
+        return jnp.sum(real) / jnp.maximum(self.num_sequences, 1.0)
 
     def per_token(self, v: Array) -> Array:
         """Broadcast a per-sequence value ``v: [B]`` to every position. Returns token-shaped."""

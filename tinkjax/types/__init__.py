@@ -65,6 +65,7 @@ from ._rest import (
     ParsedCheckpointTinkerPath,
     TrainingRun,
     TrainingRunsResponse,
+    check_resource_id,
     parse_tinker_path,
 )
 from ._sampling import (
@@ -228,6 +229,7 @@ __all__ = [
     "WeightsInfoRequest",
     "WeightsInfoResponse",
     "Wire",
+    "check_resource_id",
     "coerce_loss_input",
     "numpy_dtype",
     "parse_tinker_path",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from typing import Literal
 
@@ -20,6 +21,7 @@ __all__ = [
     "ParsedCheckpointTinkerPath",
     "TrainingRun",
     "TrainingRunsResponse",
+    "check_resource_id",
     "parse_tinker_path",
 ]
 
@@ -107,12 +109,41 @@ class ParsedCheckpointTinkerPath(Wire, frozen=True, kw_only=True):
         return self.checkpoint_id.split("/", 1)[0]
 
 
+#: What a resource id (training run, session, sampler) or checkpoint name may contain: URL
+#: path characters that need no escaping, so the id is one path segment as it stands.
+_ID_RE = re.compile(r"[A-Za-z0-9._:~-]+")
+
+
+def check_resource_id(value: object, *, field: str) -> str:
+    """``value`` if it is a valid id or checkpoint name, else ``WireFormatError``.
+
+    Valid: a non-empty string of ``[A-Za-z0-9._:~-]`` other than ``.`` and ``..`` (which a
+    URL would resolve as path steps). Ids travel in REST paths, so ``/``, ``?``, ``#``, ``%``
+    and spaces are refused rather than guessed at.
+
+    Args:
+        value: the id.
+        field: what it is (``training_run_id``, ...), named in the error.
+
+    Raises:
+        WireFormatError: naming ``field`` and the value.
+    """
+    if not isinstance(value, str) or not _ID_RE.fullmatch(value) or value in (".", ".."):
+        raise WireFormatError(
+            f"{field} {value!r} is not a valid id: use characters from "
+            "[A-Za-z0-9._:~-], not '.' or '..'",
+            field=field,
+        )
+    return value
+
+
 def parse_tinker_path(path: str) -> ParsedCheckpointTinkerPath:
     """Parse a checkpoint path ``tinker://{training_run_id}/{kind}/{name}``.
 
     Raises:
         WireFormatError: naming the path when it has the wrong scheme, not exactly three
-            ``/``-separated parts, an empty part, or an unknown kind.
+            ``/``-separated parts, an empty part, an unknown kind, or a run id or name that
+            is not a valid id (:func:`check_resource_id`).
     """
     prefix = "tinker://"
     if not isinstance(path, str) or not path.startswith(prefix):
@@ -129,6 +160,11 @@ def parse_tinker_path(path: str) -> ParsedCheckpointTinkerPath:
             f"{path!r} has kind {kind!r}; expected one of {sorted(_KIND_TO_TYPE)}",
             field="tinker_path",
         )
+    for part, what in ((run_id, "training run id"), (name, "checkpoint name")):
+        try:
+            check_resource_id(part, field=what)
+        except WireFormatError as exc:
+            raise WireFormatError(f"{path!r}: {exc}", field="tinker_path") from None
     return ParsedCheckpointTinkerPath(
         tinker_path=path,
         training_run_id=run_id,
