@@ -109,3 +109,26 @@ def test_sampling_with_an_adapter_matches_training_logprobs(
             out.prompt_logprobs[1:], res.outputs[0]["logprobs"], rtol=1e-6, atol=1e-6
         )
         rt.remove_adapter("merge")
+
+
+def test_creating_adapters_with_new_seeds_compiles_nothing(runtime: ModelRuntime) -> None:
+    """The seed is a traced argument of LoRA initialisation: one compile serves every seed,
+    and the weights are those of ``jax.random.key(seed)`` as before."""
+    from tinkjax.models import trace_counts
+    from tinkjax.models._adapters import init_lora_weights
+
+    runtime.create_adapter("seed-warm", rank=4, seed=1)
+    before = trace_counts().get("init_lora", 0)
+    for seed in (2, 3, 2**31 + 11, 987654321):
+        runtime.create_adapter(f"seed-{seed}", rank=4, seed=seed)
+    assert trace_counts().get("init_lora", 0) == before
+    snap = runtime.snapshot("seed-987654321")
+    want = init_lora_weights(runtime.config, snap.info, runtime.dtype)  # seed from info, untraced
+    for name, (a, b) in want.items():
+        np.testing.assert_array_equal(np.asarray(snap.weights[name][0]), np.asarray(a))
+        np.testing.assert_array_equal(np.asarray(snap.weights[name][1]), np.asarray(b))
+    other = runtime.snapshot("seed-2")
+    assert not np.array_equal(np.asarray(other.weights["q"][0]), np.asarray(snap.weights["q"][0]))
+    for seed in (2, 3, 2**31 + 11, 987654321):
+        runtime.remove_adapter(f"seed-{seed}")
+    runtime.remove_adapter("seed-warm")

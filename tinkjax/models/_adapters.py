@@ -26,6 +26,7 @@ __all__ = [
     "parse_peft",
     "peft_config",
     "peft_tensors",
+    "seed_key_data",
     "target_shape",
     "trained_targets",
 ]
@@ -74,12 +75,20 @@ def trained_targets(info: AdapterInfo) -> tuple[str, ...]:
     return tuple(name for name, t in TARGETS.items() if groups[t.group])
 
 
+def seed_key_data(seed: int) -> np.ndarray:
+    """The threefry key data of ``jax.random.key(seed)`` (without x64: the low 32 bits), as
+    an array :func:`init_lora_weights` takes traced."""
+    return np.array([0, seed & 0xFFFFFFFF], np.uint32)
+
+
 def init_lora_weights(
-    config: ModelConfig, info: AdapterInfo, dtype: jnp.dtype
+    config: ModelConfig, info: AdapterInfo, dtype: jnp.dtype, key_data: jax.Array | None = None
 ) -> dict[str, tuple[jax.Array, jax.Array]]:
     """Fresh ``(a [L_t, d_in, r], b [L_t, r, d_out])`` of every trained target, from
-    ``info.seed`` (same seed, same ``a``)."""
-    root = jax.random.key(info.seed)
+    ``info.seed`` (same seed, same ``a``), or from ``key_data`` (:func:`seed_key_data`) when
+    given: then the seed is a traced argument and one compiled initialisation serves every
+    seed (``info.seed`` is ignored)."""
+    root = jax.random.key(info.seed) if key_data is None else jax.random.wrap_key_data(key_data)
     out = {}
     for index, name in enumerate(TARGETS):
         if name not in trained_targets(info):

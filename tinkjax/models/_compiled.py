@@ -96,6 +96,8 @@ sample_jit = jax.jit(
     _counted("sample", sample_core), static_argnames=("config", "n_rows", "gen_len")
 )
 init_base_jit = jax.jit(_counted("init_base", init_base_params), static_argnums=(0, 1))
+#: LoRA initialisation; the seed is traced (``key_data``), so creating a run with a new seed
+#: compiles nothing: call it with ``dataclasses.replace(info, seed=0)`` as the static structure.
 init_lora_jit = jax.jit(_counted("init_lora", init_lora_weights), static_argnums=(0, 1, 2))
 
 

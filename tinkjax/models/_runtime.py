@@ -16,6 +16,7 @@ and their trace counts in ``_compiled``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 
 import jax
@@ -24,7 +25,7 @@ import numpy as np
 import optax
 
 from tinkjax.losses import LOSS_SUM_METRIC, get_loss_definition, resolve_loss_config
-from tinkjax.models._adapters import TARGETS, target_shape, trained_targets
+from tinkjax.models._adapters import TARGETS, seed_key_data, target_shape, trained_targets
 from tinkjax.models._batching import (
     MAX_TOKENS_PER_BATCH,
     bucket_length,
@@ -132,7 +133,9 @@ class ModelRuntime(StateMixin, SamplingMixin):
             train_attn=train_attn, train_mlp=train_mlp, train_unembed=train_unembed,
         )  # fmt: skip
         self._check_info(info)
-        self._install(adapter_id, info, init_lora_jit(self.config, info, self.dtype), None)
+        structure = dataclasses.replace(info, seed=0)  # the seed is traced: no compile per seed
+        weights = init_lora_jit(self.config, structure, self.dtype, seed_key_data(info.seed))
+        self._install(adapter_id, info, weights, None)
 
     def has_adapter(self, adapter_id: str) -> bool:
         """Whether ``adapter_id`` is loaded."""
