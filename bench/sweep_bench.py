@@ -191,7 +191,10 @@ print({n} / (time.perf_counter() - t0))
 
 def _ceiling(n: int) -> float:
     code = _CEILING.format(model=MODEL, rank=RANK, n=n)
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    # cwd: not the repository root, whose tinkjax/ folder lacks kernels/ (the install maps it)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=H.ROOT
+    )
     return float(out.stdout.strip().splitlines()[-1])
 
 

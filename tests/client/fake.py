@@ -1,7 +1,9 @@
 """A canned in-memory Tinker service for ``httpx.MockTransport`` (no sockets, no models).
 
 It speaks the wire protocol of §3 closely enough for the client, records every request, counts
-how many times each ``(model_id, seq_id)`` was applied, and injects faults by path.
+how many times each ``(model_id, seq_id)`` was applied, and injects faults: the server's own
+:class:`~tinkjax.server.FaultRule` rules, applied to the mock transport (a dropped connection is
+a ``ConnectError``, a hang a ``ReadTimeout``).
 """
 
 from __future__ import annotations
@@ -12,7 +14,7 @@ import re
 import tarfile
 import threading
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -23,6 +25,7 @@ from tinkjax.codec import (
     encode_forward_backward_output,
     encode_sample_response,
 )
+from tinkjax.server import FaultConfig, FaultRule
 from tinkjax.types import (
     ForwardBackwardOutput,
     ForwardRequest,
@@ -30,29 +33,6 @@ from tinkjax.types import (
     SampleResponse,
     TensorData,
 )
-
-
-@dataclass
-class Fault:
-    """Answer requests whose path matches ``path`` with a fault, ``times`` times.
-
-    kind: ``"status"`` (``status``, ``body``, ``headers``), ``"reset"`` (connection error),
-    ``"timeout"`` (read timeout), ``"malformed"`` (200 with a broken body), ``"after"`` (apply
-    the request, then answer ``status``: the client must retry without double-applying).
-    """
-
-    path: str
-    kind: str = "status"
-    status: int = 500
-    body: bytes = b'{"detail": "injected"}'
-    headers: dict[str, str] = field(default_factory=dict)
-    times: int = 1
-    api_key: str | None = None
-
-    def matches(self, request: httpx.Request) -> bool:
-        if self.times <= 0 or not re.search(self.path, request.url.path):
-            return False
-        return self.api_key is None or request.headers.get("x-api-key") == self.api_key
 
 
 @dataclass
@@ -68,7 +48,7 @@ class FakeTinker:
     def __init__(self, *, config: dict[str, Any] | None = None, pending_polls: int = 0) -> None:
         self.config = config or {}
         self.pending_polls = pending_polls
-        self.faults: list[Fault] = []
+        self.faults = FaultConfig()
         self.requests: list[httpx.Request] = []
         self.applied: Counter[tuple[str, int]] = Counter()
         self.seen: dict[tuple[str, int], str] = {}
@@ -85,10 +65,12 @@ class FakeTinker:
     def transport(self) -> httpx.MockTransport:
         return httpx.MockTransport(self.handle)
 
-    def fault(self, path: str, **kw: Any) -> Fault:
-        f = Fault(path, **kw)
-        self.faults.append(f)
-        return f
+    def fault(self, path: str, **kw: Any) -> FaultRule:
+        """Add a :class:`FaultRule` (``times`` defaults to 1 here) and return it."""
+        kw.setdefault("times", 1)
+        rule = FaultRule(path, **kw)
+        self.faults.rules.append(rule)
+        return rule
 
     # ----------------------------------------------------------------- plumbing
     def _future(self, result: Any, *, proto: bytes | None = None) -> dict[str, Any]:
@@ -105,31 +87,24 @@ class FakeTinker:
 
     def handle(self, request: httpx.Request) -> httpx.Response:
         self.requests.append(request)
-        after: Fault | None = None
-        for f in self.faults:
-            if f.matches(request):
-                f.times -= 1
-                if f.kind == "reset":
-                    raise httpx.ConnectError("connection reset by peer", request=request)
-                if f.kind == "timeout":
-                    raise httpx.ReadTimeout("read timed out", request=request)
-                if f.kind == "malformed":
-                    return httpx.Response(
-                        200,
-                        content=b'{"request_id": ',
-                        request=request,
-                        headers={"content-type": "application/json"},
-                    )
-                if f.kind == "after":
-                    after = f
-                    break
-                return httpx.Response(f.status, content=f.body, headers=f.headers, request=request)
-        response = self.route(request)
-        if after is not None:
+        rule = self.faults.take(request.method, request.url.path, request.headers.get("x-api-key"))
+        if rule is None or (rule.status is None and not (rule.drop or rule.hang or rule.malformed)):
+            return self.route(request)
+        if rule.drop:
+            raise httpx.ConnectError("connection reset by peer", request=request)
+        if rule.hang:
+            raise httpx.ReadTimeout("read timed out", request=request)
+        if rule.malformed:
             return httpx.Response(
-                after.status, content=after.body, headers=after.headers, request=request
+                200,
+                content=b'{"request_id": ',
+                request=request,
+                headers={"content-type": "application/json"},
             )
-        return response
+        if rule.after:
+            self.route(request)  # applied; the answer is the fault's
+        status, body, headers = rule.answer(request.url.path)
+        return httpx.Response(status, content=body, headers=headers, request=request)
 
     def route(self, request: httpx.Request) -> httpx.Response:
         path = request.url.path

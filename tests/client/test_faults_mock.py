@@ -71,7 +71,7 @@ def test_5xx_and_resets_are_retried_with_one_idempotency_key(
 ) -> None:
     tc = training(service)
     fake.fault(r"/forward_backward$", status=503, times=2)
-    fake.fault(r"/forward_backward$", kind="reset", times=1)
+    fake.fault(r"/forward_backward$", drop=True, times=1)
     with events.telemetry_metadata(run="r1", step=7):
         fut = tc.forward_backward([datum(3)], "cross_entropy")
     out = fut.result(timeout=30)
@@ -93,8 +93,8 @@ def test_applied_then_failed_request_is_not_applied_twice(
     service: ServiceClient, fake: FakeTinker
 ) -> None:
     tc = training(service)
-    fake.fault(r"/optim_step$", kind="after", status=502, times=2)
-    fake.fault(r"/forward_backward$", kind="after", status=500, times=1)
+    fake.fault(r"/optim_step$", after=True, status=502, times=2)
+    fake.fault(r"/forward_backward$", after=True, status=500, times=1)
     f = tc.forward_backward([datum(2)], "cross_entropy")
     o = tc.optim_step(AdamParams())
     f.result(timeout=30)
@@ -141,15 +141,15 @@ def test_connection_errors_exhaust_into_apiconnectionerror(fake: FakeTinker) -> 
     )
     try:
         tc = training(sc)
-        fake.fault(r"/save_weights$", kind="timeout", times=3)
+        fake.fault(r"/save_weights$", hang=True, times=3)
         with pytest.raises(APITimeoutError):
             tc.save_state("x").result(timeout=30)
         # The lost seq_id 1 was filled with a forward-only no-op: later calls go through.
         assert tc.optim_step(AdamParams()).result(timeout=30).metrics is not None
         assert sorted(fake.applied) == [(tc.model_id, 1), (tc.model_id, 2)]
         # When even the filler cannot be delivered, the client refuses later calls.
-        fake.fault(r"/save_weights$", kind="reset", times=3)
-        fake.fault(r"/forward_backward$", kind="reset", times=3)
+        fake.fault(r"/save_weights$", drop=True, times=3)
+        fake.fault(r"/forward_backward$", drop=True, times=3)
         with pytest.raises(APIConnectionError):
             tc.save_state("y").result(timeout=30)
         with pytest.raises(APIConnectionError, match="never delivered"):
@@ -182,7 +182,7 @@ def test_poll_loop_status_table(
     fake.pending_polls = 0
     fake.fault(r"/retrieve_future$", status=500, times=2)
     fake.fault(r"/retrieve_future$", status=429, headers={"retry-after": "0.01"}, times=1)
-    fake.fault(r"/retrieve_future$", kind="reset", times=1)
+    fake.fault(r"/retrieve_future$", drop=True, times=1)
     assert tc.forward([datum(2)], "cross_entropy").result(timeout=30).metrics["loss:sum"] == 2.0
     # A failed request surfaces its category.
     fake.fault(r"/retrieve_future$", status=200, body=b'{"error": "bad datum", "category": "user"}')
@@ -192,7 +192,7 @@ def test_poll_loop_status_table(
     fake.fault(r"/retrieve_future$", status=410, body=b'{"detail": "expired"}')
     with pytest.raises(FutureExpiredError):
         tc.optim_step(AdamParams()).result(timeout=30)
-    fake.fault(r"/retrieve_future$", kind="malformed")
+    fake.fault(r"/retrieve_future$", malformed=True)
     with pytest.raises(DecodeError):
         tc.optim_step(AdamParams()).result(timeout=30)
     fake.fault(r"/retrieve_future$", status=400, times=4)
@@ -202,7 +202,7 @@ def test_poll_loop_status_table(
 
 def test_malformed_submission_answer(service: ServiceClient, fake: FakeTinker) -> None:
     tc = training(service)
-    fake.fault(r"/optim_step$", kind="malformed")
+    fake.fault(r"/optim_step$", malformed=True)
     with pytest.raises(APIResponseValidationError):
         tc.optim_step(AdamParams()).result(timeout=30)
 

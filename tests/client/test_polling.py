@@ -48,8 +48,8 @@ def _training(sc: ServiceClient) -> TrainingClient:
     [
         ({"status": 429, "body": b'{"detail": "slow down"}'}, "HTTP 429"),
         ({"status": 503, "body": b'{"detail": "overloaded"}'}, "HTTP 503"),
-        ({"kind": "reset"}, "APIConnectionError"),
-        ({"kind": "timeout"}, "APITimeoutError"),  # the server never answers
+        ({"drop": True}, "APIConnectionError"),
+        ({"hang": True}, "APITimeoutError"),  # the server never answers
     ],
     ids=["429", "503", "refused", "no-answer"],
 )
@@ -132,7 +132,7 @@ def test_an_answer_between_errors_starts_the_count_again(
 
 def test_a_future_not_yet_acknowledged_says_so(impatient: ServiceClient, fake: FakeTinker) -> None:
     tc = _training(impatient)
-    fake.fault(r"/optim_step$", kind="timeout", times=10**6)
+    fake.fault(r"/optim_step$", hang=True, times=10**6)
     with pytest.raises(FutureTimeoutError, match="no request of it was acknowledged yet"):
         tc.optim_step(AdamParams(learning_rate=1e-3)).result(timeout=0.2)
 

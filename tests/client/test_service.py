@@ -75,9 +75,9 @@ def _client(fake: FakeTinker) -> ServiceClient:
 
 # the server is gone (every connection refused), never answers, or no longer knows the session
 GONE = [
-    {"kind": "reset", "times": 100},
-    {"kind": "timeout", "times": 100},
-    {"kind": "status", "status": 404},
+    {"drop": True, "times": 100},
+    {"hang": True, "times": 100},
+    {"status": 404},
 ]
 
 

@@ -78,3 +78,55 @@ def test_fault_config_validation() -> None:
     cfg = FaultConfig(rules=[FaultRule(path="a", status=500)])
     cfg.clear()
     assert cfg.rules == []
+
+
+KEY = {"X-API-Key": "tml-fault-tests"}
+
+
+def test_fault_hang_malformed_body_and_headers(faulty: ServerHandle) -> None:
+    faulty.faults.rules.extend(
+        [
+            FaultRule(path=r"/healthz$", hang=True, times=1),
+            FaultRule(path=r"/healthz$", malformed=True, times=1),
+            FaultRule(
+                path=r"/healthz$", status=418, body=b'{"detail": "teapot"}',
+                headers={"x-should-retry": "false"}, times=1,
+            ),
+        ]
+    )  # fmt: skip
+    with httpx.Client(base_url=faulty.base_url, timeout=0.5) as http:
+        with pytest.raises(httpx.ReadTimeout):
+            http.get("/api/v1/healthz")
+        broken = http.get("/api/v1/healthz")
+        assert broken.status_code == 200
+        with pytest.raises(ValueError, match="Expecting value"):
+            broken.json()
+        teapot = http.get("/api/v1/healthz")
+        assert (teapot.status_code, teapot.json()) == (418, {"detail": "teapot"})
+        assert teapot.headers["x-should-retry"] == "false"
+        assert http.get("/api/v1/healthz").json() == {"status": "ok"}
+
+
+def test_fault_after_applies_the_request_then_fails(faulty: ServerHandle) -> None:
+    faulty.faults.rules.append(FaultRule(path=r"/create_session$", status=502, after=True, times=1))
+    body = {"tags": ["after"], "user_metadata": {}, "sdk_version": "t", "type": "create_session"}
+    with httpx.Client(base_url=faulty.base_url, headers=KEY) as http:
+        assert http.post("/api/v1/create_session", json=body).status_code == 502
+        ok = http.post("/api/v1/create_session", json=body)
+        assert ok.status_code == 200
+        listed = http.get("/api/v1/sessions").json()["sessions"]
+        assert len(listed) == 2  # the failed answer's session exists: it was applied
+
+
+def test_fault_rules_can_target_one_api_key(faulty: ServerHandle) -> None:
+    faulty.faults.rules.append(FaultRule(path=r"/healthz$", status=503, api_key="tml-a"))
+    with httpx.Client(base_url=faulty.base_url) as http:
+        assert http.get("/api/v1/healthz", headers={"X-API-Key": "tml-a"}).status_code == 503
+        assert http.get("/api/v1/healthz", headers={"X-API-Key": "tml-b"}).status_code == 200
+
+
+def test_exclusive_and_incomplete_rules_are_refused() -> None:
+    with pytest.raises(ValueError, match="exclusive"):
+        FaultRule(path="x", drop=True, hang=True)
+    with pytest.raises(ValueError, match="after: needs the status"):
+        FaultRule(path="x", after=True)
