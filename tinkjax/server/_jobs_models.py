@@ -88,7 +88,7 @@ class ModelJobs:
                 400, "load_weights needs session_id and model_seq_id, or model_id",
                 field="model_id",
             )  # fmt: skip
-        folder, meta, kind = models.checkpoint(req.path)
+        _, meta, kind = models.checkpoint(req.path)
         if kind != "weights":
             raise ApiError(
                 400,
@@ -117,9 +117,12 @@ class ModelJobs:
 
         def run() -> LoadWeightsResponse:
             try:
+                # Looked up again: a save queued before this request may have replaced the
+                # version (and removed its folder) since the request was checked.
+                current, _, _ = models.checkpoint(path)
                 rt = models.runtime(record.base_model)
                 rt.import_state(
-                    model_id, load_state(folder), info=record.adapter_info(),
+                    model_id, load_state(current), info=record.adapter_info(),
                     include_optimizer=optimizer,
                 )  # fmt: skip
                 if create:
