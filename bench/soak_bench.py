@@ -228,7 +228,7 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=300.0)
     ap.add_argument("--warmup", type=float, default=None, help="default: a fifth of --seconds")
     ap.add_argument("--model", default="tinkjax/bytelm-micro")
-    ap.add_argument("--rank", type=int, default=16)
+    ap.add_argument("--rank", type=int, default=64)
     ap.add_argument("--steps", type=int, default=3, help="train steps per session")
     ap.add_argument("--batch", type=int, default=4)
     ap.add_argument("--length", type=int, default=32)
