@@ -22,7 +22,9 @@ import subprocess
 import sys
 import tarfile
 from pathlib import Path
+from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 
@@ -187,3 +189,94 @@ def test_kill_at_each_step_keeps_every_acknowledged_checkpoint(
         files, meta = store.checkpoints.read(f"tinker://{MID}/weights/w")
         assert meta == {"seed": 9}
         assert files == state_files(_tensors(9))
+
+
+def _serve(data_dir: Path, crash_at: str | None) -> tuple[subprocess.Popen[str], str]:
+    env = {k: v for k, v in os.environ.items() if k != CRASH_ENV}
+    if crash_at is not None:
+        env[CRASH_ENV] = crash_at
+    cmd = [sys.executable, "-m", "tinkjax.cli", "serve", "--port", "0", "--data-dir", str(data_dir)]
+    # cwd: not the repository, whose tinkjax/ folder lacks tinkjax.kernels (mapped by the install)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, env=env, cwd=data_dir
+    )
+    assert proc.stdout is not None
+    line = proc.stdout.readline()
+    assert "http://" in line, line
+    return proc, line.split("listening on ", 1)[1].split()[0]
+
+
+def test_server_killed_mid_overwrite_serves_the_acknowledged_state(tmp_path: Path) -> None:
+    """Through the HTTP API: a saved state is acknowledged, the model trains on, the overwrite
+    of that state is killed between staging and commit; the restarted server lists it once,
+    downloads the same archive bytes and loads the acknowledged weights."""
+    from .conftest import ce_datum, fwdbwd_body, new_model, new_session, post, result
+
+    def done(http: httpx.Client, r: httpx.Response) -> dict[str, Any]:
+        assert r.status_code == 200, r.text
+        out = result(http, r.json()["request_id"])
+        assert out.status_code == 200, out.text
+        assert "error" not in out.json(), out.text
+        return dict(out.json())
+
+    def step(http: httpx.Client, model: str, seq: int) -> None:
+        done(http, post(http, "forward_backward", fwdbwd_body(model, seq, [datum])))
+        adam = {"learning_rate": 0.05}
+        done(
+            http,
+            post(http, "optim_step", {"model_id": model, "seq_id": seq + 1, "adam_params": adam}),
+        )
+
+    def logprobs(http: httpx.Client, model: str, seq: int) -> list[float]:
+        out = done(http, post(http, "forward", fwdbwd_body(model, seq, [datum], forward=True)))
+        return list(out["loss_fn_outputs"][0]["logprobs"]["data"])
+
+    def download(http: httpx.Client, model: str) -> bytes:
+        link = http.get(f"/api/v1/training_runs/{model}/checkpoints/weights/s/archive")
+        assert link.status_code == 302, link.text
+        return http.get(link.headers["location"]).content
+
+    def wait_forever(http: httpx.Client, request_id: str) -> None:
+        for _ in range(100):
+            result(http, request_id)
+
+    datum = ce_datum(list(b"crash safety of checkpoints"))
+    headers = {"X-API-Key": "tml-crash-test"}
+    proc, url = _serve(tmp_path, "save.staged:2")
+    try:
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+            model = new_model(http, new_session(http))
+            step(http, model, 1)
+            saved = done(
+                http, post(http, "save_weights", {"model_id": model, "path": "s", "seq_id": 3})
+            )
+            acknowledged = logprobs(http, model, 4)
+            acknowledged_bytes = download(http, model)
+            step(http, model, 5)
+            assert logprobs(http, model, 7) != acknowledged  # the model moved on
+            overwrite = {"model_id": model, "path": "s", "seq_id": 8, "overwrite": True}
+            r = post(http, "save_weights", overwrite)
+            assert r.status_code == 200, r.text
+            with pytest.raises(httpx.TransportError):  # the server dies while saving
+                wait_forever(http, r.json()["request_id"])
+        assert proc.wait(60) == -signal.SIGKILL
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+    proc, url = _serve(tmp_path, None)
+    try:
+        with httpx.Client(base_url=url, timeout=120, headers=headers) as http:
+            listed = http.get(f"/api/v1/training_runs/{model}/checkpoints").json()["checkpoints"]
+            assert [c["tinker_path"] for c in listed] == [saved["path"]]
+            assert download(http, model) == acknowledged_bytes
+            sid = new_session(http)
+            body = {"session_id": sid, "model_seq_id": 0, "path": saved["path"], "optimizer": True}
+            loaded = done(http, post(http, "load_weights", body))["model_id"]
+            np.testing.assert_allclose(
+                logprobs(http, loaded, 1), acknowledged, rtol=1e-6, atol=1e-6
+            )
+    finally:
+        proc.terminate()
+        proc.wait(30)

@@ -2,7 +2,8 @@
 
 With ``TINKJAX_CRASH_AT=<name>`` in the environment, the process kills itself with ``SIGKILL``
 (as ``kill -9`` would: no cleanup, no ``finally``, no flush) when it reaches the step
-``<name>``. Unset (the default), :func:`crash_point` is one dictionary lookup. The points of the
+``<name>``; with ``<name>:<n>``, the ``n``-th time it reaches it (so a server can acknowledge a
+first save and be killed in the middle of overwriting it). Unset (the default), :func:`crash_point` is one dictionary lookup. The points of the
 checkpoint store are listed in :data:`STORE_CRASH_POINTS`; tests run the store in a subprocess,
 restart it and check that nothing acknowledged was lost.
 """
@@ -35,7 +36,18 @@ STORE_CRASH_POINTS: dict[str, tuple[str, ...]] = {
 }
 
 
+_hits: dict[str, int] = {}
+
+
 def crash_point(name: str) -> None:
-    """Kill this process with ``SIGKILL`` when ``$TINKJAX_CRASH_AT`` is ``name``."""
-    if os.environ.get(CRASH_ENV) == name:
+    """Kill this process with ``SIGKILL`` when ``$TINKJAX_CRASH_AT`` names this step (and,
+    with ``:<n>``, this is the ``n``-th time the step is reached)."""
+    spec = os.environ.get(CRASH_ENV)
+    if spec is None:
+        return
+    target, _, nth = spec.partition(":")
+    if target != name:
+        return
+    _hits[name] = _hits.get(name, 0) + 1
+    if _hits[name] >= int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
