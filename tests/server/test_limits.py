@@ -170,3 +170,38 @@ def test_telemetry_byte_limits(tmp_path: Path, http: httpx.Client) -> None:
     r = post(http, "telemetry", {"session_id": None, "events": [{"pad": "p" * 70_000}]})
     assert r.status_code == 400, r.text
     assert "events[0]" in r.text
+
+
+def test_cached_weights_of_saved_samplers_are_bounded(
+    server: ServerHandle, http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    samplers = server.backend.samplers
+    monkeypatch.setattr(samplers, "max_snapshots", 1)
+    sid = new_session(http)
+    mid = new_model(http, sid)
+    ids = []
+    for i, name in enumerate(("c1", "c2")):
+        saved = _ok(
+            http,
+            post(
+                http, "save_weights_for_sampler", {"model_id": mid, "path": name, "seq_id": 1 + i}
+            ),
+        )
+        r = post(
+            http,
+            "create_sampling_session",
+            {"session_id": sid, "sampling_session_seq_id": 10 + i, "model_path": saved["path"]},
+        )
+        assert r.status_code == 200, r.text
+        ids.append(r.json()["sampling_session_id"])
+    body = {
+        "seq_id": 0, "num_samples": 1,
+        "prompt": {"chunks": [{"type": "encoded_text", "tokens": [1, 2, 3]}]},
+        "sampling_params": {"max_tokens": 3, "seed": 1, "temperature": 0.0},
+    }  # fmt: skip
+    first = [_ok(http, post(http, "asample", {**body, "sampling_session_id": s})) for s in ids]
+    assert list(samplers._loaded) == [ids[1]]  # the older cached weights were dropped
+    assert samplers._samplers[ids[0]].snapshot is None
+    again = _ok(http, post(http, "asample", {**body, "sampling_session_id": ids[0]}))
+    assert again["sequences"] == first[0]["sequences"]  # read again from its checkpoint
+    assert list(samplers._loaded) == [ids[0]]

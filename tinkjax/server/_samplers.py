@@ -54,6 +54,9 @@ class SamplerRegistry:
         self._samplers: dict[str, SamplerRecord] = {}
         self._snapshot_ids: collections.deque[str] = collections.deque()
         self._session_of: dict[str, str] = {}  # sampler id -> its session, while held here
+        # samplers of saved weights whose snapshot is cached, least recently used first; beyond
+        # max_snapshots the oldest cached weights are dropped (read again from disk when used)
+        self._loaded: collections.OrderedDict[str, SamplerRecord] = collections.OrderedDict()
 
     def check_new(self, sampler_id: str) -> None:
         """400 when ``sampler_id`` is taken."""
@@ -92,6 +95,7 @@ class SamplerRegistry:
             ids = [sid for sid, owner in self._session_of.items() if owner == session_id]
             for sid in ids:
                 self._samplers.pop(sid, None)
+                self._loaded.pop(sid, None)
                 del self._session_of[sid]
             if ids:
                 dropped = set(ids)
@@ -151,8 +155,14 @@ class SamplerRegistry:
         return record
 
     def snapshot(self, sampler: SamplerRecord) -> AdapterSnapshot | None:
-        """The sampler's weights (worker thread; saved weights are read once and cached)."""
-        if sampler.snapshot is not None or sampler.model_path is None:
+        """The sampler's weights (worker thread; saved weights are read once and cached, the
+        ``max_snapshots`` most recently used)."""
+        if sampler.model_path is None:
+            return sampler.snapshot
+        if sampler.snapshot is not None:
+            with self._lock:
+                if sampler.sampler_id in self._loaded:
+                    self._loaded.move_to_end(sampler.sampler_id)
             return sampler.snapshot
         folder, meta = self.store.checkpoints.folder(sampler.model_path)
         rt = self.models.runtime(sampler.base_model)
@@ -170,4 +180,9 @@ class SamplerRegistry:
                 rt.remove_adapter(scratch)
         if sampler.sampler_id:
             sampler.snapshot = snapshot
+            with self._lock:
+                self._loaded[sampler.sampler_id] = sampler
+                while len(self._loaded) > self.max_snapshots:
+                    _, evicted = self._loaded.popitem(last=False)
+                    evicted.snapshot = None  # its checkpoint is read again on next use
         return snapshot
