@@ -218,7 +218,9 @@ def test_overwrite_replaces_atomically(store: Store) -> None:
     assert first.size_bytes == 2
     assert [c.checkpoint_id for c in store.checkpoints.of_run(MID).checkpoints] == ["weights/w"]
     # No temp or old folders are left next to it; the cached archive was rebuilt.
-    assert sorted(p.name for p in folder.parent.iterdir()) == ["w"]
+    assert [p.name for p in folder.parent.iterdir()] == [folder.name]
+    assert folder.name.startswith("w@")
+    assert first.tinker_path == second.tinker_path
     arch2 = store.checkpoints.archive_path(MID, "weights/w")
     assert arch2 != arch1
     assert not arch1.exists()
@@ -370,15 +372,39 @@ def test_restart_repairs_interrupted_writes(store: Store) -> None:
     folder, _ = store.checkpoints.folder(f"tinker://{MID}/weights/w")
     kdir = folder.parent
     store.close()
-    # A crash mid-overwrite: the committed folder was moved aside, a temp folder half written.
-    folder.rename(kdir / ".old-w-deadbeef")
+    # What kills can leave: a half-written temp folder, a staged version never committed,
+    # a folder without a row, a temp archive.
     (kdir / ".tmp-w-cafe").mkdir()
     (kdir / ".tmp-w-cafe" / "f").write_bytes(b"torn")
-    (kdir / "orphan").mkdir()  # renamed into place, but the row was never committed
+    (kdir / "w@cafe").mkdir()
+    (kdir / "w@cafe" / "f").write_bytes(b"uncommitted")
+    (kdir / "orphan@beef").mkdir()
+    arch = store.data_dir / "archives" / kdir.parent.name / "weights" / "w"
+    arch.mkdir(parents=True)
+    (arch / ".tmp-x.tar.gz-00").write_bytes(b"torn")
+    (arch / "cafe.tar.gz").write_bytes(b"stale")
     with Store(store.data_dir) as again:
-        assert sorted(p.name for p in kdir.iterdir()) == ["w"]
+        assert [p.name for p in kdir.iterdir()] == [folder.name]
         folder2, _ = again.checkpoints.folder(f"tinker://{MID}/weights/w")
         assert (folder2 / "f").read_bytes() == b"new"
+        assert not arch.exists()
+
+
+def test_restart_migrates_unversioned_folders(store: Store) -> None:
+    """A data dir of an older release (unversioned folders, a lone ``.old`` folder) still loads."""
+    store.checkpoints.save(MID, "weights", "a", {"f": b"A"}, meta={})
+    store.checkpoints.save(MID, "weights", "b", {"f": b"B"}, meta={})
+    fa, _ = store.checkpoints.folder(f"tinker://{MID}/weights/a")
+    fb, _ = store.checkpoints.folder(f"tinker://{MID}/weights/b")
+    kdir = fa.parent
+    store.close()
+    fa.rename(kdir / "a")
+    fb.rename(kdir / ".old-b-deadbeef")  # the old release was killed mid-overwrite of b
+    with Store(store.data_dir) as again:
+        for name, data in (("a", b"A"), ("b", b"B")):
+            files, _ = again.checkpoints.read(f"tinker://{MID}/weights/{name}")
+            assert files == {"f": data}
+        assert sorted(p.name for p in kdir.iterdir()) == sorted([fa.name, fb.name])
 
 
 # -- samplers and telemetry --------------------------------------------------------------------

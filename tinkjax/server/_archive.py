@@ -12,11 +12,11 @@ import gzip
 import os
 import tarfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import BinaryIO
 
-__all__ = ["fsync_dir", "make_tar_gz", "safe_members", "write_atomic"]
+__all__ = ["TEMP_PREFIX", "fsync_dir", "make_tar_gz", "safe_members", "write_atomic"]
 
 
 def fsync_dir(path: Path) -> None:
@@ -33,18 +33,27 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+TEMP_PREFIX = ".tmp-"
+"""Temp files of atomic writes are named ``.tmp-<final name>-<hex>`` (a crash can leave one)."""
+
+
 @contextlib.contextmanager
-def _atomic_open(path: Path) -> Iterator[BinaryIO]:
+def _atomic_open(
+    path: Path, before_replace: Callable[[], None] | None = None
+) -> Iterator[BinaryIO]:
     """A binary file that becomes ``path`` atomically when the block ends without an error:
     written to a temp file in the same directory, fsynced, then renamed over ``path`` (and the
-    directory fsynced); on an error the temp file is removed and ``path`` is untouched."""
+    directory fsynced); on an error the temp file is removed and ``path`` is untouched.
+    ``before_replace`` runs once the temp file is complete, before the rename."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".tmp-{path.name}-{uuid.uuid4().hex}"
+    tmp = path.parent / f"{TEMP_PREFIX}{path.name}-{uuid.uuid4().hex}"
     try:
         with open(tmp, "wb") as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
+        if before_replace is not None:
+            before_replace()
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(OSError):
@@ -70,11 +79,18 @@ def _regular_files(root: Path) -> Iterator[tuple[Path, str]]:
             yield full, full.relative_to(root).as_posix()
 
 
-def make_tar_gz(src_dir: Path, dest: Path, *, mtime: float = 0.0) -> None:
+def make_tar_gz(
+    src_dir: Path,
+    dest: Path,
+    *,
+    mtime: float = 0.0,
+    before_replace: Callable[[], None] | None = None,
+) -> None:
     """Archive the regular files under ``src_dir`` into ``dest`` (tar.gz), atomically.
 
     Entries are relative (``adapter_config.json``, ``sub/x.bin``), owned by uid/gid 0 with mode
     0644 and the given ``mtime``, so the same folder always gives the same bytes.
+    ``before_replace`` runs once the temp file is complete, before it is renamed to ``dest``.
 
     Raises:
         FileNotFoundError: when ``src_dir`` disappears while it is read.
@@ -82,7 +98,7 @@ def make_tar_gz(src_dir: Path, dest: Path, *, mtime: float = 0.0) -> None:
     if not src_dir.is_dir():
         raise FileNotFoundError(f"checkpoint folder {str(src_dir)!r} does not exist")
     with (
-        _atomic_open(dest) as raw,
+        _atomic_open(dest, before_replace) as raw,
         gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=int(mtime)) as gz,
         tarfile.open(fileobj=gz, mode="w", format=tarfile.PAX_FORMAT) as tar,
     ):

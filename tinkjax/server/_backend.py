@@ -20,6 +20,9 @@ answered 4xx and changes nothing), registers what the client must see at once, a
 
 from __future__ import annotations
 
+import logging
+import threading
+import time
 from collections.abc import Sequence
 
 from tinkjax.server._futures import FutureTable
@@ -28,12 +31,17 @@ from tinkjax.server._jobs_checkpoints import CheckpointJobs
 from tinkjax.server._jobs_models import ModelJobs
 from tinkjax.server._jobs_sampling import SamplingJobs
 from tinkjax.server._jobs_training import TrainingJobs
-from tinkjax.server._models_registry import ModelRegistry, warmup
+from tinkjax.server._models_registry import DEFAULT_MAX_LIVE_MODELS, ModelRegistry, warmup
 from tinkjax.server._samplers import SamplerRegistry
 from tinkjax.server._scheduler import Scheduler
-from tinkjax.server._store import Store
+from tinkjax.server._store import Store, UnknownSessionError
 
-__all__ = ["Backend"]
+__all__ = ["DEFAULT_SESSION_TIMEOUT_S", "Backend"]
+
+_log = logging.getLogger(__name__)
+
+#: A session neither heartbeating nor using its models this long has ended; its models are freed.
+DEFAULT_SESSION_TIMEOUT_S = 600.0
 
 
 class Backend:
@@ -44,6 +52,9 @@ class Backend:
         futures: where job results go.
         seq_gap_timeout_s: how long a request waits for a missing ``seq_id``.
         models: base models served (``None``: every preset).
+        max_live_models: the most training models held at once (``None``: no limit).
+        session_timeout_s: a session whose last heartbeat and last model request are older
+            than this has ended (``None``: only a finish request ends one).
     """
 
     def __init__(
@@ -53,22 +64,87 @@ class Backend:
         *,
         seq_gap_timeout_s: float,
         models: Sequence[str] | None = None,
+        max_live_models: int | None = DEFAULT_MAX_LIVE_MODELS,
+        session_timeout_s: float | None = DEFAULT_SESSION_TIMEOUT_S,
     ) -> None:
+        if session_timeout_s is not None and session_timeout_s <= 0:
+            raise ValueError(f"session_timeout_s: expected > 0 or None, got {session_timeout_s}")
         self.store = store
         self.futures = futures
+        self.session_timeout_s = session_timeout_s
         self.scheduler = Scheduler(futures, seq_gap_timeout_s=seq_gap_timeout_s)
-        self.models = ModelRegistry(store, self.scheduler, models=models)
+        self.models = ModelRegistry(
+            store, self.scheduler, models=models, max_live_models=max_live_models
+        )
         self.samplers = SamplerRegistry(store, self.models)
         ctx = JobContext(store, self.scheduler, self.models, self.samplers)
         self.training = TrainingJobs(ctx)
         self.lifecycle = ModelJobs(ctx)
         self.checkpoints = CheckpointJobs(ctx)
         self.sampling = SamplingJobs(ctx)
+        self._stopping = threading.Event()
+        self._reaper: threading.Thread | None = None
 
     def start(self) -> None:
-        """Start the worker (it imports the model code first, off the caller's thread)."""
+        """Start the worker (it imports the model code first, off the caller's thread) and,
+        with a ``session_timeout_s``, the thread that ends timed-out sessions."""
         self.scheduler.start(warmup=warmup)
+        if self.session_timeout_s is not None:
+            self._reaper = threading.Thread(
+                target=self._reap_loop, name="tinkjax-session-reaper", daemon=True
+            )
+            self._reaper.start()
 
     def stop(self) -> None:
-        """Stop the worker thread."""
+        """Stop the worker and reaper threads."""
+        self._stopping.set()
+        if self._reaper is not None:
+            self._reaper.join(5)
         self.scheduler.stop()
+
+    def end_session(self, session_id: str) -> int:
+        """Free what an ended session holds in memory: its training models (their adapters
+        are removed once their queued requests ran; saved checkpoints stay and a later
+        ``load_weights`` re-creates a model) and its samplers' weights. Returns how many models
+        are being freed."""
+        self.samplers.forget_session(session_id)
+        n = 0
+        for record in self.models.records():
+            if record.session_id == session_id and not record.ending:
+                record.ending = True
+                self.lifecycle.free(record)
+                n += 1
+        return n
+
+    def reap_sessions(self, *, later_s: float = 0.0) -> list[str]:
+        """End every session holding models that finished, or whose last heartbeat and last
+        model request are both older than ``session_timeout_s`` (as if ``later_s`` more seconds
+        had passed); returns their ids."""
+        mono, wall = time.monotonic() + later_s, time.time() + later_s
+        last_used: dict[str, float] = {}
+        for record in self.models.records():
+            if record.session_id is not None and not record.ending:
+                sid = record.session_id
+                last_used[sid] = max(last_used.get(sid, 0.0), record.last_used)
+        ended = []
+        for sid, used in last_used.items():
+            try:
+                status = self.store.sessions.status(sid)
+            except UnknownSessionError:  # not a session of this store: leave its models
+                continue
+            beat = status["last_heartbeat"]
+            idle = mono - used if beat is None else min(mono - used, wall - beat.timestamp())
+            timeout = self.session_timeout_s
+            if status["finished_at"] is not None or (timeout is not None and idle > timeout):
+                self.end_session(sid)
+                ended.append(sid)
+        return ended
+
+    def _reap_loop(self) -> None:
+        assert self.session_timeout_s is not None
+        period = min(30.0, max(0.05, self.session_timeout_s / 4))
+        while not self._stopping.wait(period):
+            try:
+                self.reap_sessions()
+            except Exception:  # never let a store error kill the reaper
+                _log.exception("ending timed-out sessions failed")

@@ -9,7 +9,7 @@ from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext
 from tinkjax.server._samplers import SamplerRecord
 from tinkjax.server._store import UnknownCheckpointError, validate_name
-from tinkjax.server._validate import check_int, check_ttl
+from tinkjax.server._validate import check_int, check_ttl, check_user_metadata
 from tinkjax.server._weights import peft_files, state_files
 from tinkjax.types import (
     SaveWeightsForSamplerRequest,
@@ -52,6 +52,7 @@ class CheckpointJobs:
             req.path if req.path is not None else f"step-{target.seq_id}", field="path"
         )
         check_ttl(req.ttl_seconds)
+        check_user_metadata(req.user_metadata)
         record, store, models = target.record, self.ctx.store, self.ctx.models
 
         def run() -> SaveWeightsResponse:
@@ -75,6 +76,7 @@ class CheckpointJobs:
         if (repeat := target.repeat()) is not None:
             return repeat
         check_ttl(req.ttl_seconds)
+        check_user_metadata(req.user_metadata)
         record, store, models = target.record, self.ctx.store, self.ctx.models
         if req.path is not None:
             name = validate_name(req.path, field="path")

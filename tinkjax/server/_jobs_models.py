@@ -9,7 +9,7 @@ from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext, Ordered, new_request_id
 from tinkjax.server._models_registry import ModelRecord
 from tinkjax.server._scheduler import Job
-from tinkjax.server._validate import check_lora
+from tinkjax.server._validate import check_lora, check_user_metadata
 from tinkjax.server._weights import load_state
 from tinkjax.types import (
     CreateModelRequest,
@@ -46,6 +46,7 @@ class ModelJobs:
             )  # fmt: skip
         lora = req.lora_config if req.lora_config is not None else LoraConfig(rank=32)
         check_lora(lora)
+        check_user_metadata(req.user_metadata)
         record = ModelRecord(
             model_id=model_id, base_model=req.base_model, rank=lora.rank, seed=lora.seed,
             train_attn=lora.train_attn, train_mlp=lora.train_mlp,
@@ -88,7 +89,8 @@ class ModelJobs:
                 400, "load_weights needs session_id and model_seq_id, or model_id",
                 field="model_id",
             )  # fmt: skip
-        folder, meta, kind = models.checkpoint(req.path)
+        check_user_metadata(req.user_metadata)
+        _, meta, kind = models.checkpoint(req.path)
         if kind != "weights":
             raise ApiError(
                 400,
@@ -117,9 +119,12 @@ class ModelJobs:
 
         def run() -> LoadWeightsResponse:
             try:
+                # Looked up again: a save queued before this request may have replaced the
+                # version (and removed its folder) since the request was checked.
+                current, _, _ = models.checkpoint(path)
                 rt = models.runtime(record.base_model)
                 rt.import_state(
-                    model_id, load_state(folder), info=record.adapter_info(),
+                    model_id, load_state(current), info=record.adapter_info(),
                     include_optimizer=optimizer,
                 )  # fmt: skip
                 if create:
@@ -135,9 +140,13 @@ class ModelJobs:
 
     def unload_model(self, req: UnloadModelRequest) -> UntypedAPIFuture:
         """``/unload_model``: frees the adapter once the model's queued requests ran."""
-        models = self.ctx.models
-        record = models.get(req.model_id)
-        model_id = record.model_id
+        record = self.ctx.models.get(req.model_id)
+        return UntypedAPIFuture(request_id=self.free(record), model_id=record.model_id)
+
+    def free(self, record: ModelRecord) -> str:
+        """Queue the job that frees a model's adapter and forgets the model (its saved
+        checkpoints stay); returns the job's request id."""
+        models, model_id = self.ctx.models, record.model_id
 
         def run() -> UnloadModelResponse:
             rt = models.runtime(record.base_model)
@@ -146,5 +155,4 @@ class ModelJobs:
             models.unregister(model_id)
             return UnloadModelResponse(model_id=model_id, type="unload_model")
 
-        request_id = self.ctx.scheduler.submit(Job(new_request_id(), "unload_model", run=run))
-        return UntypedAPIFuture(request_id=request_id, model_id=model_id)
+        return self.ctx.scheduler.submit(Job(new_request_id(), "unload_model", run=run))

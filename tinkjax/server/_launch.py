@@ -128,6 +128,9 @@ def start(
     long_poll_s: float = 25.0,
     models: Sequence[str] | None = None,
     log_level: str = "warning",
+    max_live_models: int | None = 128,
+    session_timeout_s: float | None = 600.0,
+    max_telemetry_bytes: int = 64 * 2**20,
 ) -> ServerHandle:
     """Start a local Tinker-compatible backend on a background thread.
 
@@ -141,6 +144,11 @@ def start(
         long_poll_s: how long ``retrieve_future`` holds a poll before answering 408.
         models: base models served (``None``: every preset of ``tinkjax.models.PRESETS``).
         log_level: uvicorn's log level.
+        max_live_models: the most training models held in memory at once; one more
+            ``create_model`` / ``load_weights`` is answered 429 naming the limit (``None``: none).
+        session_timeout_s: a session with no heartbeat and no model request for this long has
+            ended and its models are freed, as on ``finish`` (``None``: only ``finish`` ends one).
+        max_telemetry_bytes: the most telemetry payload bytes kept (the oldest events go first).
 
     Returns:
         A :class:`ServerHandle`; use it as a context manager or call ``stop()``.
@@ -158,8 +166,11 @@ def start(
         raise ValueError("seq_gap_timeout_s must be > 0 and long_poll_s >= 0")
     temp_dir = Path(tempfile.mkdtemp(prefix="tinkjax-server-")) if data_dir is None else None
     root = temp_dir if temp_dir is not None else Path(data_dir)  # type: ignore[arg-type]
-    store = Store(root)
-    backend = Backend(store, FutureTable(), seq_gap_timeout_s=seq_gap_timeout_s, models=models)
+    store = Store(root, max_telemetry_bytes=max_telemetry_bytes)
+    backend = Backend(
+        store, FutureTable(), seq_gap_timeout_s=seq_gap_timeout_s, models=models,
+        max_live_models=max_live_models, session_timeout_s=session_timeout_s,
+    )  # fmt: skip
     faults = faults if faults is not None else FaultConfig()
     inner: Any = build_app(
         backend, AppConfig(max_body_bytes=max_body_bytes, long_poll_s=long_poll_s)

@@ -8,8 +8,9 @@ thread only (the JAX runtime is not thread-safe).
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +28,10 @@ from tinkjax.types import (
 if TYPE_CHECKING:
     from tinkjax.models import AdapterInfo, ModelConfig, ModelRuntime
 
-__all__ = ["ModelRecord", "ModelRegistry", "warmup"]
+__all__ = ["DEFAULT_MAX_LIVE_MODELS", "ModelRecord", "ModelRegistry", "warmup"]
+
+#: Live training models (adapters in memory, about 15 MB each at rank 64) a server holds at once.
+DEFAULT_MAX_LIVE_MODELS = 128
 
 
 @dataclass
@@ -43,6 +47,10 @@ class ModelRecord:
     train_unembed: bool
     session_id: str | None
     user_metadata: dict[str, Any] | None = None
+    last_used: float = field(default_factory=time.monotonic, compare=False)
+    """``time.monotonic()`` of the last request naming the model."""
+    ending: bool = field(default=False, compare=False)
+    """Its session ended and the job freeing it is queued."""
 
     @classmethod
     def from_meta(
@@ -99,13 +107,23 @@ class ModelRegistry:
         store: durable sessions, runs and checkpoints.
         scheduler: the model orders (an id is taken while its order exists).
         models: base models served (``None``: every preset).
+        max_live_models: the most training models held at once; creating or loading one more
+            is answered 429 naming the limit (``None``: no limit).
     """
 
     def __init__(
-        self, store: Store, scheduler: Scheduler, *, models: Sequence[str] | None = None
+        self,
+        store: Store,
+        scheduler: Scheduler,
+        *,
+        models: Sequence[str] | None = None,
+        max_live_models: int | None = DEFAULT_MAX_LIVE_MODELS,
     ) -> None:
+        if max_live_models is not None and max_live_models < 1:
+            raise ValueError(f"max_live_models: expected >= 1 or None, got {max_live_models}")
         self.store = store
         self.scheduler = scheduler
+        self.max_live_models = max_live_models
         self.allowed_models = None if models is None else tuple(models)
         self._lock = threading.Lock()
         self._models: dict[str, ModelRecord] = {}
@@ -163,16 +181,18 @@ class ModelRegistry:
     # ----------------------------------------------------------------- training models
 
     def get(self, model_id: Any) -> ModelRecord:
-        """The model ``model_id``; 404 naming it otherwise."""
+        """The model ``model_id`` (marked as used now); 404 naming it otherwise."""
         with self._lock:
             record = self._models.get(model_id) if isinstance(model_id, str) else None
         if record is None:
             raise ApiError(
                 404,
                 f"model_id: unknown model {model_id!r} (create it with create_model or "
-                "load_weights; models do not survive a server restart)",
+                "load_weights from a saved checkpoint; models do not survive a server restart "
+                "or the end of their session)",
                 field="model_id",
             )
+        record.last_used = time.monotonic()
         return record
 
     def records(self) -> list[ModelRecord]:
@@ -218,8 +238,22 @@ class ModelRegistry:
         return model_id, existing
 
     def register(self, record: ModelRecord) -> None:
-        """Make ``record`` visible to requests."""
+        """Make ``record`` visible to requests; 429 when ``max_live_models`` are held."""
         with self._lock:
+            limit = self.max_live_models
+            if (
+                limit is not None
+                and record.model_id not in self._models
+                and len(self._models) >= limit
+            ):
+                raise ApiError(
+                    429,
+                    f"max_live_models: this server holds {len(self._models)} live training "
+                    f"models, its limit is {limit}; unload a model (unload_model) or end its "
+                    "session (saved checkpoints stay loadable), or start the server with a "
+                    "higher --max-live-models",
+                    field="max_live_models",
+                )
             self._models[record.model_id] = record
 
     def discard(self, model_id: str) -> None:

@@ -36,6 +36,7 @@ from tinkjax.server._errors import ApiError
 from tinkjax.server._http import Handler, digest, json_response, page, read_body, read_json_body
 from tinkjax.server._rest import CheckpointRoutes
 from tinkjax.server._store import UnknownCheckpointError
+from tinkjax.server._validate import check_user_metadata
 from tinkjax.types import (
     ClientConfigResponse,
     ClientDynamicConfigResponse,
@@ -132,6 +133,7 @@ class _Handlers:
         self.long_poll_s = long_poll_s
 
     def create_session(self, req: CreateSessionRequest) -> CreateSessionResponse:
+        check_user_metadata(req.user_metadata)
         session_id = str(uuid.uuid4())
         self.backend.store.sessions.add(
             session_id, tags=req.tags, user_metadata=req.user_metadata,
@@ -145,6 +147,7 @@ class _Handlers:
 
     def finish_session(self, req: SessionFinishRequest, session_id: str) -> dict[str, Any]:
         self.backend.store.sessions.finish(session_id, reason=req.reason.type, detail=req.detail)
+        self.backend.end_session(session_id)  # frees its models and samplers' weights
         return {}
 
     def weights_info(self, req: WeightsInfoRequest) -> WeightsInfoResponse:

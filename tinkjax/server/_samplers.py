@@ -53,6 +53,10 @@ class SamplerRegistry:
         self._lock = threading.Lock()
         self._samplers: dict[str, SamplerRecord] = {}
         self._snapshot_ids: collections.deque[str] = collections.deque()
+        self._session_of: dict[str, str] = {}  # sampler id -> its session, while held here
+        # samplers of saved weights whose snapshot is cached, least recently used first; beyond
+        # max_snapshots the oldest cached weights are dropped (read again from disk when used)
+        self._loaded: collections.OrderedDict[str, SamplerRecord] = collections.OrderedDict()
 
     def check_new(self, sampler_id: str) -> None:
         """400 when ``sampler_id`` is taken."""
@@ -72,10 +76,33 @@ class SamplerRegistry:
         )  # fmt: skip
         with self._lock:
             self._samplers[record.sampler_id] = record
+            if session_id is not None:
+                self._session_of[record.sampler_id] = session_id
             if record.snapshot is not None:
                 self._snapshot_ids.append(record.sampler_id)
                 while len(self._snapshot_ids) > self.max_snapshots:
-                    self._samplers.pop(self._snapshot_ids.popleft(), None)
+                    gone = self._snapshot_ids.popleft()
+                    self._samplers.pop(gone, None)
+                    self._session_of.pop(gone, None)
+
+    def forget_session(self, session_id: str) -> int:
+        """Drop the in-memory weights of an ended session's samplers; returns how many.
+
+        Samplers of saved weights are read again from their checkpoint if used later; those of
+        an unnamed snapshot are gone (sampling from them is a 404 that says so).
+        """
+        with self._lock:
+            ids = [sid for sid, owner in self._session_of.items() if owner == session_id]
+            for sid in ids:
+                self._samplers.pop(sid, None)
+                self._loaded.pop(sid, None)
+                del self._session_of[sid]
+            if ids:
+                dropped = set(ids)
+                self._snapshot_ids = collections.deque(
+                    s for s in self._snapshot_ids if s not in dropped
+                )
+        return len(ids)
 
     def get(self, sampler_id: str) -> GetSamplerResponse:
         """``GET /samplers/{id}``."""
@@ -117,7 +144,7 @@ class SamplerRegistry:
                 404,
                 f"sampling_session_id: {sampler_id!r} sampled from an in-memory weights "
                 f"snapshot, which is gone (only the last {self.max_snapshots} are kept, and none "
-                "survive a restart); create a new sampling client",
+                "survive a restart or the end of their session); create a new sampling client",
                 field="sampling_session_id",
             )
         record = SamplerRecord(
@@ -128,8 +155,14 @@ class SamplerRegistry:
         return record
 
     def snapshot(self, sampler: SamplerRecord) -> AdapterSnapshot | None:
-        """The sampler's weights (worker thread; saved weights are read once and cached)."""
-        if sampler.snapshot is not None or sampler.model_path is None:
+        """The sampler's weights (worker thread; saved weights are read once and cached, the
+        ``max_snapshots`` most recently used)."""
+        if sampler.model_path is None:
+            return sampler.snapshot
+        if sampler.snapshot is not None:
+            with self._lock:
+                if sampler.sampler_id in self._loaded:
+                    self._loaded.move_to_end(sampler.sampler_id)
             return sampler.snapshot
         folder, meta = self.store.checkpoints.folder(sampler.model_path)
         rt = self.models.runtime(sampler.base_model)
@@ -147,4 +180,9 @@ class SamplerRegistry:
                 rt.remove_adapter(scratch)
         if sampler.sampler_id:
             sampler.snapshot = snapshot
+            with self._lock:
+                self._loaded[sampler.sampler_id] = sampler
+                while len(self._loaded) > self.max_snapshots:
+                    _, evicted = self._loaded.popitem(last=False)
+                    evicted.snapshot = None  # its checkpoint is read again on next use
         return snapshot

@@ -65,10 +65,17 @@ class Store:
         data_dir: folder for ``meta.sqlite``, ``checkpoints/`` and ``archives/`` (created).
         owner: the ``model_owner`` reported for training runs.
         max_telemetry_events: the most telemetry events kept; the oldest are dropped beyond it.
+        max_telemetry_bytes: the most telemetry payload bytes kept; the oldest events are
+            dropped beyond it.
     """
 
     def __init__(
-        self, data_dir: Path, *, owner: str = "local", max_telemetry_events: int = 100_000
+        self,
+        data_dir: Path,
+        *,
+        owner: str = "local",
+        max_telemetry_events: int = 100_000,
+        max_telemetry_bytes: int = 64 * 2**20,
     ) -> None:
         self.data_dir = Path(data_dir)
         self.data_dir.mkdir(parents=True, exist_ok=True)
@@ -76,7 +83,9 @@ class Store:
         self.sessions = Sessions(self.db)
         self.runs = TrainingRuns(self.db, owner=owner)
         self.checkpoints = Checkpoints(self.db, self.data_dir)
-        self.telemetry = Telemetry(self.db, max_events=max_telemetry_events)
+        self.telemetry = Telemetry(
+            self.db, max_events=max_telemetry_events, max_bytes=max_telemetry_bytes
+        )
 
     def close(self) -> None:
         """Persist pending touches and close the database (idempotent); the store is unusable after."""

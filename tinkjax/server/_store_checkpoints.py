@@ -1,16 +1,24 @@
-"""Checkpoints of the store: atomic folder writes, crash repair, reads, listing, archives.
+"""Checkpoints of the store: crash-safe versioned folders, crash repair, reads, listing, archives.
 
 Layout under ``data_dir``::
 
-    checkpoints/<model dir>/<kind>/<name>/...     checkpoint files (kind: weights | sampler_weights)
+    checkpoints/<model dir>/<kind>/<name>@<version>/...   checkpoint files (kind: weights | sampler_weights)
     archives/<model dir>/<kind>/<name>/<version>.tar.gz   cached archives of checkpoint folders
 
 ``<model dir>`` is the model id percent-encoded (``:`` → ``%3A``, ``.`` → ``%2E``), so every id is a
-valid, dot-free file name. A checkpoint folder is written as ``.tmp-<name>-<hex>`` next to its final
-place and renamed into place; an overwrite first renames the old folder to ``.old-<name>-<hex>``.
-Opening repairs what a crash can leave behind: temp folders are removed, a lone ``.old`` folder
-is put back, folders without a row and rows without a folder are dropped. Slow file work
-(writing files, building archives) runs outside the database lock.
+valid, dot-free file name; ``@`` never occurs in a name, so ``<name>@<version>`` is unambiguous.
+
+The committed row decides, always. A save writes and fsyncs the files in ``.tmp-<name>-<hex>``,
+renames that to ``<name>@<new version>`` (a folder no row points to yet), commits the row with the
+new version, and only then removes the old version's folder and archive. A delete commits the row's
+removal, then removes the files. Opening the store repairs what a kill at any step can leave:
+temp folders and temp archive files are removed, and so is every folder and archive whose version
+is not the one its committed row names. So after a crash each checkpoint is exactly the version
+of its last committed save (an acknowledged one, or one whose answer was lost in the crash), and
+archives, keyed by version, always hold the files a load reads. The steps carry named crash
+points (:mod:`tinkjax.server._crashpoints`) that tests use to kill the process at each one.
+
+Slow file work (writing files, building archives) runs outside the database lock.
 """
 
 from __future__ import annotations
@@ -40,6 +48,7 @@ from tinkjax.types import (
 )
 
 from ._archive import fsync_dir, make_tar_gz
+from ._crashpoints import crash_point
 from ._store_db import Database, checkpoint_of
 from ._store_errors import InvalidNameError, UnknownCheckpointError
 from ._store_util import (
@@ -57,6 +66,8 @@ from ._store_util import (
 )
 
 __all__ = ["Checkpoints"]
+
+_VERSION_SEP = "@"  # never in a name (see validate_name): ``<name>@<version>`` folders
 
 
 class Checkpoints:
@@ -80,41 +91,90 @@ class Checkpoints:
     def _kind_dir(self, model_id: str, kind: str) -> Path:
         return self.root / model_dir_name(model_id) / kind
 
+    def _version_dir(self, model_id: str, kind: str, name: str, version: str) -> Path:
+        return self._kind_dir(model_id, kind) / f"{name}{_VERSION_SEP}{version}"
+
     def _archive_dir(self, model_id: str, kind: str, name: str) -> Path:
         return self.archives_root / model_dir_name(model_id) / kind / name
 
     def _recover(self) -> None:
-        """Repair what a crash in the middle of a save or delete can leave (lock held)."""
-        rows = self._db.all("SELECT model_id, kind, name FROM checkpoints")
-        known = {(model_dir_name(r["model_id"]), r["kind"], r["name"]) for r in rows}
-        for model_dir in self.root.iterdir():
+        """Make the files agree with the committed rows after a crash (lock held).
+
+        Every step is idempotent, so a crash during recovery is repaired by the next opening.
+        """
+        rows = self._db.all("SELECT model_id, kind, name, version FROM checkpoints")
+        current = {
+            (model_dir_name(r["model_id"]), r["kind"], r["name"]): r["version"] for r in rows
+        }
+        for model_dir in list(self.root.iterdir()):
             for kind in KINDS:
                 kdir = model_dir / kind
-                if not kdir.is_dir():
-                    continue
-                for entry in sorted(kdir.iterdir()):
-                    if entry.name.startswith(".tmp-"):
-                        shutil.rmtree(entry, ignore_errors=True)
-                    elif entry.name.startswith(".old-"):
-                        name = entry.name[len(".old-") :].rsplit("-", 1)[0]
-                        final = kdir / name
-                        if not final.exists():
-                            entry.rename(final)
-                        else:
-                            shutil.rmtree(entry, ignore_errors=True)
-                for entry in kdir.iterdir():
-                    if (
-                        not entry.name.startswith(".")
-                        and (model_dir.name, kind, entry.name) not in known
-                    ):
-                        shutil.rmtree(entry, ignore_errors=True)
+                if kdir.is_dir():
+                    self._recover_kind_dir(kdir, model_dir.name, kind, current)
         with self._db.tx():
             for r in rows:
-                if not (self._kind_dir(r["model_id"], r["kind"]) / r["name"]).is_dir():
+                folder = self._version_dir(r["model_id"], r["kind"], r["name"], r["version"])
+                if not folder.is_dir():  # lost outside the store's control: drop the row
                     self._db.execute(
                         "DELETE FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
                         (r["model_id"], r["kind"], r["name"]),
                     )
+                    current.pop((model_dir_name(r["model_id"]), r["kind"], r["name"]), None)
+        self._recover_archives(current)
+
+    @staticmethod
+    def _recover_kind_dir(
+        kdir: Path, model_dir: str, kind: str, current: Mapping[tuple[str, str, str], str]
+    ) -> None:
+        """Repair one ``<model dir>/<kind>`` folder (see :meth:`_recover`)."""
+        entries = sorted(kdir.iterdir())
+        # A data dir of an older release: ``.old-<name>-<hex>`` (an overwrite moved the old folder
+        # aside) and unversioned ``<name>`` folders. Put a lone ``.old`` back, then give the
+        # folder of each row its versioned name.
+        for entry in entries:
+            if entry.name.startswith(".old-"):
+                name = entry.name[len(".old-") :].rsplit("-", 1)[0]
+                if (kdir / name).exists():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:
+                    entry.rename(kdir / name)
+        for entry in sorted(kdir.iterdir()):
+            if entry.name.startswith(".") or _VERSION_SEP in entry.name:
+                continue
+            version = current.get((model_dir, kind, entry.name))
+            versioned = kdir / f"{entry.name}{_VERSION_SEP}{version}"
+            if version is not None and not versioned.exists():
+                entry.rename(versioned)
+            else:
+                shutil.rmtree(entry, ignore_errors=True)
+        for entry in sorted(kdir.iterdir()):
+            name, sep, version = entry.name.rpartition(_VERSION_SEP)
+            if (
+                entry.name.startswith(".")
+                or not sep
+                or current.get((model_dir, kind, name)) != version
+            ):
+                # a temp folder, a staged save never committed, or a version replaced or deleted
+                shutil.rmtree(entry, ignore_errors=True)
+        fsync_dir(kdir)
+
+    def _recover_archives(self, current: Mapping[tuple[str, str, str], str]) -> None:
+        """Remove temp archives and the archives of versions no row names (lock held)."""
+        for name_dir in sorted(self.archives_root.glob("*/*/*")):
+            model_dir, kind = name_dir.parent.parent.name, name_dir.parent.name
+            version = current.get((model_dir, kind, name_dir.name))
+            if not name_dir.is_dir() or name_dir.is_symlink():
+                name_dir.unlink(missing_ok=True)
+                continue
+            for entry in list(name_dir.iterdir()):
+                if version is not None and entry.name == f"{version}.tar.gz" and entry.is_file():
+                    continue
+                if entry.is_dir() and not entry.is_symlink():
+                    shutil.rmtree(entry, ignore_errors=True)
+                else:  # a temp file (TEMP_PREFIX) or an archive of another version
+                    entry.unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                name_dir.rmdir()  # only when empty
 
     # -- checkpoints ------------------------------------------------------------------------
 
@@ -178,7 +238,11 @@ class Checkpoints:
             self._db.require_run(model_id)
         kdir = self._kind_dir(model_id, kind)
         kdir.mkdir(parents=True, exist_ok=True)
-        tmp = kdir / f".tmp-{name}-{uuid.uuid4().hex}"
+        version = uuid.uuid4().hex
+        tmp = kdir / f".tmp-{name}-{version}"
+        staged = kdir / f"{name}{_VERSION_SEP}{version}"
+        committed = False
+        old: Any = None
         try:
             tmp.mkdir()
             for rel, data in rels:
@@ -190,13 +254,21 @@ class Checkpoints:
                     os.fsync(f.fileno())
             for d in sorted({(tmp / rel).parent for rel, _ in rels} | {tmp}, reverse=True):
                 fsync_dir(d)
+            crash_point("save.files_written")
+            # Staged under its versioned name: until the row names this version, recovery
+            # removes it as a save that never happened.
+            tmp.rename(staged)
+            fsync_dir(kdir)
+            crash_point("save.staged")
             size = sum(len(d) for _, d in rels)
             now = utc_now()
             expires = expires_at(now, ttl_seconds)
-            final = kdir / name
-            old: Path | None = None
             with self._db.lock:
                 self._db.require_run(model_id)
+                old = self._db.one(
+                    "SELECT version FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
+                    (model_id, kind, name),
+                )
                 with self._db.tx() as c:
                     c.execute(
                         "INSERT INTO checkpoints (model_id, kind, name, time, size_bytes, meta,"
@@ -215,28 +287,29 @@ class Checkpoints:
                             meta_json,
                             user_json,
                             expires,
-                            uuid.uuid4().hex,
+                            version,
                         ),
                     )
-                    if final.exists():
-                        old = kdir / f".old-{name}-{uuid.uuid4().hex}"
-                        final.rename(old)
-                    try:
-                        tmp.rename(final)
-                    except BaseException:
-                        if old is not None:
-                            old.rename(final)
-                            old = None
-                        raise
-                    fsync_dir(kdir)
+                committed = True
                 row = self._db.checkpoint_row(model_id, kind, name)
-                shutil.rmtree(self._archive_dir(model_id, kind, name), ignore_errors=True)
         except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
+            if not committed:
+                shutil.rmtree(tmp, ignore_errors=True)
+                shutil.rmtree(staged, ignore_errors=True)
             raise
+        crash_point("save.committed")
         if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+            self._remove_version(model_id, kind, name, old["version"])
+        crash_point("save.cleaned")
         return checkpoint_of(row)
+
+    def _remove_version(self, model_id: str, kind: str, name: str, version: str) -> None:
+        """Remove the folder and cached archive of a version no row names any more."""
+        shutil.rmtree(self._version_dir(model_id, kind, name, version), ignore_errors=True)
+        archive_dir = self._archive_dir(model_id, kind, name)
+        (archive_dir / f"{version}.tar.gz").unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            archive_dir.rmdir()  # only when empty
 
     def _resolve(self, tinker_path: str) -> tuple[str, str, str]:
         if not isinstance(tinker_path, str):
@@ -251,7 +324,8 @@ class Checkpoints:
     def folder(self, tinker_path: str) -> tuple[Path, dict[str, Any]]:
         """The folder and ``meta`` of ``tinker://{model_id}/{weights|sampler_weights}/{name}``.
 
-        The folder stays valid until the checkpoint is overwritten or deleted.
+        The folder (of the committed version) stays valid until the checkpoint is overwritten
+        or deleted.
 
         Raises:
             WireFormatError: a malformed path.
@@ -261,7 +335,7 @@ class Checkpoints:
         with self._db.lock:
             row = self._db.checkpoint_row(model_id, kind, name)
             meta: dict[str, Any] = json.loads(row["meta"])
-        return self._kind_dir(model_id, kind) / name, meta
+        return self._version_dir(model_id, kind, name, row["version"]), meta
 
     def read(self, tinker_path: str) -> tuple[dict[str, bytes], dict[str, Any]]:
         """Every file (relative ``/``-separated name → bytes) and the ``meta`` of a checkpoint.
@@ -275,7 +349,7 @@ class Checkpoints:
         model_id, kind, name = self._resolve(tinker_path)
         with self._db.lock:
             row = self._db.checkpoint_row(model_id, kind, name)
-            folder = self._kind_dir(model_id, kind) / name
+            folder = self._version_dir(model_id, kind, name, row["version"])
             files = {
                 p.relative_to(folder).as_posix(): p.read_bytes()
                 for p in sorted(folder.rglob("*"))
@@ -348,25 +422,16 @@ class Checkpoints:
             UnknownCheckpointError: no such checkpoint.
         """
         kind, name = parse_checkpoint_id(checkpoint_id)
-        kdir = self._kind_dir(model_id, kind)
         with self._db.lock:
-            self._db.checkpoint_row(model_id, kind, name)
-            old = kdir / f".old-{name}-{uuid.uuid4().hex}"
-            final = kdir / name
-            if final.exists():
-                final.rename(old)
-            try:
-                with self._db.tx() as c:
-                    c.execute(
-                        "DELETE FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
-                        (model_id, kind, name),
-                    )
-            except BaseException:
-                if old.exists():
-                    old.rename(final)
-                raise
-            shutil.rmtree(self._archive_dir(model_id, kind, name), ignore_errors=True)
-        shutil.rmtree(old, ignore_errors=True)
+            version = self._db.checkpoint_row(model_id, kind, name)["version"]
+            with self._db.tx() as c:
+                c.execute(
+                    "DELETE FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
+                    (model_id, kind, name),
+                )
+        crash_point("delete.committed")
+        self._remove_version(model_id, kind, name, version)
+        crash_point("delete.cleaned")
 
     def set_public(self, model_id: str, checkpoint_id: str, public: bool) -> None:
         """Publish or unpublish a checkpoint.
@@ -407,27 +472,32 @@ class Checkpoints:
             UnknownCheckpointError: no such checkpoint.
         """
         kind, name = parse_checkpoint_id(checkpoint_id)
-        src = self._kind_dir(model_id, kind) / name
         with self._archive_lock:
             for _ in range(10):
                 with self._db.lock:
                     row = self._db.checkpoint_row(model_id, kind, name)
                 version, mtime = row["version"], datetime.fromisoformat(row["time"]).timestamp()
+                src = self._version_dir(model_id, kind, name, version)
                 dest = self._archive_dir(model_id, kind, name) / f"{version}.tar.gz"
                 if dest.is_file():
                     return dest
                 try:
-                    make_tar_gz(src, dest, mtime=mtime)
+                    make_tar_gz(
+                        src, dest, mtime=mtime,
+                        before_replace=lambda: crash_point("archive.written"),
+                    )  # fmt: skip
                 except FileNotFoundError:
                     continue  # overwritten or deleted while read: look again
+                crash_point("archive.renamed")
                 with self._db.lock:
-                    current = self._db.execute(
+                    now = self._db.one(
                         "SELECT version FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
                         (model_id, kind, name),
-                    ).fetchone()
-                    if current is not None and current["version"] == version:
+                    )
+                    if now is not None and now["version"] == version:
                         return dest
-                shutil.rmtree(dest.parent, ignore_errors=True)
+                # Replaced or deleted meanwhile (the folder may have gone while it was read).
+                dest.unlink(missing_ok=True)
         raise UnknownCheckpointError(f"tinker://{model_id}/{checkpoint_id}")
 
     def weights_info(self, tinker_path: str) -> WeightsInfoResponse:

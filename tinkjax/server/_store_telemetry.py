@@ -1,4 +1,5 @@
-"""Telemetry events the SDKs post, kept (newest ``max_events``) for tests and debugging."""
+"""Telemetry events the SDKs post, kept (the newest ``max_events``, at most ``max_bytes`` of
+payload) for tests and debugging; one event over ``max_event_bytes`` is refused."""
 
 from __future__ import annotations
 
@@ -12,7 +13,10 @@ from ._store_db import Database
 from ._store_errors import InvalidNameError
 from ._store_util import check_page, iso, utc_now
 
-__all__ = ["Telemetry"]
+__all__ = ["MAX_TELEMETRY_EVENT_BYTES", "Telemetry"]
+
+#: The largest telemetry event accepted (its JSON encoding).
+MAX_TELEMETRY_EVENT_BYTES = 64 * 1024
 
 
 class Telemetry:
@@ -21,17 +25,36 @@ class Telemetry:
     Args:
         db: the store's database.
         max_events: the most events kept; the oldest are dropped beyond it.
+        max_bytes: the most payload bytes kept; the oldest events are dropped beyond it.
+        max_event_bytes: a larger event is refused (``InvalidNameError`` naming it).
     """
 
-    def __init__(self, db: Database, *, max_events: int) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        max_events: int,
+        max_bytes: int = 64 * 2**20,
+        max_event_bytes: int = MAX_TELEMETRY_EVENT_BYTES,
+    ) -> None:
+        if max_bytes < max_event_bytes:
+            raise ValueError(
+                f"max_bytes ({max_bytes}) must be >= max_event_bytes ({max_event_bytes})"
+            )
         self._db = db
         self.max_events = max_events
+        self.max_bytes = max_bytes
+        self.max_event_bytes = max_event_bytes
+        with db.lock:
+            self._bytes = int(
+                db.one("SELECT COALESCE(SUM(length(payload)), 0) FROM telemetry")[0]  # type: ignore[index]
+            )
 
     def add(self, session_id: str | None, events: Sequence[Any]) -> int:
         """Keep telemetry events (mappings or wire Structs); returns how many were stored."""
         now = iso(utc_now())
         rows = []
-        for ev in events:
+        for i, ev in enumerate(events):
             data = msgspec.to_builtins(ev)
             if not isinstance(data, dict):
                 raise InvalidNameError(
@@ -41,17 +64,37 @@ class Telemetry:
                 )
             kind = data.get("event")
             name = data.get("event_name", kind)
-            rows.append((session_id, kind, name, now, json.dumps(data, sort_keys=True)))
+            payload = json.dumps(data, sort_keys=True)
+            if len(payload) > self.max_event_bytes:  # length() in SQLite counts characters too
+                raise InvalidNameError(
+                    f"a telemetry event of {len(payload)} bytes is over the limit of "
+                    f"{self.max_event_bytes}",
+                    field=f"events[{i}]",
+                    value=len(payload),
+                )
+            rows.append((session_id, kind, name, now, payload))
         with self._db.lock, self._db.tx() as c:
             c.executemany(
                 "INSERT INTO telemetry (session_id, event, event_name, received_at, payload)"
                 " VALUES (?,?,?,?,?)",
                 rows,
             )
-            c.execute(
-                "DELETE FROM telemetry WHERE id <= (SELECT MAX(id) FROM telemetry) - ?",
-                (self.max_events,),
-            )
+            self._bytes += sum(len(r[4]) for r in rows)
+            cutoff = c.execute("SELECT MAX(id) FROM telemetry").fetchone()[0] - self.max_events
+            if self._bytes > self.max_bytes:  # drop the oldest until the rest fits
+                excess = self._bytes - self.max_bytes
+                for row in c.execute("SELECT id, length(payload) FROM telemetry ORDER BY id"):
+                    if excess <= 0:
+                        break
+                    excess -= row[1]
+                    cutoff = max(cutoff, row[0])
+            if cutoff > 0:
+                gone = c.execute(
+                    "SELECT COALESCE(SUM(length(payload)), 0) FROM telemetry WHERE id <= ?",
+                    (cutoff,),
+                ).fetchone()[0]
+                c.execute("DELETE FROM telemetry WHERE id <= ?", (cutoff,))
+                self._bytes -= int(gone)
         return len(rows)
 
     def query(

@@ -18,6 +18,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import numpy as np
 
 from tinkjax.server._errors import ApiError
@@ -28,6 +29,8 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DEFAULT_MAX_TOKENS",
+    "MAX_METADATA_BYTES",
+    "MAX_METADATA_ITEM_BYTES",
     "MAX_NUM_SAMPLES",
     "MAX_TTL_S",
     "SamplePlan",
@@ -37,6 +40,7 @@ __all__ = [
     "check_lora",
     "check_tinker_path",
     "check_ttl",
+    "check_user_metadata",
     "fwdbwd_item",
     "sample_plan",
     "stop_sequences",
@@ -48,6 +52,10 @@ DEFAULT_MAX_TOKENS = 64
 MAX_NUM_SAMPLES = 1024
 #: Longest checkpoint ``ttl_seconds`` accepted (about ten years).
 MAX_TTL_S = 10 * 366 * 86400
+#: Largest ``user_metadata`` entry (its key and value, JSON-encoded) accepted.
+MAX_METADATA_ITEM_BYTES = 16 * 1024
+#: Largest ``user_metadata`` object (JSON-encoded) accepted.
+MAX_METADATA_BYTES = 64 * 1024
 
 
 def check_int(value: Any, field: str, *, low: int | None = None, high: int | None = None) -> int:
@@ -64,6 +72,36 @@ def check_float(value: Any, field: str) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ApiError(400, f"{field}: expected a finite number, got {value!r}", field=field)
     return float(value)
+
+
+def check_user_metadata(value: Any, field: str = "user_metadata") -> None:
+    """``None`` or an object within :data:`MAX_METADATA_ITEM_BYTES` per entry and
+    :data:`MAX_METADATA_BYTES` in all (JSON-encoded); 400 naming the entry otherwise."""
+    if value is None:
+        return
+    if not isinstance(value, dict):
+        raise ApiError(400, f"{field}: expected an object, got {type(value).__name__}", field=field)
+    total = 2
+    for key, item in value.items():
+        try:
+            size = len(msgspec.json.encode(key)) + len(msgspec.json.encode(item)) + 2
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise ApiError(400, f"{field}[{key!r}]: {exc}", field=f"{field}[{key!r}]") from None
+        if size > MAX_METADATA_ITEM_BYTES:
+            raise ApiError(
+                400,
+                f"{field}[{key!r}]: {size} bytes, over the limit of {MAX_METADATA_ITEM_BYTES} "
+                "bytes per entry",
+                field=f"{field}[{key!r}]",
+            )
+        total += size
+    if total > MAX_METADATA_BYTES:
+        raise ApiError(
+            400,
+            f"{field}: {total} bytes in {len(value)} entries, over the limit of "
+            f"{MAX_METADATA_BYTES} bytes",
+            field=field,
+        )
 
 
 def check_ttl(ttl: Any) -> None:
