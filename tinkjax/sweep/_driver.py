@@ -261,7 +261,36 @@ async def run_async(
     api_key: str | None = None,
     progress: bool = True,
 ) -> Results:
-    """Run a sweep (see :func:`tinkjax.sweep.run`, whose arguments these are)."""
+    """Run every configuration of a sweep; returns its :class:`~tinkjax.sweep.Results`.
+
+    Args:
+        step: ``step(run, index)`` — async or plain — does one training step of one run with
+            ``run.training`` (see :class:`Run`) and returns its output (a
+            ``CustomForwardBackwardOutput``, a :class:`StepResult`, a metrics dict, or
+            ``None``); or a ready loop, :func:`supervised` or :func:`rl`.
+        steps: steps per run.
+        base: the base run config, merged over :data:`DEFAULT_CONFIG`.
+        grid: dotted leaf path → values; every combination is a run.
+        runs: explicit runs, each a mapping of leaf paths (or nested tables) to values; added
+            after the grid's. With neither ``grid`` nor ``runs`` the base config is one run.
+        directory: the sweep directory (log, manifest, the local backend's checkpoints); run
+            the same sweep again with it to resume. ``None``: results in memory only.
+        checkpoint_every: save every run's state every this many steps (and after the last);
+            with a directory and no schedule, only after the last step.
+        max_in_flight: how many steps (of all runs) may run at once.
+        retry: what to do when a step raises (default: the run fails, the others go on).
+        early_stop: ``early_stop(run, row) -> bool`` after each step; true ends the run
+            (status ``stopped``).
+        service: a ``ServiceClient`` to use (any backend); default: one made from
+            ``base_url``/``api_key`` or the environment, the embedded backend when neither.
+        base_url, api_key: for the default service client.
+        progress: show a progress bar over all the sweep's steps (on a terminal).
+
+    Raises:
+        SweepConfigError: a config leaf that does not exist, a grid with no runs, a bad
+            setting (before anything runs; names the leaf or setting).
+        SweepDirectoryError: the directory holds a different sweep (names the file).
+    """
     if steps < 1:
         raise SweepConfigError(f"steps: expected >= 1, got {steps}")
     if checkpoint_every is not None and checkpoint_every < 1:
