@@ -52,8 +52,8 @@ def _run_core(rt: ModelRuntime, loss: str, packed: Any, chunk_tokens: int) -> An
         acc = jax.tree.map(jnp.zeros_like, rt._acc)
         return jax.jit(core, static_argnames=("config", "loss_name"))(
             config=rt.config, loss_name=loss, base=rt._base, stack=rt._stack, acc=acc,
-            batch_slots=packed.batch_slots, scale=packed.scale, row_slot=packed.row_slot,
-            tokens=packed.tokens, targets=packed.targets, valid=packed.valid,
+            batch_slots=packed.batch_slots, acc_slots=packed.batch_slots, scale=packed.scale,
+            row_slot=packed.row_slot, tokens=packed.tokens, targets=packed.targets, valid=packed.valid,
             inputs=packed.inputs, loss_config=packed.loss_config,
         )  # fmt: skip
     finally:

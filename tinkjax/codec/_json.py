@@ -105,11 +105,23 @@ def decode_json(data: bytes | str, tp: type[T]) -> T:
         if isinstance(cause, WireFormatError):  # raised by a type's __post_init__ check
             inner = cause.field
             field = f"{field or '$'}.{inner}" if inner else field
-        raise DecodeError(f"invalid {getattr(tp, '__name__', tp)}: {exc}", field=field) from None
+        message = str(exc)
+        if message.startswith(_NULL_FLOAT):
+            # JSON has no NaN or infinity: Python's json (the official SDK) writes them as null.
+            message = (
+                f"{field}: expected a finite number, got null (a NaN or infinity, which JSON "
+                "encoders write as null, or a missing value)"
+            )
+        raise DecodeError(
+            f"invalid {getattr(tp, '__name__', tp)}: {message}", field=field
+        ) from None
     except msgspec.DecodeError as exc:
         raise DecodeError(f"malformed JSON: {exc}") from None
     except WireFormatError as exc:  # raised from a __post_init__ check
         raise DecodeError(str(exc), field=exc.field) from None
+
+
+_NULL_FLOAT = "Expected `float`, got `null`"
 
 
 def _path_of(message: str) -> str | None:

@@ -22,6 +22,8 @@ import optax
 from tinkjax.models._adapters import init_lora_weights
 from tinkjax.models._programs import (
     LoraStack,
+    commit_core,
+    finite_rows_core,
     forward_backward_core,
     forward_core,
     optim_core,
@@ -91,6 +93,8 @@ forward_backward_jit = jax.jit(
     donate_argnames=("acc",),
 )
 optim_jit = jax.jit(_counted("optim_step", optim_core), donate_argnames=("stack", "opt_state"))
+finite_rows_jit = jax.jit(_counted("finite_rows", finite_rows_core))
+commit_jit = jax.jit(_counted("commit", commit_core), donate_argnames=("acc",))
 zero_slot_jit = jax.jit(_counted("zero_slot", zero_slot_core), donate_argnames=("acc",))
 sample_jit = jax.jit(
     _counted("sample", sample_core), static_argnames=("config", "n_rows", "gen_len")

@@ -24,6 +24,8 @@ __all__ = [
     "FB_CHUNK_TOKENS",
     "LoraStack",
     "chunk_rows",
+    "commit_core",
+    "finite_rows_core",
     "forward_backward_core",
     "forward_core",
     "optim_core",
@@ -119,6 +121,7 @@ def forward_backward_core(
     stack: LoraStack,
     acc: LoraStack,
     batch_slots: jax.Array,
+    acc_slots: jax.Array,
     scale: jax.Array,
     row_slot: jax.Array,
     tokens: jax.Array,
@@ -130,8 +133,11 @@ def forward_backward_core(
     """Forward and backward; adds each used slot's gradient into ``acc`` (donated).
 
     Args:
+        acc: where the gradients go: ``[n, ...]`` per target (a scratch accumulator of the
+            call's slots, committed to the adapters' accumulator only if it is finite).
         batch_slots: ``[k]`` stack slots used (padding entries repeat a used slot; their
             gradient is zero, so adding it twice changes nothing).
+        acc_slots: ``[k]`` the index in ``acc`` of each of ``batch_slots``.
         scale: ``[k]`` ``alpha / rank`` of those slots.
         row_slot: ``[B]`` index into ``batch_slots`` of every row.
         tokens: ``[B, T]`` int32; targets ``[B, T, K]`` int32; valid ``[B, T, K]`` bool.
@@ -174,10 +180,30 @@ def forward_backward_core(
         logprobs = logprobs.reshape(rows, *logprobs.shape[2:])
         elementwise = elementwise.reshape(rows, *elementwise.shape[2:])
     new_acc = {
-        t: (acc[t][0].at[batch_slots].add(ga), acc[t][1].at[batch_slots].add(gb))
+        t: (acc[t][0].at[acc_slots].add(ga), acc[t][1].at[acc_slots].add(gb))
         for t, (ga, gb) in grads.items()
     }
     return new_acc, logprobs, elementwise
+
+
+def finite_rows_core(tree: LoraStack) -> jax.Array:
+    """``[n]`` bool: whether every value of entry ``i`` (of every target) is finite."""
+    flags = [
+        jnp.all(jnp.isfinite(x.reshape(x.shape[0], -1)), axis=1)
+        for pair in tree.values()
+        for x in pair
+    ]
+    return jnp.all(jnp.stack(flags), axis=0)
+
+
+def commit_core(acc: LoraStack, delta: LoraStack, slots: jax.Array, keep: jax.Array) -> LoraStack:
+    """``acc`` (donated) plus ``delta [n]`` at stack ``slots [n]`` where ``keep [n]``."""
+
+    def add(x: jax.Array, d: jax.Array) -> jax.Array:
+        mask = keep.reshape(-1, *([1] * (d.ndim - 1)))
+        return x.at[slots].add(jnp.where(mask, d, jnp.zeros_like(d)).astype(x.dtype))
+
+    return {t: (add(a, delta[t][0]), add(b, delta[t][1])) for t, (a, b) in acc.items()}
 
 
 def _slice(stack: LoraStack, slot: jax.Array) -> LoraStack:
@@ -211,12 +237,17 @@ def optim_core(
     ``zero_slot_core`` afterwards: reading and writing two donated stacks in one program makes
     XLA copy both whole stacks).
 
+    The step is committed only if the gradient norm, the new weights and the new moments are
+    all finite (``stats["finite"]``); otherwise weights and optimizer state come back exactly
+    as they were.
+
     Args:
         hyper: scalars ``learning_rate, beta1, beta2, eps, weight_decay, grad_clip_norm``
             (``grad_clip_norm <= 0``: no clipping; else the global norm is clipped to it).
 
     Returns:
-        ``(stack, opt_state, {"grad_norm": pre-clip global norm, "step": new count})``.
+        ``(stack, opt_state, {"grad_norm": pre-clip global norm, "step": the count after the
+        call, "finite": whether the step was committed})``.
     """
     params = _slice(stack, slot)
     grads = _slice(acc, slot)
@@ -233,8 +264,17 @@ def optim_core(
     )
     updates, new_state = tx.update(grads, opt_state, params)
     new_params = optax.apply_updates(params, updates)
+    leaves = jax.tree.leaves((new_params, new_state))
+    finite = jnp.isfinite(norm) & jnp.all(
+        jnp.stack(
+            [jnp.all(jnp.isfinite(x)) for x in leaves if jnp.issubdtype(x.dtype, jnp.floating)]
+        )
+    )
+    new_params = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_params, params)
+    new_state = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new_state, opt_state)
     count = new_state[0].count
-    return _put(stack, slot, new_params), new_state, {"grad_norm": norm, "step": count}
+    stats = {"grad_norm": norm, "step": count, "finite": finite}
+    return _put(stack, slot, new_params), new_state, stats
 
 
 def zero_slot_core(acc: LoraStack, slot: jax.Array) -> LoraStack:

@@ -34,6 +34,8 @@ from tinkjax.models._batching import (
     validate_datum,
 )
 from tinkjax.models._compiled import (
+    commit_jit,
+    finite_rows_jit,
     forward_backward_jit,
     forward_jit,
     init_base_jit,
@@ -57,11 +59,21 @@ from tinkjax.models._types import (
     DatumArrays,
     FwdBwdItem,
     FwdBwdResult,
+    NonFiniteResultError,
     UnknownAdapterError,
     ValidDatum,
 )
 
 __all__ = ["ModelRuntime", "trace_counts"]
+
+
+def _non_finite_outputs(outputs: Sequence[Mapping[str, np.ndarray]], total: float) -> str:
+    """Why an item's outputs are refused: the first datum and output that is not finite."""
+    for j, out in enumerate(outputs):
+        for name, values in out.items():
+            if not np.isfinite(values).all():
+                return f"data[{j}].{name} is not finite (NaN or infinity)"
+    return f"loss:sum is not finite ({total})"
 
 
 class ModelRuntime(StateMixin, SamplingMixin):
@@ -247,21 +259,33 @@ class ModelRuntime(StateMixin, SamplingMixin):
         compiled call (mixed adapters via per-row slots). Everything is validated before any
         computation, so a bad item changes no state.
 
+        An item whose outputs, loss or gradient are not all finite is refused: its result has
+        ``refused`` set (and no outputs), and nothing of it reaches the accumulator. The
+        gradients of a call go to a scratch accumulator of its adapters first and are
+        committed per adapter only when finite; an item refused only because another item of
+        the same adapter was (or may have been) is run again alone.
+
         Raises:
             UnknownAdapterError: an item names an unloaded adapter.
             ValueError: unknown loss or config key, missing input, bad token or shape.
         """
         groups: dict[str, list[tuple[ValidDatum, int, Mapping[str, float], int, int]]] = {}
+        slots: list[int] = []
         for i, item in enumerate(items):
             slot = self._slot(item.adapter_id)
+            slots.append(slot)
             config = self._resolve_config(item.loss_fn, item.loss_fn_config, f"items[{i}]")
             for j, datum in enumerate(item.datums):
                 valid = self._valid(datum, f"items[{i}].datums[{j}]", item.loss_fn)
                 groups.setdefault(item.loss_fn, []).append((valid, slot, config, i, j))
+        used = list(dict.fromkeys(slots))  # the call's adapters, in first-use order
+        position = {slot: n for n, slot in enumerate(used)}
+        delta = None if forward_only else self._scratch(bucket_pow2(len(used)))
         outputs: list[list[dict[str, np.ndarray]]] = [[{} for _ in item.datums] for item in items]
         # loss:sum is summed from the runtime-precision losses (the outputs are float32 on the
         # wire), so a float64 runtime reports a float64-exact metric.
         totals = [0.0] * len(items)
+        finite = [True] * len(items)
         for loss_fn, rows in groups.items():
             length = bucket_length(max(r[0].tokens.shape[0] for r in rows))
             width = bucket_pow2(max(r[0].targets.shape[1] for r in rows))
@@ -269,19 +293,58 @@ class ModelRuntime(StateMixin, SamplingMixin):
             per_call = 1 << (max(fit, 1).bit_length() - 1)
             for start in range(0, len(rows), per_call):
                 chunk = rows[start : start + per_call]
-                lp, el = self._run_batch(loss_fn, chunk, length, width, forward_only)
+                lp, el, delta = self._run_batch(loss_fn, chunk, length, width, delta, position)
                 for r, (row, _, _, i, j) in enumerate(chunk):
                     n, kk = row.targets.shape
                     shape = (n,) if row.one_dim else (n, kk)
+                    lp_r, el_r = lp[r, :n, :kk], el[r, :n, :kk]
                     outputs[i][j] = {
-                        "logprobs": lp[r, :n, :kk].reshape(shape).astype(np.float32),
-                        "elementwise_loss": el[r, :n, :kk].reshape(shape).astype(np.float32),
+                        "logprobs": lp_r.reshape(shape).astype(np.float32),
+                        "elementwise_loss": el_r.reshape(shape).astype(np.float32),
                     }
-                    totals[i] += float(np.sum(el[r, :n, :kk], dtype=np.float64))
-        return [
+                    totals[i] += float(np.sum(el_r, dtype=np.float64))
+                    finite[i] = finite[i] and all(
+                        np.isfinite(v).all() for v in outputs[i][j].values()
+                    )
+        reasons = [
+            None if ok and np.isfinite(total) else _non_finite_outputs(out, total)
+            for ok, total, out in zip(finite, totals, outputs, strict=True)
+        ]
+        rerun: list[int] = []
+        if delta is not None:
+            grad_ok = np.asarray(finite_rows_jit(delta))
+            keep = np.zeros(grad_ok.shape, bool)
+            for slot, n in position.items():
+                mine = [i for i, s in enumerate(slots) if s == slot]
+                keep[n] = bool(grad_ok[n]) and all(reasons[i] is None for i in mine)
+                if keep[n]:
+                    continue
+                for i in mine:
+                    if reasons[i] is not None:
+                        continue
+                    if len(mine) > 1:
+                        rerun.append(i)  # maybe refused for another item's sake: run it alone
+                    else:
+                        reasons[i] = "its gradient is not finite (NaN or infinity)"
+            padded = np.array(used + [used[0]] * (len(keep) - len(used)), np.int32)
+            self._acc = commit_jit(self._acc, delta, padded, keep)
+        results = [
             FwdBwdResult(outputs=outputs[i], metrics={LOSS_SUM_METRIC: totals[i]})
+            if reasons[i] is None
+            else FwdBwdResult(outputs=[], metrics={}, refused=reasons[i])
             for i in range(len(items))
         ]
+        for i in rerun:
+            results[i] = self.forward_backward([items[i]], forward_only=False)[0]
+        release_compile_memory()
+        return results
+
+    def _scratch(self, n: int) -> LoraStack:
+        """A zero accumulator for ``n`` adapters (the gradients of one call)."""
+        return {
+            t: (jnp.zeros((n, *a.shape[1:]), a.dtype), jnp.zeros((n, *b.shape[1:]), b.dtype))
+            for t, (a, b) in self._acc.items()
+        }
 
     def _valid(self, datum: DatumArrays | ValidDatum, where: str, loss_fn: str) -> ValidDatum:
         """``datum`` checked against this model; a :class:`ValidDatum` (checked by the caller,
@@ -316,8 +379,11 @@ class ModelRuntime(StateMixin, SamplingMixin):
         rows: Sequence[tuple[ValidDatum, int, Mapping[str, float], int, int]],
         length: int,
         width: int,
-        forward_only: bool,
-    ) -> tuple[np.ndarray, np.ndarray]:
+        delta: LoraStack | None,
+        position: Mapping[int, int],
+    ) -> tuple[np.ndarray, np.ndarray, LoraStack | None]:
+        """One compiled call; with ``delta`` (a scratch accumulator, ``position``: stack slot
+        -> its index there) also the backward pass, whose gradients are added to ``delta``."""
         definition = get_loss_definition(loss_fn)
         packed = pack_rows(
             [(d, slot, cfg) for d, slot, cfg, _, _ in rows],
@@ -334,21 +400,27 @@ class ModelRuntime(StateMixin, SamplingMixin):
             targets=packed.targets, valid=packed.valid, inputs=packed.inputs,
             loss_config=packed.loss_config,
         )  # fmt: skip
-        if forward_only:
+        if delta is None:
             lp, el = forward_jit(config=self.config, loss_name=loss_fn, **args)
         else:
-            self._acc, lp, el = forward_backward_jit(
-                config=self.config, loss_name=loss_fn, acc=self._acc, **args
+            acc_slots = np.array([position[int(s)] for s in packed.batch_slots], np.int32)
+            delta, lp, el = forward_backward_jit(
+                config=self.config, loss_name=loss_fn, acc=delta, acc_slots=acc_slots, **args
             )
         out = np.asarray(lp), np.asarray(el)
         release_compile_memory()
-        return out
+        return out[0], out[1], delta
 
     def optim_step(self, adapter_id: str, params: AdamHyper) -> dict[str, float]:
         """One AdamW step of ``adapter_id`` on its accumulated gradient, then zeroes it.
 
         Returns:
             ``{"grad_norm:mean", "learning_rate:mean", "step:max"}``.
+
+        Raises:
+            NonFiniteResultError: the gradient norm, new weights or new moments would not be
+                finite; the step is not taken (weights, optimizer state and the accumulated
+                gradient stay exactly as they were, checked on the device before committing).
         """
         slot = self._slot(adapter_id)
         # AdamHyper checked its values when it was built.
@@ -356,8 +428,15 @@ class ModelRuntime(StateMixin, SamplingMixin):
         self._stack, self._opt[adapter_id], stats = optim_jit(
             self._stack, self._acc, self._opt[adapter_id], np.int32(slot), hyper
         )
-        self._acc = zero_slot_jit(self._acc, np.int32(slot))
         grad_norm, step = float(stats["grad_norm"]), float(stats["step"])
+        if not bool(stats["finite"]):
+            release_compile_memory()
+            what = "the gradient norm" if not np.isfinite(grad_norm) else "the updated weights"
+            raise NonFiniteResultError(
+                f"optim_step refused, a non-finite result: {what} would not be finite (grad_norm {grad_norm}, learning_rate "
+                f"{params.learning_rate}); the step was not taken and the model is unchanged"
+            )
+        self._acc = zero_slot_jit(self._acc, np.int32(slot))
         release_compile_memory()
         return {
             "grad_norm:mean": grad_norm,

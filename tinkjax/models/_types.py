@@ -18,12 +18,15 @@ import numpy as np
 __all__ = [
     "ADAM_KEYS",
     "LORA_ALPHA",
+    "MAX_LEARNING_RATE",
+    "MIN_EPS",
     "AdamHyper",
     "AdapterInfo",
     "AdapterSnapshot",
     "DatumArrays",
     "FwdBwdItem",
     "FwdBwdResult",
+    "NonFiniteResultError",
     "SampleJob",
     "SampleOutput",
     "SampledArrays",
@@ -33,6 +36,11 @@ __all__ = [
 
 LORA_ALPHA = 32.0
 """Tinker's LoRA alpha: every adapter's update is scaled by ``LORA_ALPHA / rank``."""
+
+
+class NonFiniteResultError(ArithmeticError):
+    """A computation's result would not be finite, so it was not committed (the message names
+    what and says that nothing changed)."""
 
 
 class UnknownAdapterError(KeyError):
@@ -114,15 +122,31 @@ class FwdBwdItem:
 @dataclass(frozen=True)
 class FwdBwdResult:
     """Per-datum outputs (``logprobs``, ``elementwise_loss``: float32, shape of
-    ``target_tokens``) and metrics (``loss:sum``) of one item."""
+    ``target_tokens``) and metrics (``loss:sum``) of one item; or, when ``refused`` says why
+    (a non-finite output, loss or gradient), neither, and the item changed nothing."""
 
     outputs: list[dict[str, np.ndarray]]
     metrics: dict[str, float]
+    refused: str | None = None
+
+
+#: The largest ``learning_rate`` accepted: Adam moves every weight by about the learning rate
+#: per step, so anything larger throws a LoRA adapter far outside any useful range.
+MAX_LEARNING_RATE = 1.0
+#: The smallest ``eps`` accepted: ``eps`` guards Adam's division where a gradient is exactly
+#: zero (every padded rank is), and a smaller value is zero in float32 arithmetic (0/0 = NaN).
+MIN_EPS = 1e-30
 
 
 @dataclass(frozen=True)
 class AdamHyper:
-    """Tinker's ``AdamParams`` (AdamW with decoupled weight decay; ``grad_clip_norm=0``: off)."""
+    """Tinker's ``AdamParams`` (AdamW with decoupled weight decay; ``grad_clip_norm=0``: off).
+
+    Accepted: every value finite and ``>= 0``; ``beta1``, ``beta2 < 1``;
+    ``eps >= MIN_EPS``; ``learning_rate <= MAX_LEARNING_RATE``; and
+    ``learning_rate * weight_decay <= 1`` (decoupled decay multiplies the weights by
+    ``1 - learning_rate * weight_decay`` each step: beyond 1 it flips and grows them).
+    """
 
     learning_rate: float = 1e-4
     beta1: float = 0.9
@@ -135,8 +159,7 @@ class AdamHyper:
         """Checked once, here: a constructed ``AdamHyper`` is trusted by ``optim_step``.
 
         Raises:
-            ValueError: naming ``adam_params.<field>`` and the value (not a finite number
-                ``>= 0``, or a beta ``>= 1``).
+            ValueError: naming ``adam_params.<field>`` and the value (see the class doc).
         """
         for key, value in self.as_dict().items():
             if (
@@ -149,6 +172,20 @@ class AdamHyper:
         for key in ("beta1", "beta2"):
             if getattr(self, key) >= 1:
                 raise ValueError(f"adam_params.{key}: expected < 1, got {getattr(self, key)}")
+        if self.eps < MIN_EPS:
+            raise ValueError(f"adam_params.eps: expected >= {MIN_EPS:g}, got {self.eps!r}")
+        if self.learning_rate > MAX_LEARNING_RATE:
+            raise ValueError(
+                f"adam_params.learning_rate: expected <= {MAX_LEARNING_RATE:g}, "
+                f"got {self.learning_rate!r}"
+            )
+        if self.learning_rate * self.weight_decay > 1:
+            raise ValueError(
+                f"adam_params.weight_decay: {self.weight_decay!r} with learning_rate "
+                f"{self.learning_rate!r} decays the weights by a factor "
+                f"{self.learning_rate * self.weight_decay:g} > 1 per step (their product must "
+                "be <= 1)"
+            )
 
     def as_dict(self) -> dict[str, float]:
         """``{name: value}`` in :data:`ADAM_KEYS` order."""

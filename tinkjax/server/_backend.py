@@ -33,7 +33,7 @@ from tinkjax.server._jobs_sampling import SamplingJobs
 from tinkjax.server._jobs_training import TrainingJobs
 from tinkjax.server._models_registry import DEFAULT_MAX_LIVE_MODELS, ModelRegistry, warmup
 from tinkjax.server._samplers import SamplerRegistry
-from tinkjax.server._scheduler import Scheduler
+from tinkjax.server._scheduler import DEFAULT_SEQ_WINDOW, Scheduler
 from tinkjax.server._store import Store, UnknownSessionError
 
 __all__ = ["DEFAULT_SESSION_TIMEOUT_S", "Backend"]
@@ -51,6 +51,7 @@ class Backend:
         store: durable metadata and checkpoint files.
         futures: where job results go.
         seq_gap_timeout_s: how long a request waits for a missing ``seq_id``.
+        seq_window: how far ahead of a model's expected ``seq_id`` a submission may be.
         models: base models served (``None``: every preset).
         max_live_models: the most training models held at once (``None``: no limit).
         session_timeout_s: a session whose last heartbeat and last model request are older
@@ -63,6 +64,7 @@ class Backend:
         futures: FutureTable,
         *,
         seq_gap_timeout_s: float,
+        seq_window: int = DEFAULT_SEQ_WINDOW,
         models: Sequence[str] | None = None,
         max_live_models: int | None = DEFAULT_MAX_LIVE_MODELS,
         session_timeout_s: float | None = DEFAULT_SESSION_TIMEOUT_S,
@@ -72,7 +74,9 @@ class Backend:
         self.store = store
         self.futures = futures
         self.session_timeout_s = session_timeout_s
-        self.scheduler = Scheduler(futures, seq_gap_timeout_s=seq_gap_timeout_s)
+        self.scheduler = Scheduler(
+            futures, seq_gap_timeout_s=seq_gap_timeout_s, seq_window=seq_window
+        )
         self.models = ModelRegistry(
             store, self.scheduler, models=models, max_live_models=max_live_models
         )

@@ -35,6 +35,16 @@ def _output(result: Any) -> ForwardBackwardOutput:
     )
 
 
+def _refused(result: Any) -> ApiError:
+    """A runtime item refused for a non-finite result, as the request's error."""
+    return ApiError(
+        400,
+        f"refused, a non-finite result: {result.refused}; nothing was accumulated and the "
+        "model is unchanged",
+        field="data",
+    )
+
+
 @dataclass(frozen=True)
 class TrainingJobs:
     """Builds forward/backward and optimizer-step jobs (over the backend's :class:`JobContext`)."""
@@ -86,7 +96,7 @@ class TrainingJobs:
                 [works[i].item for i in live], forward_only=works[0].forward_only
             )
             for i, result in zip(live, out, strict=True):
-                results[i] = _output(result)
+                results[i] = _output(result) if result.refused is None else _refused(result)
         return results
 
     def optim_step(self, req: OptimStepRequest, digest: str) -> UntypedAPIFuture:
@@ -104,7 +114,12 @@ class TrainingJobs:
         models = self.ctx.models
 
         def run() -> OptimStepResponse:
-            metrics = models.runtime(record.base_model).optim_step(record.model_id, hyper)
+            from tinkjax.models import NonFiniteResultError
+
+            try:
+                metrics = models.runtime(record.base_model).optim_step(record.model_id, hyper)
+            except NonFiniteResultError as exc:
+                raise ApiError(400, str(exc), field="adam_params") from None
             return OptimStepResponse(metrics=metrics)
 
         return self.ctx.submit(self.ctx.job("optim_step", target, run=run), target)

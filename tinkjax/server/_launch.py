@@ -13,6 +13,7 @@ from types import TracebackType
 from typing import Any
 
 from tinkjax.server._faults import FaultConfig, FaultMiddleware
+from tinkjax.server._scheduler import DEFAULT_SEQ_WINDOW
 
 __all__ = ["ServerHandle", "start"]
 
@@ -125,6 +126,7 @@ def start(
     faults: FaultConfig | None = None,
     max_body_bytes: int = 64 * 2**20,
     seq_gap_timeout_s: float = 60.0,
+    seq_window: int = DEFAULT_SEQ_WINDOW,
     long_poll_s: float = 25.0,
     models: Sequence[str] | None = None,
     log_level: str = "warning",
@@ -141,6 +143,8 @@ def start(
         faults: fault-injection rules (off by default); mutable later via ``handle.faults``.
         max_body_bytes: larger request bodies are answered 413.
         seq_gap_timeout_s: how long requests wait behind a missing ``seq_id`` before failing.
+        seq_window: a ``seq_id`` more than this far ahead of the model's expected one is
+            refused (400).
         long_poll_s: how long ``retrieve_future`` holds a poll before answering 408.
         models: base models served (``None``: every preset of ``tinkjax.models.PRESETS``).
         log_level: uvicorn's log level.
@@ -164,12 +168,14 @@ def start(
         raise ValueError(f"max_body_bytes: expected >= 1, got {max_body_bytes}")
     if seq_gap_timeout_s <= 0 or long_poll_s < 0:
         raise ValueError("seq_gap_timeout_s must be > 0 and long_poll_s >= 0")
+    if seq_window < 1:
+        raise ValueError(f"seq_window: expected >= 1, got {seq_window}")
     temp_dir = Path(tempfile.mkdtemp(prefix="tinkjax-server-")) if data_dir is None else None
     root = temp_dir if temp_dir is not None else Path(data_dir)  # type: ignore[arg-type]
     store = Store(root, max_telemetry_bytes=max_telemetry_bytes)
     backend = Backend(
-        store, FutureTable(), seq_gap_timeout_s=seq_gap_timeout_s, models=models,
-        max_live_models=max_live_models, session_timeout_s=session_timeout_s,
+        store, FutureTable(), seq_gap_timeout_s=seq_gap_timeout_s, seq_window=seq_window,
+        models=models, max_live_models=max_live_models, session_timeout_s=session_timeout_s,
     )  # fmt: skip
     faults = faults if faults is not None else FaultConfig()
     inner: Any = build_app(

@@ -3,7 +3,8 @@
 Most endpoints have one of two shapes, so they are rows, not handlers:
 
 * :class:`Post` — decode the JSON body as ``request`` and answer ``call(req, **path_params)``
-  (``call(req, digest, ...)`` for ordered requests, whose body hash detects duplicates);
+  (``call(req, digest, ...)`` for ordered requests, whose body hash detects duplicates; when
+  one is refused, its ``seq_id`` still counts as used: ``Scheduler.refuse``);
 * :class:`Get` — answer ``call(query, **path_params)``.
 
 Both run ``call`` on a worker thread (``run_in_threadpool``): decoding large bodies and every
@@ -20,6 +21,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import msgspec
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import Response
@@ -32,7 +34,7 @@ from tinkjax.codec import (
     encode_sample_response,
 )
 from tinkjax.server._backend import Backend
-from tinkjax.server._errors import ApiError
+from tinkjax.server._errors import ApiError, describe, status_of
 from tinkjax.server._http import Handler, digest, json_response, page, read_body, read_json_body
 from tinkjax.server._rest import CheckpointRoutes
 from tinkjax.server._store import UnknownCheckpointError
@@ -80,6 +82,8 @@ class Post:
     request: Any
     call: Callable[..., Any]
     digest: bool = False
+    refused: Callable[[bytes, str, BaseException], None] | None = None
+    """Called when an ordered request is refused (body, digest, error)."""
 
 
 @dataclass(frozen=True)
@@ -107,9 +111,15 @@ def post_handler(route: Post, max_body_bytes: int) -> Handler:
 
     async def handler(request: Request) -> Response:
         body = await read_json_body(request, max_body_bytes)
-        req = await run_in_threadpool(decode_json, body, route.request)
-        args = (req, digest(body)) if route.digest else (req,)
-        return json_response(await run_in_threadpool(route.call, *args, **request.path_params))
+        try:
+            req = await run_in_threadpool(decode_json, body, route.request)
+            args = (req, digest(body)) if route.digest else (req,)
+            answer = await run_in_threadpool(route.call, *args, **request.path_params)
+        except Exception as exc:
+            if route.refused is not None:
+                await run_in_threadpool(route.refused, body, digest(body), exc)
+            raise
+        return json_response(answer)
 
     return handler
 
@@ -124,6 +134,16 @@ def get_handler(route: Get) -> Handler:
     return handler
 
 
+class _OrderHead(msgspec.Struct):
+    """The ordering fields of any ordered JSON body (everything else ignored)."""
+
+    model_id: Any = None
+    seq_id: Any = None
+
+
+_head_decoder = msgspec.json.Decoder(_OrderHead)
+
+
 class _Handlers:
     """The endpoints that are not a plain :class:`Post` or :class:`Get`."""
 
@@ -131,6 +151,20 @@ class _Handlers:
         self.backend = backend
         self.max_body_bytes = max_body_bytes
         self.long_poll_s = long_poll_s
+
+    def refused(self, body: bytes, body_digest: str, exc: BaseException, head: Any = None) -> None:
+        """A refused ordered request uses its ``seq_id`` when its model and seq id can be read
+        (from ``head``, the decoded request, or else from the JSON body)."""
+        if status_of(exc) >= 500:
+            return
+        if head is None:
+            try:
+                head = _head_decoder.decode(body)
+            except msgspec.MsgspecError:
+                return
+        model_id, seq_id = getattr(head, "model_id", None), getattr(head, "seq_id", None)
+        if isinstance(model_id, str) and type(seq_id) is int and seq_id >= 0:
+            self.backend.scheduler.refuse(model_id, seq_id, body_digest, describe(exc))
 
     def create_session(self, req: CreateSessionRequest) -> CreateSessionResponse:
         check_user_metadata(req.user_metadata)
@@ -182,15 +216,23 @@ class _Handlers:
         """``/forward_backward``: a protobuf body (the current SDK) or JSON (older ones)."""
         body = await read_body(request, self.max_body_bytes)
         content_type = request.headers.get("content-type", "").lower()
-        req: ForwardBackwardRequest | ForwardRequest
-        if "protobuf" in content_type or "octet-stream" in content_type:
-            req = await run_in_threadpool(decode_forward_backward_request, body)
-        else:
-            if not body.strip():
-                raise ApiError(400, "empty request body")
-            req = await run_in_threadpool(decode_json, body, ForwardBackwardRequest)
-        training = self.backend.training
-        return json_response(await run_in_threadpool(training.forward_backward, req, digest(body)))
+        protobuf = "protobuf" in content_type or "octet-stream" in content_type
+        req: ForwardBackwardRequest | ForwardRequest | None = None
+        try:
+            if protobuf:
+                req = await run_in_threadpool(decode_forward_backward_request, body)
+            else:
+                if not body.strip():
+                    raise ApiError(400, "empty request body")
+                req = await run_in_threadpool(decode_json, body, ForwardBackwardRequest)
+            training = self.backend.training
+            answer = await run_in_threadpool(training.forward_backward, req, digest(body))
+        except Exception as exc:
+            # A protobuf body that did not decode has no seq id to read.
+            if req is not None or not protobuf:
+                await run_in_threadpool(self.refused, body, digest(body), exc, req)
+            raise
+        return json_response(answer)
 
     async def retrieve_future(self, request: Request) -> Response:
         """The long-poll: the result once done, 408 ``try_again`` while still pending."""
@@ -237,6 +279,10 @@ def route_table(backend: Backend, *, max_body_bytes: int, long_poll_s: float) ->
     h = _Handlers(backend, max_body_bytes=max_body_bytes, long_poll_s=long_poll_s)
     rest = CheckpointRoutes(backend.store, max_body_bytes=max_body_bytes)
     store, models, samplers = backend.store, backend.models, backend.samplers
+
+    def ordered(path: str, request: Any, call: Callable[..., Any]) -> Post:
+        return Post(path, request, call, digest=True, refused=h.refused)
+
     training, lifecycle, checkpoints = backend.training, backend.lifecycle, backend.checkpoints
     api = "/api/v1"
     unsupported = [
@@ -259,15 +305,15 @@ def route_table(backend: Backend, *, max_body_bytes: int, long_poll_s: float) ->
         Get(f"{api}/get_server_capabilities",
             lambda _: GetServerCapabilitiesResponse(supported_models=models.capabilities())),
         # models and training
-        Post(f"{api}/create_model", CreateModelRequest, lifecycle.create_model, digest=True),
+        ordered(f"{api}/create_model", CreateModelRequest, lifecycle.create_model),
         Post(f"{api}/get_info", GetInfoRequest, lambda req: models.get_info(req.model_id)),
         Raw(f"{api}/forward_backward", ("POST",), h.forward_backward),
-        Post(f"{api}/forward", ForwardRequest, training.forward_backward, digest=True),
-        Post(f"{api}/optim_step", OptimStepRequest, training.optim_step, digest=True),
-        Post(f"{api}/save_weights", SaveWeightsRequest, checkpoints.save_weights, digest=True),
-        Post(f"{api}/save_weights_for_sampler", SaveWeightsForSamplerRequest,
-             checkpoints.save_weights_for_sampler, digest=True),
-        Post(f"{api}/load_weights", LoadWeightsRequest, lifecycle.load_weights, digest=True),
+        ordered(f"{api}/forward", ForwardRequest, training.forward_backward),
+        ordered(f"{api}/optim_step", OptimStepRequest, training.optim_step),
+        ordered(f"{api}/save_weights", SaveWeightsRequest, checkpoints.save_weights),
+        ordered(f"{api}/save_weights_for_sampler", SaveWeightsForSamplerRequest,
+                checkpoints.save_weights_for_sampler),
+        ordered(f"{api}/load_weights", LoadWeightsRequest, lifecycle.load_weights),
         Post(f"{api}/unload_model", UnloadModelRequest, lifecycle.unload_model),
         Post(f"{api}/weights_info", WeightsInfoRequest, h.weights_info),
         # sampling

@@ -2,9 +2,18 @@
 
 Every training request names ``(model_id, seq_id)``. A model's requests run strictly in
 ``seq_id`` order: one that arrives early waits in a buffer until the gap before it is filled
-(the official SDK posts the chunks of one ``forward_backward`` concurrently, chunk 1 last). A
-gap that stays open for ``seq_gap_timeout_s`` fails the requests waiting behind it, and the
-model's expected ``seq_id`` moves past them, so the model keeps serving.
+(the official SDK posts the chunks of one ``forward_backward`` concurrently, chunk 1 last).
+
+* A ``seq_id`` more than ``seq_window`` ahead of the expected one is refused (400): one wild id
+  must not park a request that every later one would queue behind, or (once its gap expired)
+  move the model's order past every id a client will really send.
+* A gap that stays open for ``seq_gap_timeout_s`` (with no progress of the model's order) is
+  given up: the order skips only to the lowest waiting ``seq_id``, the run of consecutive
+  requests waiting there fails (they may depend on the missing one), and requests waiting
+  behind a further gap get a fresh timeout.
+* A submission refused at the edge (a 4xx after its ``model_id`` and ``seq_id`` were read) still
+  uses its ``seq_id`` (:meth:`Scheduler.refuse`): the official SDK spent the id and never fills
+  the gap, so without this the next request would wait out the gap timeout and fail.
 
 A resubmission of ``(model_id, seq_id)`` with the same body is answered with the first
 submission's ``request_id`` and never runs twice; one with a different body is rejected.
@@ -35,6 +44,10 @@ _log = logging.getLogger("tinkjax.server")
 MAX_FUSED_DATUMS = 4096
 #: ``(model_id, seq_id)`` submissions remembered for duplicate detection (oldest dropped).
 MAX_REMEMBERED_SEQS = 100_000
+#: How far ahead of a model's expected ``seq_id`` a submission may be (``start(seq_window=)``).
+#: Clients post in ``seq_id`` order, so early arrivals are at most their in-flight requests
+#: ahead; a 100 000-datum ``forward_backward`` is about 100 chunks.
+DEFAULT_SEQ_WINDOW = 4096
 
 
 FusedRunner = Callable[[Sequence["Job"]], list[Any]]
@@ -67,6 +80,8 @@ class _Seen:
     digest: str
     request_id: str
     runs: int = 0
+    refused: str | None = None
+    """Why the submission was refused at the edge (its ``seq_id`` is used all the same)."""
 
 
 @dataclass
@@ -80,6 +95,7 @@ class Job:
         fused: the forward/backward work (fused jobs).
         model_id: ordering key; ``None`` for unordered jobs (sampling).
         seq_id: position in the model's order.
+        placeholder: holds the place of a refused ``seq_id`` (nothing runs, no future).
     """
 
     request_id: str
@@ -88,6 +104,7 @@ class Job:
     fused: FusedWork | None = None
     model_id: str | None = None
     seq_id: int | None = None
+    placeholder: bool = False
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -96,16 +113,29 @@ class Scheduler:
 
     Args:
         futures: where results go.
-        seq_gap_timeout_s: how long a buffered request waits for a missing ``seq_id``.
+        seq_gap_timeout_s: how long a buffered request waits for a missing ``seq_id`` (with no
+            progress of its model's order).
+        seq_window: how far ahead of the expected ``seq_id`` a submission may be.
     """
 
-    def __init__(self, futures: FutureTable, *, seq_gap_timeout_s: float) -> None:
+    def __init__(
+        self,
+        futures: FutureTable,
+        *,
+        seq_gap_timeout_s: float,
+        seq_window: int = DEFAULT_SEQ_WINDOW,
+    ) -> None:
+        if seq_window < 1:
+            raise ValueError(f"seq_window: expected >= 1, got {seq_window}")
         self.futures = futures
         self.seq_gap_timeout_s = seq_gap_timeout_s
+        self.seq_window = seq_window
         self._cond = threading.Condition()
         self._ready: collections.deque[Job] = collections.deque()
         self._next_seq: dict[str, int] = {}
         self._buffer: dict[str, dict[int, Job]] = {}
+        # When each model with buffered requests last made progress (its gap's clock).
+        self._gap_since: dict[str, float] = {}
         # (model_id, seq_id) -> (body digest, request id, times executed); the oldest entries
         # are dropped beyond MAX_REMEMBERED_SEQS, so the execution counts stay bounded too.
         self._seen: dict[tuple[str, int], _Seen] = {}
@@ -161,7 +191,8 @@ class Scheduler:
         """Drop a model's order; its requests still waiting (buffered or ready) fail."""
         with self._cond:
             self._next_seq.pop(model_id, None)
-            waiting = list(self._buffer.pop(model_id, {}).values())
+            self._gap_since.pop(model_id, None)
+            waiting = [j for j in self._buffer.pop(model_id, {}).values() if not j.placeholder]
             waiting += [job for job in self._ready if job.model_id == model_id]
             self._ready = collections.deque(j for j in self._ready if j.model_id != model_id)
         for job in waiting:
@@ -180,6 +211,14 @@ class Scheduler:
         seen = self._seen.get((model_id, seq_id))
         if seen is None:
             return None
+        if seen.refused is not None:
+            again = "" if seen.digest == digest else " (with a different body)"
+            raise ApiError(
+                400,
+                f"seq_id {seq_id} of model {model_id!r} was already used by a refused request"
+                f"{again}: {seen.refused}",
+                field="seq_id",
+            )
         if seen.digest != digest:
             raise ApiError(
                 400,
@@ -203,7 +242,7 @@ class Scheduler:
 
         Raises:
             ApiError: a reused seq id with another body (400), a seq id the model has already
-                passed (400), or an unknown model (404).
+                passed or one beyond the window (400), or an unknown model (404).
         """
         with self._cond:
             if job.model_id is None or job.seq_id is None:
@@ -221,54 +260,106 @@ class Scheduler:
                 if register_next_seq is None:
                     raise ApiError(404, f"unknown model_id {model_id!r}", field="model_id")
                 self._next_seq[model_id] = register_next_seq
-            expected = self._next_seq[model_id]
-            if seq_id < expected:
-                raise ApiError(
-                    400,
-                    f"seq_id {seq_id} of model {model_id!r} is behind the model's order "
-                    f"(next expected seq_id is {expected})",
-                    field="seq_id",
-                )
+            self._check_in_window(model_id, seq_id)
             self.futures.create(job.request_id, job.kind)
-            self._seen[(model_id, seq_id)] = _Seen(digest, job.request_id)
-            if len(self._seen) > MAX_REMEMBERED_SEQS:
-                del self._seen[next(iter(self._seen))]
-            if seq_id == expected:
-                self._ready.append(job)
-                self._advance(model_id, seq_id + 1)
-            else:
-                self._buffer.setdefault(model_id, {})[seq_id] = job
-            self._cond.notify_all()
+            self._place(job, model_id, seq_id, _Seen(digest, job.request_id))
             return job.request_id
 
+    def refuse(self, model_id: str, seq_id: int, digest: str, reason: str) -> None:
+        """Count the ``seq_id`` of a submission refused at the edge as used.
+
+        Nothing runs for it, but the model's order moves past it as if it had (a resubmission
+        is refused again, naming ``reason``). Ignored when the model is unknown, or the seq id
+        was already used, is behind the order or beyond the window: none of them is a gap
+        anyone waits on.
+        """
+        with self._cond:
+            if model_id not in self._next_seq or (model_id, seq_id) in self._seen:
+                return
+            try:
+                self._check_in_window(model_id, seq_id)
+            except ApiError:
+                return
+            job = Job("", "refused", model_id=model_id, seq_id=seq_id, placeholder=True)
+            self._place(job, model_id, seq_id, _Seen(digest, "", refused=reason))
+
+    def _check_in_window(self, model_id: str, seq_id: int) -> None:
+        expected = self._next_seq[model_id]
+        if seq_id < expected:
+            raise ApiError(
+                400,
+                f"seq_id {seq_id} of model {model_id!r} is behind the model's order "
+                f"(next expected seq_id is {expected})",
+                field="seq_id",
+            )
+        if seq_id > expected + self.seq_window:
+            raise ApiError(
+                400,
+                f"seq_id {seq_id} of model {model_id!r} is more than seq_window={self.seq_window} "
+                f"ahead of the model's order (next expected seq_id is {expected})",
+                field="seq_id",
+            )
+
+    def _place(self, job: Job, model_id: str, seq_id: int, seen: _Seen) -> None:
+        """Remember ``job``'s seq id and queue it, or buffer it behind its gap (lock held)."""
+        self._seen[(model_id, seq_id)] = seen
+        if len(self._seen) > MAX_REMEMBERED_SEQS:
+            del self._seen[next(iter(self._seen))]
+        if seq_id == self._next_seq[model_id]:
+            if not job.placeholder:
+                self._ready.append(job)
+            self._advance(model_id, seq_id + 1)
+        else:
+            self._buffer.setdefault(model_id, {})[seq_id] = job
+            self._gap_since.setdefault(model_id, time.monotonic())
+        self._cond.notify_all()
+
     def _advance(self, model_id: str, next_seq: int) -> None:
+        """Move the model's order to ``next_seq`` and release what was waiting there."""
         buffer = self._buffer.get(model_id, {})
         while next_seq in buffer:
-            self._ready.append(buffer.pop(next_seq))
+            job = buffer.pop(next_seq)
+            if not job.placeholder:
+                self._ready.append(job)
             next_seq += 1
-        if not buffer:
-            self._buffer.pop(model_id, None)
         self._next_seq[model_id] = next_seq
+        if buffer:
+            self._gap_since[model_id] = time.monotonic()  # progress: the gap's clock restarts
+        else:
+            self._buffer.pop(model_id, None)
+            self._gap_since.pop(model_id, None)
 
     def _expire_gaps(self) -> list[tuple[Job, str]]:
-        """Fail buffered requests whose gap outlived the timeout (caller holds the lock)."""
+        """Give up gaps that outlived the timeout (caller holds the lock).
+
+        The order skips to the lowest waiting ``seq_id`` only; the consecutive run waiting
+        there fails and the order moves past it. Requests behind a further gap keep waiting,
+        with a fresh timeout: the model never moves past an id it has not received but might.
+        """
         expired: list[tuple[Job, str]] = []
         now = time.monotonic()
         for model_id in list(self._buffer):
-            buffer = self._buffer[model_id]
-            oldest = min(job.enqueued for job in buffer.values())
-            if now - oldest < self.seq_gap_timeout_s:
+            if now - self._gap_since[model_id] < self.seq_gap_timeout_s:
                 continue
-            expected = self._next_seq.get(model_id, 0)
+            buffer = self._buffer[model_id]
+            expected = self._next_seq[model_id]
+            lowest = min(buffer)
+            run = [lowest]
+            while run[-1] + 1 in buffer:
+                run.append(run[-1] + 1)
+            missing = f"seq_id {expected}"
+            if lowest > expected + 1:
+                missing = f"seq_ids {expected}..{lowest - 1}"
             message = (
-                f"model {model_id!r}: waited {self.seq_gap_timeout_s:g} s for seq_id {expected}, "
-                f"which never arrived; the requests queued behind it (seq_ids "
-                f"{sorted(buffer)}) were dropped"
+                f"model {model_id!r}: waited {self.seq_gap_timeout_s:g} s for {missing}, which "
+                f"never arrived; the requests queued behind it (seq_ids {run[0]}..{run[-1]}) "
+                "were dropped"
             )
-            for job in buffer.values():
-                expired.append((job, message))
-            del self._buffer[model_id]
-            self._next_seq[model_id] = max(buffer) + 1
+            for seq in run:
+                job = buffer.pop(seq)
+                if not job.placeholder:
+                    expired.append((job, message))
+            self._advance(model_id, run[-1] + 1)
         return expired
 
     # ----------------------------------------------------------------- worker
