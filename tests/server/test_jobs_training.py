@@ -97,3 +97,73 @@ def test_unload_fails_the_models_ready_requests(http: httpx.Client, server: Serv
     out = result(http, late.json()["request_id"]).json()
     assert out["category"] == "user"
     assert "unloaded" in out["error"]
+
+
+@pytest.mark.parametrize(
+    ("adam", "field"),
+    [
+        ({"eps": 0.0}, "adam_params.eps"),
+        ({"learning_rate": 1e30}, "adam_params.learning_rate"),
+        ({"learning_rate": 1e-4, "weight_decay": 1e30}, "adam_params.weight_decay"),
+        ({"learning_rate": None}, "adam_params.learning_rate"),
+        ({"beta2": 1.0}, "adam_params.beta2"),
+    ],
+)
+def test_poisonous_adam_params_are_refused_naming_the_field(
+    http: httpx.Client, server: ServerHandle, adam: dict[str, Any], field: str
+) -> None:
+    model = new_model(http, new_session(http))
+    seq = server.scheduler.next_seq(model)
+    r = post(http, "optim_step", {"model_id": model, "seq_id": seq, "adam_params": adam})
+    assert r.status_code == 400, r.text
+    assert field in r.json()["field"]
+    value = adam[field.split(".")[-1]]
+    assert ("null" if value is None else f"{value:g}") in r.json()["detail"]
+
+
+def _logprobs(http: httpx.Client, server: ServerHandle, model: str) -> list[float]:
+    seq = server.scheduler.next_seq(model)
+    r = post(http, "forward", fwdbwd_body(model, seq, [ce_datum(TOKENS)], forward=True))
+    out = result(http, r.json()["request_id"]).json()
+    return list(out["loss_fn_outputs"][0]["logprobs"]["data"])
+
+
+def test_overflowing_backward_is_refused_and_no_answer_carries_null(
+    http: httpx.Client, server: ServerHandle
+) -> None:
+    model = new_model(http, new_session(http))
+    before = _logprobs(http, server, model)
+    seq = server.scheduler.next_seq(model)
+    huge = fwdbwd_body(model, seq, [ce_datum(TOKENS, 3e38), ce_datum(TOKENS, -3e38)])
+    r = post(http, "forward_backward", huge)
+    failed = result(http, r.json()["request_id"])
+    assert "null" not in failed.text
+    assert failed.json()["category"] == "user"
+    assert "non-finite" in failed.json()["error"]
+    step = post(http, "optim_step", {"model_id": model, "seq_id": seq + 1,
+                                     "adam_params": {"learning_rate": 1e-2}})  # fmt: skip
+    done = result(http, step.json()["request_id"])
+    assert "null" not in done.text
+    assert done.json()["metrics"]["grad_norm:mean"] == 0.0  # nothing was accumulated
+    assert _logprobs(http, server, model) == before
+
+
+def test_step_that_would_overflow_is_refused_and_changes_nothing(
+    http: httpx.Client, server: ServerHandle
+) -> None:
+    model = new_model(http, new_session(http))
+    seq = server.scheduler.next_seq(model)
+    assert seq is not None
+    # Finite gradient entries whose squares overflow float32: the gradient norm is inf.
+    r = post(http, "forward_backward", fwdbwd_body(model, seq, [ce_datum(TOKENS, 1e20)]))
+    assert "loss:sum" in result(http, r.json()["request_id"]).json()["metrics"]
+    before = _logprobs(http, server, model)
+    state = server.backend.runtime(MICRO).export_state(model, include_optimizer=True)
+    step = post(http, "optim_step", {"model_id": model, "seq_id": seq + 2})
+    failed = result(http, step.json()["request_id"]).json()
+    assert failed["category"] == "user"
+    assert "non-finite" in failed["error"]
+    assert "unchanged" in failed["error"]
+    after = server.backend.runtime(MICRO).export_state(model, include_optimizer=True)
+    assert all((after[k] == state[k]).all() for k in state)
+    assert _logprobs(http, server, model) == before

@@ -171,3 +171,68 @@ def test_bookkeeping_stays_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
         assert not hasattr(sched, "idle_hooks")
     finally:
         sched.stop()
+
+
+def test_refused_submission_uses_its_seq_id(
+    http: httpx.Client, server: ServerHandle, model: str
+) -> None:
+    seq = _seq(server, model)
+    unknown = fwdbwd_body(model, seq, [ce_datum(TOKENS)], loss_fn="no_such_loss")
+    r = post(http, "forward_backward", unknown)
+    assert r.status_code == 400
+    assert r.json()["field"].endswith("loss_fn")
+    # A NaN learning rate, as Python's json writes it (null): named as non-finite, id used.
+    nan_lr = {"model_id": model, "seq_id": seq + 1, "adam_params": {"learning_rate": None}}
+    r = post(http, "optim_step", nan_lr)
+    assert r.status_code == 400
+    assert "learning_rate" in r.json()["detail"]
+    assert "finite" in r.json()["detail"]
+    assert _seq(server, model) == seq + 2
+    # The next request runs at once instead of waiting behind a gap that never closes.
+    ok = post(http, "forward_backward", fwdbwd_body(model, seq + 2, [ce_datum(TOKENS)]))
+    done = result(http, ok.json()["request_id"]).json()
+    assert "loss:sum" in done["metrics"], done
+    # A refused seq id stays used: even a valid body there is refused, naming the first cause.
+    again = post(http, "forward_backward", fwdbwd_body(model, seq, [ce_datum(TOKENS)]))
+    assert again.status_code == 400
+    assert "already used by a refused request" in again.json()["detail"]
+    assert "no_such_loss" in again.json()["detail"]
+    assert server.applied_count(model, seq) == 0
+
+
+def test_far_ahead_seq_id_is_refused_and_the_model_keeps_serving(
+    http: httpx.Client, server: ServerHandle, model: str
+) -> None:
+    seq = _seq(server, model)
+    far = post(http, "optim_step", {"model_id": model, "seq_id": 10**9})
+    assert far.status_code == 400
+    body = far.json()
+    assert body["field"] == "seq_id"
+    assert f"seq_window={server.scheduler.seq_window}" in body["detail"]
+    assert str(seq) in body["detail"]
+    assert _seq(server, model) == seq  # nothing was buffered or skipped
+    ok = post(http, "forward", fwdbwd_body(model, seq, [ce_datum(TOKENS)], forward=True))
+    assert "loss:sum" in result(http, ok.json()["request_id"]).json()["metrics"]
+
+
+def test_gap_skip_advances_only_to_the_lowest_waiting_id() -> None:
+    with (
+        start(seq_gap_timeout_s=3.0, long_poll_s=5.0) as srv,
+        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+    ):
+        model = new_model(http, new_session(http))
+
+        def fwd(seq: int) -> httpx.Response:
+            return post(http, "forward", fwdbwd_body(model, seq, [ce_datum(TOKENS)], forward=True))
+
+        early, later = fwd(2), fwd(4)  # seq 1 never comes; seq 3 comes after the skip
+        dropped = result(http, early.json()["request_id"]).json()
+        assert "seq_id 1" in dropped["error"]
+        assert "never arrived" in dropped["error"]
+        # The order moved to 3, not past 4: seq 3 is accepted and 4 runs after it.
+        assert srv.scheduler.next_seq(model) == 3
+        third = fwd(3)
+        assert third.status_code == 200, third.text
+        assert "loss:sum" in result(http, third.json()["request_id"]).json()["metrics"]
+        assert "loss:sum" in result(http, later.json()["request_id"]).json()["metrics"]
+        assert [srv.applied_count(model, s) for s in (2, 3, 4)] == [0, 1, 1]

@@ -11,7 +11,12 @@ import numpy as np
 from tinkjax.models._batching import bucket_length, bucket_pow2, bucket_rows
 from tinkjax.models._compiled import release_compile_memory, sample_jit
 from tinkjax.models._config import ModelConfig
-from tinkjax.models._types import SampledArrays, SampleJob, SampleOutput
+from tinkjax.models._types import (
+    NonFiniteResultError,
+    SampledArrays,
+    SampleJob,
+    SampleOutput,
+)
 
 
 def fresh_seed() -> int:
@@ -46,6 +51,7 @@ class SamplingMixin:
 
         Raises:
             ValueError: bad prompt tokens, lengths or sampling parameters.
+            NonFiniteResultError: the logprobs are not finite (weights holding NaN or inf).
         """
         prompt, n_prompt = self._check_sample(request)
         snap = request.snapshot
@@ -80,6 +86,16 @@ class SamplingMixin:
         )
         tokens, logprobs = np.asarray(tokens), np.asarray(logprobs, np.float32)
         lengths, stopped = np.asarray(lengths), np.asarray(stopped)
+        real = np.arange(logprobs.shape[1])[None, :] < lengths[:, None]
+        finite = np.isfinite(logprobs[: request.num_samples][real[: request.num_samples]]).all()
+        if request.include_prompt_logprobs:
+            finite = finite and np.isfinite(np.asarray(prompt_lp)[: n_prompt - 1]).all()
+        if not finite:
+            release_compile_memory()
+            raise NonFiniteResultError(
+                "sample refused, a non-finite result: the sampled tokens' logprobs are not "
+                "finite (the weights sampled from hold NaN or infinite values)"
+            )
         sequences = [
             SampledArrays(
                 tokens=tokens[i, : lengths[i]].copy(),

@@ -66,8 +66,13 @@ class SamplingJobs:
         sequence_ids = [f"{base}:{seq}:{i}" for i in range(req.num_samples)]
 
         def run() -> SampleResponse:
+            from tinkjax.models import NonFiniteResultError
+
             job = dataclasses.replace(plan.job, snapshot=samplers.snapshot(sampler))
-            out = models.runtime(sampler.base_model).sample(job)
+            try:
+                out = models.runtime(sampler.base_model).sample(job)
+            except NonFiniteResultError as exc:
+                raise ApiError(400, str(exc), field="sampling_session_id") from None
             prompt_lp = out.prompt_logprobs
             if prompt_lp is not None and plan.last_n is not None:
                 prompt_lp = prompt_lp.copy()

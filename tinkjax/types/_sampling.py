@@ -205,6 +205,7 @@ class SampleResponse(Wire, frozen=True, kw_only=True, eq=False):
     prompt_cache_hit_tokens: int = 0
     prompt_alt_tokens: PromptAltTokens | None = None
     type: Literal["sample"] = "sample"
+    __wire_nan_as_null__ = ("prompt_logprobs_np",)
 
     def __post_init__(self) -> None:
         if self.prompt_logprobs_np is not None:
