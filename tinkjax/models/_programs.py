@@ -308,6 +308,7 @@ def sample_core(
     key: jax.Array,
     stops: jax.Array,
     stop_lens: jax.Array,
+    row_offset: jax.Array,
 ) -> tuple[jax.Array, jax.Array, jax.Array, jax.Array, jax.Array]:
     """Prefill the prompt once, then decode ``n_rows`` samples with a shared KV cache.
 
@@ -317,9 +318,11 @@ def sample_core(
         scale: ``[1]`` float.
         prompt: ``[Tp]`` int32, padded; ``prompt_len`` its true length (>= 1).
         max_tokens, temperature, top_k, top_p: scalars (``temperature == 0``: greedy).
-        key: PRNG key; row ``i`` draws its step-``j`` token from ``fold_in(fold_in(key, i), j)``
-            so a sample does not depend on how many rows the request has.
+        key: PRNG key; row ``i`` draws its step-``j`` token from
+            ``fold_in(fold_in(key, row_offset + i), j)`` so a sample does not depend on how many
+            rows the call has (a request sampled in pieces gives the same samples).
         stops, stop_lens: ``[Ns, Ls]`` right-aligned stop sequences and their lengths.
+        row_offset: int32 scalar, the index in the request of this call's first row.
 
     Returns:
         ``tokens [n, gen_len]``, ``logprobs [n, gen_len]`` (raw model log-softmax of each
@@ -338,7 +341,9 @@ def sample_core(
     prompt_lp = target_logprobs(logits[0, :-1], prompt[1:])
     first = jax.lax.dynamic_index_in_dim(logits[0], prompt_len - 1, keepdims=False)  # [V]
     cache = KVCache(*(jnp.repeat(c, n_rows, axis=1) for c in cache))
-    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_rows))
+    row_keys = jax.vmap(lambda i: jax.random.fold_in(key, row_offset + i))(
+        jnp.arange(n_rows, dtype=jnp.int32)
+    )
     ones = jnp.ones((n_rows,), base["embed"].dtype)
     temp, k_arr, p_arr = temperature * ones, jnp.full((n_rows,), top_k), top_p * ones
 

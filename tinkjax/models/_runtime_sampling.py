@@ -83,6 +83,7 @@ class SamplingMixin:
             key=_prng_key(seed),
             stops=stop_arr,
             stop_lens=stop_lens,
+            row_offset=np.int32(request.row_offset),
         )
         tokens, logprobs = np.asarray(tokens), np.asarray(logprobs, np.float32)
         lengths, stopped = np.asarray(lengths), np.asarray(stopped)
@@ -122,6 +123,8 @@ class SamplingMixin:
         if bad.any():
             raise ValueError(f"prompt: token {int(prompt[bad][0])} outside [0, {vocab})")
         n_prompt = prompt.shape[0]
+        if not 0 <= request.row_offset < 2**31 - request.num_samples:
+            raise ValueError(f"row_offset: {request.row_offset} outside [0, 2**31)")
         if request.num_samples < 1:
             raise ValueError(f"num_samples: expected >= 1, got {request.num_samples}")
         if request.max_tokens < 0 or n_prompt + request.max_tokens > max_len:

@@ -213,6 +213,8 @@ class SampleJob:
         stop_token_seqs: stop when the generated tokens end with one of these (the caller
             encodes stop strings to bytes and adds EOS when Tinker's default stop applies).
         include_prompt_logprobs: also return ``log p(prompt[i] | prompt[:i])``.
+        row_offset: index of the first sample within a larger request sampled in pieces
+            (sample ``i`` here is sample ``row_offset + i`` there: same seed, same tokens).
     """
 
     snapshot: AdapterSnapshot | None
@@ -225,6 +227,7 @@ class SampleJob:
     seed: int | None = None
     stop_token_seqs: Sequence[Sequence[int]] = ()
     include_prompt_logprobs: bool = False
+    row_offset: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,16 @@
-"""Sampling: ``create_sampling_session`` and ``/asample`` jobs."""
+"""Sampling: ``create_sampling_session`` and ``/asample`` jobs.
+
+A sample job runs in pieces of at most :data:`SAMPLE_ROWS_PER_TURN` samples, each one turn of
+its session's scheduler lane (``Scheduler`` round-robins the lanes), so a large request from
+one session does not hold the worker while another session's small request waits. Pieces
+share the request's seed and row numbering, so the samples equal those of one call.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import functools
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -10,7 +18,7 @@ import numpy as np
 from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext, new_request_id
 from tinkjax.server._samplers import SamplerRecord
-from tinkjax.server._scheduler import Job
+from tinkjax.server._scheduler import Job, Resume
 from tinkjax.server._validate import check_int, sample_plan
 from tinkjax.types import (
     CreateSamplingSessionRequest,
@@ -21,7 +29,12 @@ from tinkjax.types import (
     UntypedAPIFuture,
 )
 
-__all__ = ["SamplingJobs"]
+__all__ = ["SAMPLE_ROWS_PER_TURN", "SamplingJobs"]
+
+#: Samples one turn of the worker computes for a request (the rest waits for its next turn).
+#: Sampling is one decode loop over every row, so a piece costs about its share of the
+#: request; the pieces repeat the prompt's prefill (small next to the decode).
+SAMPLE_ROWS_PER_TURN = 16
 
 
 @dataclass(frozen=True)
@@ -65,30 +78,42 @@ class SamplingJobs:
         seq = req.seq_id if req.seq_id is not None else request_id[:8]
         sequence_ids = [f"{base}:{seq}:{i}" for i in range(req.num_samples)]
 
-        def run() -> SampleResponse:
+        job = plan.job
+        if job.seed is None and job.num_samples > SAMPLE_ROWS_PER_TURN:
+            # One seed for every piece: the same samples as one call would give.
+            job = dataclasses.replace(job, seed=int.from_bytes(os.urandom(4), "little"))
+        sequences: list[SampledSequence] = []
+        prompt_lp: list[np.ndarray | None] = [None]
+
+        def piece(start: int) -> SampleResponse | Resume:
+            """Samples ``start`` up to the next ``SAMPLE_ROWS_PER_TURN``; the rest later."""
             from tinkjax.models import NonFiniteResultError
 
-            job = dataclasses.replace(plan.job, snapshot=samplers.snapshot(sampler))
+            n = min(SAMPLE_ROWS_PER_TURN, job.num_samples - start)
+            part = dataclasses.replace(
+                job, snapshot=samplers.snapshot(sampler), num_samples=n, row_offset=start,
+                include_prompt_logprobs=job.include_prompt_logprobs and start == 0,
+            )  # fmt: skip
             try:
-                out = models.runtime(sampler.base_model).sample(job)
+                out = models.runtime(sampler.base_model).sample(part)
             except NonFiniteResultError as exc:
                 raise ApiError(400, str(exc), field="sampling_session_id") from None
-            prompt_lp = out.prompt_logprobs
-            if prompt_lp is not None and plan.last_n is not None:
-                prompt_lp = prompt_lp.copy()
-                prompt_lp[: max(plan.n_prompt - plan.last_n, 0)] = np.nan
-            return SampleResponse(
-                sequences=[
-                    SampledSequence(
-                        stop_reason=s.stop_reason,
-                        tokens_np=s.tokens,
-                        logprobs_np=s.logprobs,
-                        sequence_id=sequence_ids[i],
-                    )
-                    for i, s in enumerate(out.sequences)
-                ],
-                prompt_logprobs_np=prompt_lp,
-            )
+            if start == 0:
+                prompt_lp[0] = out.prompt_logprobs
+            for i, s in enumerate(out.sequences):
+                seq_id = sequence_ids[start + i]
+                sequences.append(SampledSequence(
+                    stop_reason=s.stop_reason, tokens_np=s.tokens, logprobs_np=s.logprobs,
+                    sequence_id=seq_id,
+                ))  # fmt: skip
+            if start + n < job.num_samples:
+                return Resume(lambda: piece(start + n))
+            lp = prompt_lp[0]
+            if lp is not None and plan.last_n is not None:
+                lp = lp.copy()
+                lp[: max(plan.n_prompt - plan.last_n, 0)] = np.nan
+            return SampleResponse(sequences=sequences, prompt_logprobs_np=lp)
 
-        self.ctx.scheduler.submit(Job(request_id, "sample", run=run))
+        run = functools.partial(piece, 0)
+        self.ctx.scheduler.submit(Job(request_id, "sample", run=run, lane=sampler.lane))
         return UntypedAPIFuture(request_id=request_id, sample_sequence_ids=sequence_ids)

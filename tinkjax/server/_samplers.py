@@ -34,6 +34,15 @@ class SamplerRecord:
     model_path: str | None = None
     snapshot: AdapterSnapshot | None = None
 
+    @property
+    def lane(self) -> str:
+        """The scheduler lane its sample requests share (fairness): the session that created
+        the sampling session, or the weights named directly."""
+        session, sep, _ = self.sampler_id.partition(":sample:")
+        if sep:
+            return f"session:{session}"
+        return f"weights:{self.model_path or self.base_model}"
+
 
 class SamplerRegistry:
     """Live samplers (durable ones also in the store) and the snapshots behind them.

@@ -21,6 +21,13 @@ submission's ``request_id`` and never runs twice; one with a different body is r
 All model work runs on one worker thread (the JAX runtime is not thread-safe). Forward or
 forward/backward requests that are ready at the same time and share a base model and
 ``forward_only`` are fused into one runtime call, without reordering any model's requests.
+
+Fairness: unordered jobs that name a ``lane`` (sampling: one lane per session) do not queue
+behind each other first come, first served. The worker takes turns: one training job (or fused
+batch) from the ordered queue, then one job from the next lane in round-robin order, and so on
+(a queue with nothing ready gives up its turn). A job may run in pieces: when ``run`` returns
+:class:`Resume`, the rest goes to the back of its lane, so one large sample request yields the
+worker to other sessions between its pieces.
 """
 
 from __future__ import annotations
@@ -36,7 +43,7 @@ from typing import Any
 from tinkjax.server._errors import ApiError, category_of, describe
 from tinkjax.server._futures import FutureTable
 
-__all__ = ["FusedWork", "Job", "Scheduler"]
+__all__ = ["FusedWork", "Job", "Resume", "Scheduler"]
 
 _log = logging.getLogger("tinkjax.server")
 
@@ -75,6 +82,14 @@ class FusedWork:
         return len(self.item.datums)
 
 
+@dataclass(frozen=True)
+class Resume:
+    """What a job's ``run`` returns when it did one piece of its work: ``run`` does the rest
+    (it may return ``Resume`` again); the job waits its lane's next turn for it."""
+
+    run: Callable[[], Any]
+
+
 @dataclass
 class _Seen:
     digest: str
@@ -96,6 +111,8 @@ class Job:
         model_id: ordering key; ``None`` for unordered jobs (sampling).
         seq_id: position in the model's order.
         placeholder: holds the place of a refused ``seq_id`` (nothing runs, no future).
+        lane: the fairness lane of an unordered job (e.g. its session); ``None``: the
+            ordered queue.
     """
 
     request_id: str
@@ -105,6 +122,7 @@ class Job:
     model_id: str | None = None
     seq_id: int | None = None
     placeholder: bool = False
+    lane: str | None = None
     enqueued: float = field(default_factory=time.monotonic)
 
 
@@ -132,6 +150,9 @@ class Scheduler:
         self.seq_window = seq_window
         self._cond = threading.Condition()
         self._ready: collections.deque[Job] = collections.deque()
+        # Unordered jobs by lane, in round-robin order (a lane served goes to the end).
+        self._lanes: dict[str, collections.deque[Job]] = {}
+        self._lane_turn = False
         self._next_seq: dict[str, int] = {}
         self._buffer: dict[str, dict[int, Job]] = {}
         # When each model with buffered requests last made progress (its gap's clock).
@@ -249,7 +270,7 @@ class Scheduler:
                 if job.model_id is not None and job.model_id not in self._next_seq:
                     raise ApiError(404, f"unknown model_id {job.model_id!r}", field="model_id")
                 self.futures.create(job.request_id, job.kind)
-                self._ready.append(job)
+                self._queue_unordered(job)
                 self._cond.notify_all()
                 return job.request_id
             model_id, seq_id = job.model_id, job.seq_id
@@ -364,8 +385,24 @@ class Scheduler:
 
     # ----------------------------------------------------------------- worker
 
+    def _queue_unordered(self, job: Job) -> None:
+        if job.lane is None:
+            self._ready.append(job)
+        else:
+            self._lanes.setdefault(job.lane, collections.deque()).append(job)
+
     def _take(self) -> list[Job]:
-        """The next job, plus compatible fused jobs (caller holds the lock)."""
+        """The next job, plus compatible fused jobs (caller holds the lock): the ordered queue
+        and the lanes take turns, and the lanes take turns among themselves."""
+        from_lane = bool(self._lanes) and (not self._ready or self._lane_turn)
+        self._lane_turn = not from_lane
+        if from_lane:
+            lane = next(iter(self._lanes))
+            jobs = self._lanes.pop(lane)
+            job = jobs.popleft()
+            if jobs:
+                self._lanes[lane] = jobs  # back of the round
+            return [job]
         first = self._ready.popleft()
         if first.fused is None:
             return [first]
@@ -402,12 +439,12 @@ class Scheduler:
         while True:
             with self._cond:
                 expired = self._expire_gaps()
-                while not self._ready and not self._stopping and not expired:
+                while not (self._ready or self._lanes or self._stopping or expired):
                     self._cond.wait(timeout=min(0.5, self.seq_gap_timeout_s / 4) or 0.01)
                     expired = self._expire_gaps()
                 if self._stopping:
                     return
-                batch = self._take() if self._ready else []
+                batch = self._take() if self._ready or self._lanes else []
             for job, message in expired:
                 self.futures.fail(job.request_id, message, "user")
             if batch:
@@ -430,6 +467,11 @@ class Scheduler:
             except Exception as exc:
                 results = [exc]
         for job, result in zip(batch, results, strict=True):
+            if isinstance(result, Resume):
+                job.run = result.run
+                with self._cond:
+                    self._queue_unordered(job)
+                continue
             if isinstance(result, Exception):
                 category = category_of(result)
                 if category == "server":
