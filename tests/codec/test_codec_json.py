@@ -56,7 +56,7 @@ def test_tensor_json_round_trip_is_exact(td: T.TensorData) -> None:
 
 
 @settings(max_examples=60, deadline=None)
-@given(S.f32_array((7,), nan=False))
+@given(S.f32_array((7,)))
 def test_float32_values_round_trip_exactly(values: np.ndarray) -> None:
     td = T.TensorData(data=values, dtype="float32")
     back = decode_json(encode_json(td), T.TensorData)
@@ -225,12 +225,26 @@ def test_malformed_json_is_a_decode_error(body: bytes) -> None:
         decode_json(body, T.GetInfoRequest)
 
 
-def test_json_nan_and_inf_metric_values_encode_as_null() -> None:
-    # JSON has no NaN; msgspec writes null, which then does not decode as a float.
-    body = encode_json(T.OptimStepResponse(metrics={"a:mean": math.nan}))
-    assert json.loads(body) == {"metrics": {"a:mean": None}}
-    with pytest.raises(DecodeError, match=r"metrics"):
-        decode_json(body, T.OptimStepResponse)
+@pytest.mark.parametrize("value", [math.nan, math.inf, -math.inf])
+def test_json_refuses_to_encode_non_finite_numbers(value: float) -> None:
+    # JSON has no NaN or infinity; msgspec would write null, which reads as a missing value.
+    with pytest.raises(WireFormatError, match=r"metrics\.a:mean: .*non-finite"):
+        encode_json(T.OptimStepResponse(metrics={"a:mean": value}))
+    with pytest.raises(WireFormatError, match=r"logprobs"):
+        encode_json(T.SampledSequence(stop_reason="length", tokens_np=[1], logprobs_np=[value]))
+
+
+def test_json_prompt_logprobs_send_nan_as_null_on_purpose() -> None:
+    resp = T.SampleResponse(sequences=[], prompt_logprobs_np=[math.nan, -1.5])
+    assert json.loads(encode_json(resp))["prompt_logprobs"] == [None, -1.5]
+    with pytest.raises(WireFormatError, match="prompt_logprobs"):
+        encode_json(T.SampleResponse(sequences=[], prompt_logprobs_np=[math.nan, math.inf]))
+
+
+def test_json_null_for_a_float_is_named_non_finite_or_missing() -> None:
+    body = b'{"model_id": "m", "seq_id": 1, "adam_params": {"learning_rate": null}}'
+    with pytest.raises(DecodeError, match=r"learning_rate: expected a finite number, got null"):
+        decode_json(body, T.OptimStepRequest)
 
 
 @settings(max_examples=40, deadline=None)

@@ -89,9 +89,9 @@ def to_wire_builtins(value: Any) -> Any:
             and isinstance(value[0], str | int | float)
             and not isinstance(value[0], enum.Enum)
         ):
-            if isinstance(value[0], float) and not all(map(math.isfinite, value)):
-                bad = next(v for v in value if not math.isfinite(v))
-                raise WireFormatError(f"cannot encode the non-finite number {bad} as JSON")
+            for v in value:
+                if isinstance(v, float) and not math.isfinite(v):
+                    raise WireFormatError(f"cannot encode the non-finite number {v} as JSON")
             return list(value)
         return [to_wire_builtins(v) for v in value]
     if isinstance(value, dict):
