@@ -192,11 +192,14 @@ def test_refused_submission_uses_its_seq_id(
     ok = post(http, "forward_backward", fwdbwd_body(model, seq + 2, [ce_datum(TOKENS)]))
     done = result(http, ok.json()["request_id"]).json()
     assert "loss:sum" in done["metrics"], done
-    # A refused seq id stays used: even a valid body there is refused, naming the first cause.
+    # A refused seq id stays used: a later body there (e.g. a client's gap-filling no-op) gets
+    # a future that already failed with the first refusal, and nothing runs.
     again = post(http, "forward_backward", fwdbwd_body(model, seq, [ce_datum(TOKENS)]))
-    assert again.status_code == 400
-    assert "already used by a refused request" in again.json()["detail"]
-    assert "no_such_loss" in again.json()["detail"]
+    assert again.status_code == 200, again.text
+    failed = result(http, again.json()["request_id"]).json()
+    assert failed["category"] == "user"
+    assert "refused when first submitted" in failed["error"]
+    assert "no_such_loss" in failed["error"]
     assert server.applied_count(model, seq) == 0
 
 

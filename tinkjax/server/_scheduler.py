@@ -13,7 +13,9 @@ Every training request names ``(model_id, seq_id)``. A model's requests run stri
   behind a further gap get a fresh timeout.
 * A submission refused at the edge (a 4xx after its ``model_id`` and ``seq_id`` were read) still
   uses its ``seq_id`` (:meth:`Scheduler.refuse`): the official SDK spent the id and never fills
-  the gap, so without this the next request would wait out the gap timeout and fail.
+  the gap, so without this the next request would wait out the gap timeout and fail. A later
+  submission at that id (the tinkjax client fills a refused id with a no-op) gets a future that
+  has already failed with the refusal's message.
 
 A resubmission of ``(model_id, seq_id)`` with the same body is answered with the first
 submission's ``request_id`` and never runs twice; one with a different body is rejected.
@@ -36,6 +38,7 @@ import collections
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -232,14 +235,8 @@ class Scheduler:
         seen = self._seen.get((model_id, seq_id))
         if seen is None:
             return None
-        if seen.refused is not None:
-            again = "" if seen.digest == digest else " (with a different body)"
-            raise ApiError(
-                400,
-                f"seq_id {seq_id} of model {model_id!r} was already used by a refused request"
-                f"{again}: {seen.refused}",
-                field="seq_id",
-            )
+        if seen.refused is not None:  # whatever the body: the id is used, nothing runs
+            return seen.request_id
         if seen.digest != digest:
             raise ApiError(
                 400,
@@ -289,10 +286,11 @@ class Scheduler:
     def refuse(self, model_id: str, seq_id: int, digest: str, reason: str) -> None:
         """Count the ``seq_id`` of a submission refused at the edge as used.
 
-        Nothing runs for it, but the model's order moves past it as if it had (a resubmission
-        is refused again, naming ``reason``). Ignored when the model is unknown, or the seq id
-        was already used, is behind the order or beyond the window: none of them is a gap
-        anyone waits on.
+        Nothing runs for it, but the model's order moves past it as if it had. A later
+        submission at this id (a retry, or a client's gap-filling no-op) is answered with a
+        future that has already failed with ``reason``. Ignored when the model is unknown, or
+        the seq id was already used, is behind the order or beyond the window: none of them is
+        a gap anyone waits on.
         """
         with self._cond:
             if model_id not in self._next_seq or (model_id, seq_id) in self._seen:
@@ -301,8 +299,15 @@ class Scheduler:
                 self._check_in_window(model_id, seq_id)
             except ApiError:
                 return
-            job = Job("", "refused", model_id=model_id, seq_id=seq_id, placeholder=True)
-            self._place(job, model_id, seq_id, _Seen(digest, "", refused=reason))
+            request_id = uuid.uuid4().hex
+            self.futures.create(request_id, "refused")
+            self.futures.fail(
+                request_id,
+                f"seq_id {seq_id} of model {model_id!r} was refused when first submitted: {reason}",
+                "user",
+            )
+            job = Job(request_id, "refused", model_id=model_id, seq_id=seq_id, placeholder=True)
+            self._place(job, model_id, seq_id, _Seen(digest, request_id, refused=reason))
 
     def _check_in_window(self, model_id: str, seq_id: int) -> None:
         expected = self._next_seq[model_id]
