@@ -49,7 +49,7 @@ def test_small_sample_is_not_starved_by_another_sessions_large_ones(
     monkeypatch.setattr(futures, "complete", recording)
     gate = threading.Event()
     server.scheduler.submit(Job("gate-sampling", "test", run=lambda: gate.wait(30)))
-    large = [_sample(http, tenant_a, 2 * _jobs_sampling.SAMPLE_ROWS_PER_TURN) for _ in range(4)]
+    large = [_sample(http, tenant_a, 32) for _ in range(4)]
     small = _sample(http, tenant_b, 1)
     gate.set()
     assert len(result(http, small).json()["sequences"]) == 1
@@ -59,6 +59,7 @@ def test_small_sample_is_not_starved_by_another_sessions_large_ones(
     assert len(order) == 5
     # Round-robin per piece: B's one piece runs after at most one piece of A.
     assert order.index(small) == 0, order
+    assert _jobs_sampling.SAMPLE_ROWS_PER_TURN < 32  # A's requests ran in pieces
 
 
 def test_sampling_in_pieces_equals_one_call(

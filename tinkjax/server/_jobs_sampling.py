@@ -12,6 +12,7 @@ import dataclasses
 import functools
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -28,6 +29,9 @@ from tinkjax.types import (
     SampleResponse,
     UntypedAPIFuture,
 )
+
+if TYPE_CHECKING:
+    from tinkjax.models import AdapterSnapshot
 
 __all__ = ["SAMPLE_ROWS_PER_TURN", "SamplingJobs"]
 
@@ -84,14 +88,17 @@ class SamplingJobs:
             job = dataclasses.replace(job, seed=int.from_bytes(os.urandom(4), "little"))
         sequences: list[SampledSequence] = []
         prompt_lp: list[np.ndarray | None] = [None]
+        snapshot: list[AdapterSnapshot | None] = [None]
 
         def piece(start: int) -> SampleResponse | Resume:
             """Samples ``start`` up to the next ``SAMPLE_ROWS_PER_TURN``; the rest later."""
             from tinkjax.models import NonFiniteResultError
 
             n = min(SAMPLE_ROWS_PER_TURN, job.num_samples - start)
+            if start == 0:  # the weights are read once: every piece samples the same ones
+                snapshot[0] = samplers.snapshot(sampler)
             part = dataclasses.replace(
-                job, snapshot=samplers.snapshot(sampler), num_samples=n, row_offset=start,
+                job, snapshot=snapshot[0], num_samples=n, row_offset=start,
                 include_prompt_logprobs=job.include_prompt_logprobs and start == 0,
             )  # fmt: skip
             try:
