@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -13,6 +15,7 @@ from tinkjax.models import (
     FwdBwdItem,
     ModelRuntime,
     NonFiniteResultError,
+    SampleJob,
 )
 
 
@@ -128,3 +131,17 @@ def test_bad_item_sharing_an_adapter_with_a_good_one_only_refuses_itself(
 def test_poisonous_hyperparameters_are_refused(values: dict[str, float], field: str) -> None:
     with pytest.raises(ValueError, match=f"adam_params.{field}"):
         AdamHyper(**values)
+
+
+def test_sampling_from_non_finite_weights_is_refused(runtime: ModelRuntime) -> None:
+    rt = runtime
+    rt.create_adapter("nf-sample", rank=4, seed=7)
+    snap = rt.snapshot("nf-sample")
+    poisoned = dataclasses.replace(
+        snap, weights={t: (a, jnp.full_like(b, jnp.nan)) for t, (a, b) in snap.weights.items()}
+    )
+    prompt = np.arange(1, 9, dtype=np.int32)
+    ok = rt.sample(SampleJob(snap, prompt, num_samples=2, max_tokens=4, seed=0))
+    assert all(np.isfinite(s.logprobs).all() for s in ok.sequences)
+    with pytest.raises(NonFiniteResultError, match="non-finite"):
+        rt.sample(SampleJob(poisoned, prompt, num_samples=2, max_tokens=4, seed=0))

@@ -118,7 +118,11 @@ def test_poisonous_adam_params_are_refused_naming_the_field(
     assert r.status_code == 400, r.text
     assert field in r.json()["field"]
     value = adam[field.split(".")[-1]]
-    assert ("null" if value is None else f"{value:g}") in r.json()["detail"]
+    detail = r.json()["detail"]
+    if value is None:  # NaN and infinities as JSON writers send them
+        assert "expected a finite number, got null" in detail
+    else:
+        assert f"{value:g}" in detail
 
 
 def _logprobs(http: httpx.Client, server: ServerHandle, model: str) -> list[float]:
