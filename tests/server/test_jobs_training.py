@@ -162,12 +162,12 @@ def test_step_that_would_overflow_is_refused_and_changes_nothing(
     r = post(http, "forward_backward", fwdbwd_body(model, seq, [ce_datum(TOKENS, 1e20)]))
     assert "loss:sum" in result(http, r.json()["request_id"]).json()["metrics"]
     before = _logprobs(http, server, model)
-    state = server.backend.runtime(MICRO).export_state(model, include_optimizer=True)
+    state = server.backend.models.runtime(MICRO).export_state(model, include_optimizer=True)
     step = post(http, "optim_step", {"model_id": model, "seq_id": seq + 2})
     failed = result(http, step.json()["request_id"]).json()
     assert failed["category"] == "user"
     assert "non-finite" in failed["error"]
     assert "unchanged" in failed["error"]
-    after = server.backend.runtime(MICRO).export_state(model, include_optimizer=True)
+    after = server.backend.models.runtime(MICRO).export_state(model, include_optimizer=True)
     assert all((after[k] == state[k]).all() for k in state)
     assert _logprobs(http, server, model) == before
