@@ -87,8 +87,8 @@ class FusedWork:
 
 @dataclass(frozen=True)
 class Resume:
-    """What a job's ``run`` returns when it did one piece of its work: ``run`` does the rest
-    (it may return ``Resume`` again); the job waits its lane's next turn for it."""
+    """What an unordered job's ``run`` returns when it did one piece of its work: ``run`` does
+    the rest (it may return ``Resume`` again); the job waits its lane's next turn for it."""
 
     run: Callable[[], Any]
 
@@ -113,7 +113,8 @@ class Job:
         fused: the forward/backward work (fused jobs).
         model_id: ordering key; ``None`` for unordered jobs (sampling).
         seq_id: position in the model's order.
-        placeholder: holds the place of a refused ``seq_id`` (nothing runs, no future).
+        placeholder: holds the place of a refused ``seq_id`` (nothing runs; its future
+            failed at once).
         lane: the fairness lane of an unordered job (e.g. its session); ``None``: the
             ordered queue.
     """
