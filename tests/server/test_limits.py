@@ -142,9 +142,11 @@ def test_user_metadata_byte_limits(server: ServerHandle, http: httpx.Client) -> 
     ok = post(
         http,
         "save_weights",
-        {"model_id": mid, "path": "m", "seq_id": 1, "user_metadata": {"note": "small"}},
+        {"model_id": mid, "path": "m", "seq_id": 2, "user_metadata": {"note": "small"}},
     )
-    _ok(http, ok)  # the refused save did not take seq_id 1's place or queue anything
+    # The refused save queued nothing; its seq_id 1 counts as used (the official SDK spent it),
+    # so the next save runs at once as seq_id 2.
+    _ok(http, ok)
     listed = http.get(f"/api/v1/training_runs/{mid}/checkpoints").json()["checkpoints"]
     assert [c["user_metadata"] for c in listed] == [{"note": "small"}]
 
