@@ -154,8 +154,15 @@ class _Handlers:
 
     def refused(self, body: bytes, body_digest: str, exc: BaseException, head: Any = None) -> None:
         """A refused ordered request uses its ``seq_id`` when its model and seq id can be read
-        (from ``head``, the decoded request, or else from the JSON body)."""
-        if status_of(exc) >= 500:
+        (from ``head``, the decoded request, or else from the JSON body).
+
+        Not when the server is at fault (5xx), nor when the caller may not use the model (401,
+        403, or a 404 for the ``model_id`` itself): a request must never use up an id of a
+        model that is not its own."""
+        status = status_of(exc)
+        if status >= 500 or status in (401, 403):
+            return
+        if status == 404 and getattr(exc, "field", None) == "model_id":
             return
         if head is None:
             try:
