@@ -207,3 +207,11 @@ def test_cached_weights_of_saved_samplers_are_bounded(
     again = _ok(http, post(http, "asample", {**body, "sampling_session_id": ids[0]}))
     assert again["sequences"] == first[0]["sequences"]  # read again from its checkpoint
     assert list(samplers._loaded) == [ids[0]]
+
+
+def test_an_empty_telemetry_batch_into_an_empty_store_is_kept_as_nothing(tmp_path: Path) -> None:
+    with Store(tmp_path) as store:
+        store.telemetry.add("s", [])  # raised TypeError (MAX(id) of an empty table is NULL)
+        assert store.telemetry.query(limit=10) == []
+        store.telemetry.add("s", [{"event": "GENERIC_EVENT"}])
+        assert len(store.telemetry.query(limit=10)) == 1

@@ -80,7 +80,8 @@ class Telemetry:
                 rows,
             )
             self._bytes += sum(len(r[4]) for r in rows)
-            cutoff = c.execute("SELECT MAX(id) FROM telemetry").fetchone()[0] - self.max_events
+            newest = c.execute("SELECT MAX(id) FROM telemetry").fetchone()[0]
+            cutoff = (newest or 0) - self.max_events  # an empty batch into an empty table: None
             if self._bytes > self.max_bytes:  # drop the oldest until the rest fits
                 excess = self._bytes - self.max_bytes
                 for row in c.execute("SELECT id, length(payload) FROM telemetry ORDER BY id"):
