@@ -72,3 +72,31 @@ def test_sampling_in_pieces_equals_one_call(
     whole = result(http, _sample(http, sampler, n, seed=11)).json()["sequences"]
     assert [s["tokens"] for s in pieces] == [s["tokens"] for s in whole]
     assert len({tuple(s["tokens"]) for s in whole}) > 1  # the rows differ from each other
+
+
+def test_a_sample_is_validated_once_at_the_edge(
+    http: httpx.Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The server's checked job carries the config it was checked against; the runtime trusts
+    it (direct users of the runtime still get its own checks)."""
+    import numpy as np
+
+    from tinkjax.models import ModelRuntime, SampleJob
+
+    calls: list[int] = []
+    original = ModelRuntime._check_sample
+
+    def counting(self: ModelRuntime, request: SampleJob) -> Any:
+        calls.append(1)
+        return original(self, request)
+
+    monkeypatch.setattr(ModelRuntime, "_check_sample", counting)
+    sampler = _sampler(http)
+    r = result(http, _sample(http, sampler, 2, max_tokens=4))
+    assert r.status_code == 200, r.text
+    assert len(r.json()["sequences"]) == 2
+    assert calls == []
+    direct = ModelRuntime(MICRO)
+    with pytest.raises(ValueError, match="top_p"):
+        direct.sample(SampleJob(snapshot=None, prompt=np.array([1, 2], np.int32), top_p=0.0))
+    assert calls == [1]

@@ -53,7 +53,11 @@ class SamplingMixin:
             ValueError: bad prompt tokens, lengths or sampling parameters.
             NonFiniteResultError: the logprobs are not finite (weights holding NaN or inf).
         """
-        prompt, n_prompt = self._check_sample(request)
+        if request.checked_for == self.config:  # validated once, at the server's edge
+            prompt = np.asarray(request.prompt)
+            n_prompt = int(prompt.shape[0])
+        else:
+            prompt, n_prompt = self._check_sample(request)
         snap = request.snapshot
         p_pad = bucket_length(n_prompt)
         gen_len = max(16, bucket_pow2(request.max_tokens))

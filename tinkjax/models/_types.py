@@ -15,6 +15,8 @@ from typing import Literal
 import jax
 import numpy as np
 
+from tinkjax.models._config import ModelConfig
+
 __all__ = [
     "ADAM_KEYS",
     "LORA_ALPHA",
@@ -215,6 +217,9 @@ class SampleJob:
         include_prompt_logprobs: also return ``log p(prompt[i] | prompt[:i])``.
         row_offset: index of the first sample within a larger request sampled in pieces
             (sample ``i`` here is sample ``row_offset + i`` there: same seed, same tokens).
+        checked_for: the model config a caller has already validated the job against (the
+            server does, at its edge, naming the wire fields); the runtime then trusts it
+            instead of checking it again. ``None`` (direct use): the runtime checks it.
     """
 
     snapshot: AdapterSnapshot | None
@@ -228,6 +233,7 @@ class SampleJob:
     stop_token_seqs: Sequence[Sequence[int]] = ()
     include_prompt_logprobs: bool = False
     row_offset: int = 0
+    checked_for: ModelConfig | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True)

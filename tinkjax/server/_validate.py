@@ -303,5 +303,6 @@ def sample_plan(req: SampleRequest, cfg: ModelConfig) -> SamplePlan:
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=params.seed, stop_token_seqs=stops,
         include_prompt_logprobs=bool(req.prompt_logprobs) or last_n is not None,
+        checked_for=cfg,  # every field checked above: the runtime does not check it again
     )  # fmt: skip
     return SamplePlan(job=job, n_prompt=n_prompt, last_n=last_n)
