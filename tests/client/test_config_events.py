@@ -273,6 +273,7 @@ def test_public_api_is_sorted_and_complete() -> None:
         "regularizers",
         "kernels",
         "cli",
+        "sweep",
     }
     assert public <= set(tinkjax.__all__) | {"annotations"}
     for name in tinkjax.__all__:
