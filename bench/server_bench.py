@@ -53,7 +53,11 @@ def startup(n: int) -> dict[str, Any]:
     rows = []
     for _ in range(n):
         server = H.launch("startup", H.serve_cmd(), timed=False)
-        caps = httpx.get(server.url + "/api/v1/get_server_capabilities", timeout=30)
+        caps = httpx.get(
+            server.url + "/api/v1/get_server_capabilities",
+            headers={"X-API-Key": "tml-bench"},
+            timeout=30,
+        )
         t_caps = time.monotonic()
         assert caps.status_code == 200, caps.text
         assert MODEL in caps.text, caps.text

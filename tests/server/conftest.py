@@ -12,6 +12,9 @@ import pytest
 from tinkjax.server import ServerHandle, start
 
 MICRO = "tinkjax/bytelm-micro"
+#: The key raw HTTP tests send (the server accepts any well-formed key as its own tenant).
+API_KEY = "tml-test"
+KEY_HEADERS = {"X-API-Key": API_KEY}
 
 
 @pytest.fixture(scope="session")
@@ -27,7 +30,7 @@ def server() -> Iterator[ServerHandle]:
 @pytest.fixture(scope="session")
 def http(server: ServerHandle) -> Iterator[httpx.Client]:
     """A raw HTTP client on the server."""
-    with httpx.Client(base_url=server.base_url, timeout=60) as client:
+    with httpx.Client(base_url=server.base_url, headers=KEY_HEADERS, timeout=60) as client:
         yield client
 
 
@@ -35,9 +38,7 @@ def http(server: ServerHandle) -> Iterator[httpx.Client]:
 def sdk_env(server: ServerHandle) -> Iterator[None]:
     """Environment for the official SDK pointed at the server."""
     old = {k: os.environ.get(k) for k in ("TINKER_BASE_URL", "TINKER_API_KEY", "TINKER_TELEMETRY")}
-    os.environ.update(
-        TINKER_BASE_URL=server.base_url, TINKER_API_KEY="tml-test", TINKER_TELEMETRY="0"
-    )
+    os.environ.update(TINKER_BASE_URL=server.base_url, TINKER_API_KEY=API_KEY, TINKER_TELEMETRY="0")
     try:
         yield
     finally:

@@ -7,7 +7,7 @@ import pytest
 
 from tinkjax.server import FaultConfig, FaultRule, ServerHandle, start
 
-from .conftest import MICRO
+from .conftest import KEY_HEADERS, MICRO
 
 
 @pytest.fixture
@@ -20,7 +20,7 @@ def test_fault_rule_fires_times_then_stops(faulty: ServerHandle) -> None:
     faulty.faults.rules.append(
         FaultRule(path=r"/healthz$", status=503, retry_after=0.5, times=2, methods=["GET"])
     )
-    with httpx.Client(base_url=faulty.base_url) as http:
+    with httpx.Client(base_url=faulty.base_url, headers=KEY_HEADERS) as http:
         first = http.get("/api/v1/healthz")
         assert first.status_code == 503
         assert first.headers["retry-after"] == "0.5"
@@ -35,7 +35,7 @@ def test_fault_rule_fires_times_then_stops(faulty: ServerHandle) -> None:
 
 def test_fault_drop_closes_connection(faulty: ServerHandle) -> None:
     faulty.faults.rules.append(FaultRule(path=r"/healthz$", drop=True, times=1))
-    with httpx.Client(base_url=faulty.base_url) as http:
+    with httpx.Client(base_url=faulty.base_url, headers=KEY_HEADERS) as http:
         with pytest.raises(httpx.TransportError):
             http.get("/api/v1/healthz")
         assert http.get("/api/v1/healthz").json() == {"status": "ok"}
@@ -43,7 +43,7 @@ def test_fault_drop_closes_connection(faulty: ServerHandle) -> None:
 
 def test_fault_delay_then_normal_answer(faulty: ServerHandle) -> None:
     faulty.faults.rules.append(FaultRule(path=r"/healthz$", delay_s=0.2, times=1))
-    with httpx.Client(base_url=faulty.base_url) as http:
+    with httpx.Client(base_url=faulty.base_url, headers=KEY_HEADERS) as http:
         assert http.get("/api/v1/healthz").json() == {"status": "ok"}
     assert faulty.faults.rules[0].fired == 1
 

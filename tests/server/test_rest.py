@@ -13,7 +13,16 @@ import pytest
 
 from tinkjax.server import ServerHandle, start
 
-from .conftest import MICRO, ce_datum, fwdbwd_body, new_model, new_session, post, result
+from .conftest import (
+    KEY_HEADERS,
+    MICRO,
+    ce_datum,
+    fwdbwd_body,
+    new_model,
+    new_session,
+    post,
+    result,
+)
 
 TOKENS = list(b"checkpoints keep their promises")
 
@@ -48,7 +57,9 @@ def test_checkpoints_rest_archive_and_restart(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     with (
         start(data_dir=data_dir, long_poll_s=2.0) as srv,
-        httpx.Client(base_url=srv.base_url, timeout=60, follow_redirects=False) as http,
+        httpx.Client(
+            base_url=srv.base_url, headers=KEY_HEADERS, timeout=60, follow_redirects=False
+        ) as http,
     ):
         session = new_session(http)
         model = new_model(http, session, rank=4, train_unembed=False)
@@ -117,7 +128,7 @@ def test_checkpoints_rest_archive_and_restart(tmp_path: Path) -> None:
     # A restarted server on the same data dir lists and loads the checkpoints.
     with (
         start(data_dir=data_dir, long_poll_s=2.0) as srv2,
-        httpx.Client(base_url=srv2.base_url, timeout=60) as http,
+        httpx.Client(base_url=srv2.base_url, headers=KEY_HEADERS, timeout=60) as http,
     ):
         listed = http.get(f"/api/v1/training_runs/{model}/checkpoints").json()["checkpoints"]
         assert [c["checkpoint_id"] for c in listed] == ["weights/s1", "sampler_weights/p1"]

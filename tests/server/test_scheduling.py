@@ -12,7 +12,7 @@ from tinkjax.server import ServerHandle, _scheduler, start
 from tinkjax.server._futures import FutureTable
 from tinkjax.server._scheduler import Job
 
-from .conftest import ce_datum, fwdbwd_body, new_model, new_session, post, result
+from .conftest import KEY_HEADERS, ce_datum, fwdbwd_body, new_model, new_session, post, result
 
 TOKENS = list(b"ordering matters here")
 
@@ -71,7 +71,7 @@ def test_reused_create_seq_is_rejected(http: httpx.Client, model: str) -> None:
 def test_early_arrivals_wait_for_the_gap(server: ServerHandle) -> None:
     with (
         start(seq_gap_timeout_s=60.0, long_poll_s=0.2) as srv,
-        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+        httpx.Client(base_url=srv.base_url, headers=KEY_HEADERS, timeout=30) as http,
     ):
         model = new_model(http, new_session(http))
         lr = {"learning_rate": 0.1, "beta1": 0.9, "beta2": 0.95, "eps": 1e-8,
@@ -97,7 +97,7 @@ def test_early_arrivals_wait_for_the_gap(server: ServerHandle) -> None:
 def test_gap_never_filled_fails_with_clear_error() -> None:
     with (
         start(seq_gap_timeout_s=0.5, long_poll_s=5.0) as srv,
-        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+        httpx.Client(base_url=srv.base_url, headers=KEY_HEADERS, timeout=30) as http,
     ):
         model = new_model(http, new_session(http))
         late = post(http, "forward", fwdbwd_body(model, 2, [ce_datum(TOKENS)], forward=True))

@@ -3,12 +3,17 @@
 from __future__ import annotations
 
 import argparse
+import os
+import socket
 import sys
 import threading
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["API_KEYS_ENV", "HELP", "add_arguments", "run"]
 
 HELP = "run the local Tinker-compatible backend (loopback by default)"
+
+#: The keys file used when ``--api-keys`` is not given.
+API_KEYS_ENV = "TINKJAX_API_KEYS_FILE"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +42,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         " (default 600; 0: never)",
     )
     parser.add_argument(
+        "--api-keys",
+        default=None,
+        metavar="FILE",
+        help="accept only the API keys listed in FILE, one per line ('#' comments); default: "
+        f"${API_KEYS_ENV}, else any well-formed key, each its own tenant",
+    )
+    parser.add_argument(
+        "--insecure",
+        action="store_true",
+        help="allow a --host other than loopback without --api-keys (anyone who can connect "
+        "can use the server)",
+    )
+    parser.add_argument(
+        "--header-timeout", type=float, default=10.0, metavar="SECONDS",
+        help="close a connection whose request head takes longer (default 10)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--idle-timeout", type=float, default=60.0, metavar="SECONDS",
+        help="close a keep-alive connection idle longer between requests (default 60)",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
 
@@ -45,19 +71,45 @@ def run(args: argparse.Namespace) -> int:
     """Start the server, print its URL, serve until interrupted."""
     import logging
 
-    from tinkjax.server import start
+    from tinkjax.server import load_api_keys, start
 
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    handle = start(
-        host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level,
-        max_live_models=args.max_live_models or None,
-        session_timeout_s=args.session_timeout or None,
-    )  # fmt: skip
+    keys_file = args.api_keys or os.environ.get(API_KEYS_ENV) or None
+    try:
+        keys = None if keys_file is None else load_api_keys(keys_file)
+        handle = start(
+            host=args.host, port=args.port, data_dir=args.data_dir, log_level=args.log_level,
+            max_live_models=args.max_live_models or None,
+            session_timeout_s=args.session_timeout or None,
+            api_keys=keys, insecure=args.insecure, header_timeout_s=args.header_timeout,
+            idle_timeout_s=args.idle_timeout,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:
+        print(f"tinkjax serve: {exc}", file=sys.stderr, flush=True)
+        return 2
     print(f"tinkjax server listening on {handle.base_url}", flush=True)
+    if args.host in ("", "0.0.0.0", "::"):  # every interface: the URL above is loopback
+        print(
+            f"  bound to every interface; from other machines: "
+            f"http://{socket.gethostname()}:{handle.port}",
+            flush=True,
+        )
     print(f"  data dir: {handle.data_dir}", flush=True)
-    print(f"  export TINKER_BASE_URL={handle.base_url} TINKER_API_KEY=tml-local", flush=True)
+    if keys is None:
+        print("  any well-formed API key is accepted (each key is its own tenant)", flush=True)
+        print(f"  export TINKER_BASE_URL={handle.base_url} TINKER_API_KEY=tml-local", flush=True)
+    else:
+        print(f"  accepting the {len(keys)} API key(s) of {keys_file}", flush=True)
+        print(f"  export TINKER_BASE_URL={handle.base_url} TINKER_API_KEY=<a key of that file>")
+    if args.insecure and keys is None:
+        print(
+            f"WARNING: serving {args.host} without --api-keys: anyone who can reach port "
+            f"{handle.port} can use this server and its data",
+            file=sys.stderr,
+            flush=True,
+        )
     try:
         threading.Event().wait()
     except KeyboardInterrupt:

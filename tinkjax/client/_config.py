@@ -26,13 +26,15 @@ __all__ = [
     "ClientConfig",
     "is_loopback_url",
     "mask_secrets",
+    "remember_secret",
     "resolve_config",
 ]
 
 logger = logging.getLogger("tinkjax.client")
 
 DEFAULT_BASE_URL = "https://tinker.thinkingmachines.dev/services/tinker-prod"
-#: The key sent to the embedded backend, which accepts any ``tml-`` key.
+#: The key of an embedded configuration until the backend is started: it accepts only the key
+#: it generates, which :func:`tinkjax.client._embedded.start_embedded` puts in its place.
 LOCAL_API_KEY = "tml-local-embedded"
 #: The ``base_url`` of an embedded configuration until the backend is started (its port is
 #: only known then): :func:`tinkjax.client._embedded.start_embedded` replaces it.
@@ -40,6 +42,11 @@ EMBEDDED_PLACEHOLDER_URL = "http://127.0.0.1:0"
 
 # Every key the process has used, so log/exception text can be scrubbed of all of them.
 _known_secrets: set[str] = set()
+
+
+def remember_secret(key: str) -> None:
+    """Mask ``key`` in log and exception text from now on (see :func:`mask_secrets`)."""
+    _known_secrets.add(key)
 
 
 def mask_secrets(text: str) -> str:

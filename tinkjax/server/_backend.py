@@ -8,6 +8,7 @@
     ├── scheduler    Scheduler: per-model seq order, duplicates, the one worker thread
     ├── models       ModelRegistry: presets, live models, runtimes (worker thread only)
     ├── samplers     SamplerRegistry: sampling sessions and their weights
+    ├── tenancy      Tenancy: which tenant owns each session, model, sampler, run, future
     └── job builders (each over one JobContext):
         training     TrainingJobs: forward_backward / forward (fused), optim_step
         lifecycle    ModelJobs: create_model, load_weights, unload_model
@@ -35,6 +36,7 @@ from tinkjax.server._models_registry import DEFAULT_MAX_LIVE_MODELS, ModelRegist
 from tinkjax.server._samplers import SamplerRegistry
 from tinkjax.server._scheduler import DEFAULT_SEQ_WINDOW, Scheduler
 from tinkjax.server._store import Store, UnknownSessionError
+from tinkjax.server._tenants import Tenancy
 
 __all__ = ["DEFAULT_SESSION_TIMEOUT_S", "Backend"]
 
@@ -81,6 +83,7 @@ class Backend:
             store, self.scheduler, models=models, max_live_models=max_live_models
         )
         self.samplers = SamplerRegistry(store, self.models)
+        self.tenancy = Tenancy(store, self.models, futures)
         ctx = JobContext(store, self.scheduler, self.models, self.samplers)
         self.training = TrainingJobs(ctx)
         self.lifecycle = ModelJobs(ctx)

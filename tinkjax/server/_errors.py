@@ -2,7 +2,7 @@
 
 Only errors the library raises on purpose blame the user::
 
-    ApiError                      its own status (400, 404, 405, 413, 415, ...)
+    ApiError                      its own status (400, 401, 404, 405, 413, 415, ...)
     store UnknownIdError          404 (an unknown session, run, checkpoint or sampler)
     store StoreError, WireFormatError (malformed JSON/protobuf, bad names, bad paths)   400
     anything else                 500: a bug in the server, logged with its traceback
@@ -87,6 +87,7 @@ def error_body(exc: BaseException, status: int) -> bytes:
 
 _TYPES = {
     400: "bad_request",
+    401: "unauthorized",
     404: "not_found",
     405: "method_not_allowed",
     409: "conflict",

@@ -27,6 +27,7 @@ class FutureRecord:
         result: the result object (a wire Struct) once done.
         error: the failure message once failed.
         category: who is to blame for a failure.
+        owner: the tenant whose request it is (``None`` until claimed: visible to nobody).
     """
 
     request_id: str
@@ -35,6 +36,7 @@ class FutureRecord:
     result: Any = None
     error: str | None = None
     category: Category = "unknown"
+    owner: str | None = None
     created: float = field(default_factory=time.monotonic)
     waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Event]] = field(default_factory=list)
 
@@ -64,6 +66,13 @@ class FutureTable:
         """The record, or ``None`` for an unknown id."""
         with self._lock:
             return self._records.get(request_id)
+
+    def claim(self, request_id: str, owner: str) -> None:
+        """Give an unclaimed future to ``owner`` (the tenant that submitted its request)."""
+        with self._lock:
+            record = self._records.get(request_id)
+            if record is not None and record.owner is None:
+                record.owner = owner
 
     def complete(self, request_id: str, result: Any) -> None:
         """Mark done with ``result`` and wake the pollers."""

@@ -2,27 +2,55 @@
 
 from __future__ import annotations
 
+import ipaddress
+import logging
 import shutil
 import socket
 import tempfile
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tinkjax.server._auth import ARCHIVE_LINK_TTL_S
+from tinkjax.server._conn import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from tinkjax.server._faults import FaultConfig, FaultMiddleware
 from tinkjax.server._scheduler import DEFAULT_SEQ_WINDOW
 
-__all__ = ["ServerHandle", "start"]
+__all__ = ["ServerHandle", "is_loopback_host", "start"]
+
+_log = logging.getLogger("tinkjax.server")
+
+
+def is_loopback_host(host: str) -> bool:
+    """Whether binding ``host`` serves this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _client_url(host: str, port: int) -> str:
+    """A URL clients can use for a server bound to ``host``: a wildcard address
+    (``0.0.0.0``, ``::``) is not one, so it is given as loopback."""
+    if host in ("", "0.0.0.0"):
+        host = "127.0.0.1"
+    elif host == "::":
+        host = "::1"
+    shown = f"[{host}]" if ":" in host else host
+    return f"http://{shown}:{port}"
 
 
 class ServerHandle:
     """A running local backend.
 
     Attributes:
-        base_url: ``http://host:port`` (give it to clients as ``TINKER_BASE_URL``).
+        base_url: ``http://host:port`` (give it to clients as ``TINKER_BASE_URL``); loopback
+            when the server is bound to every interface (``0.0.0.0``, ``::``).
         host: the bound address.
         port: the bound port.
         data_dir: where checkpoints and metadata live.
@@ -51,8 +79,7 @@ class ServerHandle:
         self._thread = thread
         self._temp_dir = temp_dir
         self._stopped = False
-        shown = f"[{host}]" if ":" in host else host
-        self.base_url = f"http://{shown}:{port}"
+        self.base_url = _client_url(host, port)
 
     @property
     def app_state(self) -> Any:
@@ -133,6 +160,11 @@ def start(
     max_live_models: int | None = 128,
     session_timeout_s: float | None = 600.0,
     max_telemetry_bytes: int = 64 * 2**20,
+    api_keys: Iterable[str] | None = None,
+    insecure: bool = False,
+    header_timeout_s: float = DEFAULT_HEADER_TIMEOUT_S,
+    idle_timeout_s: float = DEFAULT_IDLE_TIMEOUT_S,
+    archive_link_ttl_s: float = ARCHIVE_LINK_TTL_S,
 ) -> ServerHandle:
     """Start a local Tinker-compatible backend on a background thread.
 
@@ -153,14 +185,26 @@ def start(
         session_timeout_s: a session with no heartbeat and no model request for this long has
             ended and its models are freed, as on ``finish`` (``None``: only ``finish`` ends one).
         max_telemetry_bytes: the most telemetry payload bytes kept (the oldest events go first).
+        api_keys: the only API keys accepted; ``None``: any well-formed key, each its own tenant.
+        insecure: allow binding an address other than loopback without ``api_keys``.
+        header_timeout_s: a connection whose request head (line and headers) takes longer is
+            closed.
+        idle_timeout_s: a keep-alive connection idle longer between requests is closed.
+        archive_link_ttl_s: how long an archive download link stays valid.
 
     Returns:
         A :class:`ServerHandle`; use it as a context manager or call ``stop()``.
+
+    Raises:
+        ValueError: a limit out of range, a malformed key, or a non-loopback ``host`` without
+            ``api_keys`` and without ``insecure``.
     """
     import uvicorn
 
     from tinkjax.server._app import AppConfig, build_app
+    from tinkjax.server._auth import KeyPolicy
     from tinkjax.server._backend import Backend
+    from tinkjax.server._conn import timed_h11
     from tinkjax.server._futures import FutureTable
     from tinkjax.server._store import Store
 
@@ -170,6 +214,22 @@ def start(
         raise ValueError("seq_gap_timeout_s must be > 0 and long_poll_s >= 0")
     if seq_window < 1:
         raise ValueError(f"seq_window: expected >= 1, got {seq_window}")
+    if not (header_timeout_s > 0 and idle_timeout_s > 0):
+        raise ValueError(
+            f"header_timeout_s ({header_timeout_s}) and idle_timeout_s ({idle_timeout_s}) "
+            "must be > 0"
+        )
+    policy = KeyPolicy(api_keys)
+    if not is_loopback_host(host) and not policy.restricted:
+        if not insecure:
+            raise ValueError(
+                f"host {host!r} is reachable from other machines, and without api_keys any "
+                "key is accepted: pass api_keys (tinkjax serve --api-keys FILE), bind "
+                "127.0.0.1, or pass insecure=True (--insecure) to serve anyone who can connect"
+            )
+        _log.warning(
+            "tinkjax server on %s without API keys: anyone who can reach it can use it", host
+        )
     temp_dir = Path(tempfile.mkdtemp(prefix="tinkjax-server-")) if data_dir is None else None
     root = temp_dir if temp_dir is not None else Path(data_dir)  # type: ignore[arg-type]
     store = Store(root, max_telemetry_bytes=max_telemetry_bytes)
@@ -179,8 +239,12 @@ def start(
     )  # fmt: skip
     faults = faults if faults is not None else FaultConfig()
     inner: Any = build_app(
-        backend, AppConfig(max_body_bytes=max_body_bytes, long_poll_s=long_poll_s)
-    )
+        backend,
+        AppConfig(
+            max_body_bytes=max_body_bytes, long_poll_s=long_poll_s, policy=policy,
+            archive_link_ttl_s=archive_link_ttl_s,
+        ),
+    )  # fmt: skip
     app = FaultMiddleware(inner, faults)
     try:
         sock = _bind(host, port)
@@ -193,7 +257,8 @@ def start(
     # backend runs inside the user's process); its loggers propagate to the root logger.
     config = uvicorn.Config(
         app, log_level=log_level, log_config=None, lifespan="off", access_log=False,
-        timeout_graceful_shutdown=2, timeout_keep_alive=30,
+        timeout_graceful_shutdown=2, timeout_keep_alive=idle_timeout_s,  # type: ignore[arg-type]
+        http=timed_h11(header_timeout_s),
     )  # fmt: skip
     server = uvicorn.Server(config)
     thread = threading.Thread(

@@ -28,7 +28,37 @@ from tinkjax.types import (
 if TYPE_CHECKING:
     from tinkjax.models import AdapterInfo, ModelConfig, ModelRuntime
 
-__all__ = ["DEFAULT_MAX_LIVE_MODELS", "ModelRecord", "ModelRegistry", "warmup"]
+__all__ = [
+    "DEFAULT_MAX_LIVE_MODELS",
+    "ModelRecord",
+    "ModelRegistry",
+    "no_checkpoint",
+    "unknown_model",
+    "unknown_session",
+    "warmup",
+]
+
+
+def unknown_model(model_id: Any) -> ApiError:
+    """The 404 of a model id that is unknown (or another tenant's)."""
+    return ApiError(
+        404,
+        f"model_id: unknown model {model_id!r} (create it with create_model or "
+        "load_weights from a saved checkpoint; models do not survive a server restart "
+        "or the end of their session)",
+        field="model_id",
+    )
+
+
+def unknown_session(session_id: Any) -> ApiError:
+    """The 404 of a session id that is unknown (or another tenant's)."""
+    return ApiError(404, f"session_id: unknown session {session_id!r}", field="session_id")
+
+
+def no_checkpoint(path: Any, field: str) -> ApiError:
+    """The 404 of a checkpoint path that names nothing (or another tenant's checkpoint)."""
+    return ApiError(404, f"{field}: no checkpoint at {path!r}", field=field)
+
 
 #: Live training models (adapters in memory, about 15 MB each at rank 64) a server holds at once.
 DEFAULT_MAX_LIVE_MODELS = 128
@@ -185,13 +215,7 @@ class ModelRegistry:
         with self._lock:
             record = self._models.get(model_id) if isinstance(model_id, str) else None
         if record is None:
-            raise ApiError(
-                404,
-                f"model_id: unknown model {model_id!r} (create it with create_model or "
-                "load_weights from a saved checkpoint; models do not survive a server restart "
-                "or the end of their session)",
-                field="model_id",
-            )
+            raise unknown_model(model_id)
         record.last_used = time.monotonic()
         return record
 
@@ -217,7 +241,7 @@ class ModelRegistry:
     def require_session(self, session_id: str) -> None:
         """404 unless the session exists."""
         if not self.store.sessions.has(session_id):
-            raise ApiError(404, f"session_id: unknown session {session_id!r}", field="session_id")
+            raise unknown_session(session_id)
 
     def new_model_id(
         self, session_id: str, model_seq_id: int, digest: str
@@ -286,5 +310,5 @@ class ModelRegistry:
         try:
             folder, meta = self.store.checkpoints.folder(path)
         except UnknownCheckpointError:
-            raise ApiError(404, f"{field}: no checkpoint at {path!r}", field=field) from None
+            raise no_checkpoint(path, field) from None
         return folder, meta, kind

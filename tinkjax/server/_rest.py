@@ -2,14 +2,14 @@
 and the archive downloads its ``archive`` action redirects to.
 
 The path is parsed once into a :class:`CheckpointPath`; the store work runs on a worker thread
-(``run_in_threadpool``), never on the event loop.
+(``run_in_threadpool``), never on the event loop. A run of another tenant answers exactly as an
+unknown one. The ``archive`` action redirects to a signed, short-lived download link
+(:class:`~tinkjax.server._auth.ArchiveTokens`): the link itself is the credential, so the
+download needs no key; when one is sent, it must be the owner's.
 """
 
 from __future__ import annotations
 
-import secrets
-import threading
-import time
 from dataclasses import dataclass
 from email.utils import formatdate
 from typing import Any
@@ -19,39 +19,13 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, RedirectResponse, Response
 
 from tinkjax.codec import decode_json
+from tinkjax.server._auth import API_KEY_HEADER, ArchiveTokens, KeyPolicy
 from tinkjax.server._errors import ApiError
 from tinkjax.server._http import allow, json_response, read_json_body
 from tinkjax.server._store import Store
+from tinkjax.server._tenants import Tenancy
 
-__all__ = ["ARCHIVE_LINK_TTL_S", "ArchiveLinks", "CheckpointPath", "CheckpointRoutes"]
-
-#: How long an archive download link (the 302 target) stays valid.
-ARCHIVE_LINK_TTL_S = 3600.0
-
-
-class ArchiveLinks:
-    """Download tokens: token → ``(model_id, checkpoint_id)``, valid :data:`ARCHIVE_LINK_TTL_S`."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._links: dict[str, tuple[tuple[str, str], float]] = {}
-
-    def new(self, model_id: str, checkpoint_id: str) -> str:
-        """A fresh token for the checkpoint (expired tokens are dropped)."""
-        token = secrets.token_urlsafe(16)
-        with self._lock:
-            now = time.time()
-            self._links = {k: v for k, v in self._links.items() if now - v[1] <= ARCHIVE_LINK_TTL_S}
-            self._links[token] = ((model_id, checkpoint_id), now)
-        return token
-
-    def target(self, token: str) -> tuple[str, str]:
-        """The checkpoint of a live token; 404 otherwise."""
-        with self._lock:
-            target, created = self._links.get(token, (None, 0.0))
-        if target is None or time.time() - created > ARCHIVE_LINK_TTL_S:
-            raise ApiError(404, f"unknown or expired archive link {token!r}")
-        return target
+__all__ = ["CheckpointPath", "CheckpointRoutes"]
 
 
 @dataclass(frozen=True)
@@ -97,13 +71,26 @@ class CheckpointRoutes:
 
     Args:
         store: where runs and checkpoints live.
+        tenancy: who owns which run.
+        policy: the keys accepted (an archive download that sends one).
+        tokens: signs and checks archive download links.
         max_body_bytes: body limit of ``PUT .../ttl``.
     """
 
-    def __init__(self, store: Store, *, max_body_bytes: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        tenancy: Tenancy,
+        *,
+        policy: KeyPolicy,
+        tokens: ArchiveTokens,
+        max_body_bytes: int,
+    ) -> None:
         self.store = store
+        self.tenancy = tenancy
+        self.policy = policy
+        self.tokens = tokens
         self.max_body_bytes = max_body_bytes
-        self.links = ArchiveLinks()
 
     async def training_run_path(self, request: Request) -> Response:
         """``/training_runs/{run}[/checkpoints[/{kind}/{name}[/archive|publish|ttl]]]``."""
@@ -116,19 +103,20 @@ class CheckpointRoutes:
             ttl = raw.get("ttl_seconds")
             if ttl is not None and (isinstance(ttl, bool) or not isinstance(ttl, int) or ttl < 1):
                 raise ApiError(400, f"ttl_seconds: expected a positive int or null, got {ttl!r}")
-        result = await run_in_threadpool(self._act, target, method, ttl)
+        result = await run_in_threadpool(self._act, request.state.tenant, target, method, ttl)
         if target.action == "archive":
-            expires = formatdate(time.time() + ARCHIVE_LINK_TTL_S, usegmt=True)
+            token, expires = result
             return RedirectResponse(
-                f"{request.base_url}api/v1/archives/{result}.tar.gz",
+                f"{request.base_url}api/v1/archives/{token}.tar.gz",
                 status_code=302,
-                headers={"Expires": expires},
+                headers={"Expires": formatdate(expires, usegmt=True)},
             )
         return json_response(result)
 
-    def _act(self, target: CheckpointPath, method: str, ttl: int | None) -> Any:
+    def _act(self, tenant: str, target: CheckpointPath, method: str, ttl: int | None) -> Any:
         """The store work of a checkpoint resource (worker thread)."""
         run_id, ck = target.run_id, target.checkpoint_id
+        self.tenancy.run(tenant, run_id, ck)
         checkpoints = self.store.checkpoints
         if ck is None:
             allow(method, "GET")
@@ -144,7 +132,7 @@ class CheckpointRoutes:
         if target.action == "archive":
             allow(method, "GET")
             checkpoints.get(run_id, ck)
-            return self.links.new(run_id, ck)
+            return self.tokens.new(tenant, run_id, ck)
         if target.action == "publish":
             allow(method, "POST", "DELETE")
             checkpoints.set_public(run_id, ck, method == "POST")
@@ -154,7 +142,12 @@ class CheckpointRoutes:
 
     async def archive(self, request: Request) -> Response:
         """``GET /archives/{token}.tar.gz``: the checkpoint folder as a tar.gz."""
-        model_id, checkpoint_id = self.links.target(request.path_params["token"])
+        token = request.path_params["token"]
+        run_id = self.tokens.target(token)[0]
+        owner = await run_in_threadpool(self.store.runs.tenant_of, run_id)
+        model_id, checkpoint_id = self.tokens.verify(token, owner)
+        if API_KEY_HEADER in request.headers and self.policy.tenant(request.headers) != owner:
+            raise ApiError(404, "unknown or expired archive link")
         path = await run_in_threadpool(self.store.checkpoints.archive_path, model_id, checkpoint_id)
         name = checkpoint_id.replace("/", "-") + ".tar.gz"
         return FileResponse(path, media_type="application/gzip", filename=name)

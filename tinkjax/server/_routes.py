@@ -12,6 +12,12 @@ SQLite statement stay off the event loop. The few endpoints of their own shape (
 ``forward_backward``, the ``retrieve_future`` long-poll, telemetry intake, the checkpoint REST
 resources) are :class:`Raw` rows. Path parameters may contain ``:`` (model ids) and ``/``
 (checkpoint ids).
+
+Every row but the ``public`` ones (``/healthz``, and archive downloads, whose signed token is the
+credential) runs for an authenticated tenant (``request.state.tenant``, see ``_app``): before the
+backend sees a request, :class:`~tinkjax.server._tenants.Tenancy` answers 404 for every id in it
+that is not the tenant's, and the future an answer names is claimed for the tenant. A row with
+``tenant=True`` also hands its call the tenant (creating a session, listing, telemetry).
 """
 
 from __future__ import annotations
@@ -33,12 +39,15 @@ from tinkjax.codec import (
     encode_json,
     encode_sample_response,
 )
+from tinkjax.server._auth import ArchiveTokens, KeyPolicy
 from tinkjax.server._backend import Backend
 from tinkjax.server._errors import ApiError, describe, status_of
 from tinkjax.server._http import Handler, digest, json_response, page, read_body, read_json_body
+from tinkjax.server._models_registry import no_checkpoint
 from tinkjax.server._rest import CheckpointRoutes
 from tinkjax.server._store import UnknownCheckpointError
 from tinkjax.server._validate import check_user_metadata
+from tinkjax.server._tenants import Tenancy
 from tinkjax.types import (
     ClientConfigResponse,
     ClientDynamicConfigResponse,
@@ -84,29 +93,53 @@ class Post:
     digest: bool = False
     refused: Callable[[bytes, str, BaseException], None] | None = None
     """Called when an ordered request is refused (body, digest, error)."""
+    tenant: bool = False
 
 
 @dataclass(frozen=True)
 class Get:
-    """``GET path``: answered by ``call(query, **path_params)``."""
+    """``GET path``: answered by ``call(query, **path_params)`` (``tenant=`` too with
+    ``tenant``); ``public`` rows need no key."""
 
     path: str
     call: Callable[..., Any]
+    tenant: bool = False
+    public: bool = False
 
 
 @dataclass(frozen=True)
 class Raw:
-    """An endpoint with its own handler."""
+    """An endpoint with its own handler (``public``: it needs no key)."""
 
     path: str
     methods: tuple[str, ...]
     handler: Handler
+    public: bool = False
 
 
 Route = Post | Get | Raw
 
 
-def post_handler(route: Post, max_body_bytes: int) -> Handler:
+def _owned_call(
+    tenancy: Tenancy,
+    request: Request,
+    route: Post | Get,
+    req: Any,
+    *args: Any,
+) -> Any:
+    """``route.call(*args)`` once every id of the request is the tenant's (worker thread)."""
+    tenant: str = request.state.tenant
+    params = dict(request.path_params)
+    tenancy.path_params(tenant, params)
+    tenancy.request(tenant, req)
+    if route.tenant:
+        params["tenant"] = tenant
+    answer = route.call(*args, **params)
+    tenancy.claim(tenant, answer)
+    return answer
+
+
+def post_handler(route: Post, max_body_bytes: int, tenancy: Tenancy) -> Handler:
     """The handler of a :class:`Post` row."""
 
     async def handler(request: Request) -> Response:
@@ -114,7 +147,7 @@ def post_handler(route: Post, max_body_bytes: int) -> Handler:
         try:
             req = await run_in_threadpool(decode_json, body, route.request)
             args = (req, digest(body)) if route.digest else (req,)
-            answer = await run_in_threadpool(route.call, *args, **request.path_params)
+            answer = await run_in_threadpool(_owned_call, tenancy, request, route, req, *args)
         except Exception as exc:
             if route.refused is not None:
                 await run_in_threadpool(route.refused, body, digest(body), exc)
@@ -124,12 +157,16 @@ def post_handler(route: Post, max_body_bytes: int) -> Handler:
     return handler
 
 
-def get_handler(route: Get) -> Handler:
+def get_handler(route: Get, tenancy: Tenancy) -> Handler:
     """The handler of a :class:`Get` row."""
 
     async def handler(request: Request) -> Response:
         query = dict(request.query_params)
-        return json_response(await run_in_threadpool(route.call, query, **request.path_params))
+        if route.public:
+            return json_response(await run_in_threadpool(route.call, query))
+        return json_response(
+            await run_in_threadpool(_owned_call, tenancy, request, route, None, query)
+        )
 
     return handler
 
@@ -147,8 +184,11 @@ _head_decoder = msgspec.json.Decoder(_OrderHead)
 class _Handlers:
     """The endpoints that are not a plain :class:`Post` or :class:`Get`."""
 
-    def __init__(self, backend: Backend, *, max_body_bytes: int, long_poll_s: float) -> None:
+    def __init__(
+        self, backend: Backend, tenancy: Tenancy, *, max_body_bytes: int, long_poll_s: float
+    ) -> None:
         self.backend = backend
+        self.tenancy = tenancy
         self.max_body_bytes = max_body_bytes
         self.long_poll_s = long_poll_s
 
@@ -173,12 +213,12 @@ class _Handlers:
         if isinstance(model_id, str) and type(seq_id) is int and seq_id >= 0:
             self.backend.scheduler.refuse(model_id, seq_id, body_digest, describe(exc))
 
-    def create_session(self, req: CreateSessionRequest) -> CreateSessionResponse:
+    def create_session(self, req: CreateSessionRequest, *, tenant: str) -> CreateSessionResponse:
         check_user_metadata(req.user_metadata)
         session_id = str(uuid.uuid4())
         self.backend.store.sessions.add(
             session_id, tags=req.tags, user_metadata=req.user_metadata,
-            sdk_version=req.sdk_version, display_name=req.display_name,
+            sdk_version=req.sdk_version, display_name=req.display_name, tenant=tenant,
         )  # fmt: skip
         return CreateSessionResponse(session_id=session_id)
 
@@ -195,11 +235,11 @@ class _Handlers:
         try:
             return self.backend.store.checkpoints.weights_info(req.tinker_path)
         except UnknownCheckpointError:
-            raise ApiError(
-                404, f"tinker_path: no checkpoint at {req.tinker_path!r}", field="tinker_path"
-            ) from None
+            raise no_checkpoint(req.tinker_path, "tinker_path") from None
 
-    def telemetry(self, raw: dict[str, Any]) -> dict[str, Any]:
+    def telemetry(self, raw: dict[str, Any], *, tenant: str) -> dict[str, Any]:
+        """Events are kept as the poster's (a session id of another tenant is not checked:
+        answering differently would tell it exists; its owner never sees the events)."""
         events = raw.get("events")
         if not isinstance(events, list):
             raise ApiError(400, "events: expected a list of event objects", field="events")
@@ -209,14 +249,15 @@ class _Handlers:
         for i, event in enumerate(events):
             if not isinstance(event, dict):
                 raise ApiError(400, f"events[{i}]: expected an object, got {event!r}")
-        self.backend.store.telemetry.add(session_id, events)
+        self.backend.store.telemetry.add(session_id, events, tenant=tenant)
         return {"status": "accepted"}
 
-    def telemetry_events(self, query: _Query) -> dict[str, Any]:
+    def telemetry_events(self, query: _Query, *, tenant: str) -> dict[str, Any]:
         limit, _ = page(query, 100)
         events = self.backend.store.telemetry.query(
-            session_id=query.get("session_id"), event_name=query.get("event_name"), limit=limit
-        )
+            session_id=query.get("session_id"), event_name=query.get("event_name"), limit=limit,
+            tenant=tenant,
+        )  # fmt: skip
         return {"events": events}
 
     async def forward_backward(self, request: Request) -> Response:
@@ -232,8 +273,7 @@ class _Handlers:
                 if not body.strip():
                     raise ApiError(400, "empty request body")
                 req = await run_in_threadpool(decode_json, body, ForwardBackwardRequest)
-            training = self.backend.training
-            answer = await run_in_threadpool(training.forward_backward, req, digest(body))
+            answer = await run_in_threadpool(self._forward_backward, request.state.tenant, req, body)
         except Exception as exc:
             # A protobuf body that did not decode has no seq id to read.
             if req is not None or not protobuf:
@@ -241,11 +281,22 @@ class _Handlers:
             raise
         return json_response(answer)
 
+    def _forward_backward(
+        self, tenant: str, req: ForwardBackwardRequest | ForwardRequest, body: bytes
+    ) -> Any:
+        """The tenant's ``forward_backward`` (worker thread)."""
+        self.tenancy.request(tenant, req)
+        answer = self.backend.training.forward_backward(req, digest(body))
+        self.tenancy.claim(tenant, answer)
+        return answer
+
     async def retrieve_future(self, request: Request) -> Response:
         """The long-poll: the result once done, 408 ``try_again`` while still pending."""
         body = await read_json_body(request, self.max_body_bytes)
         req = decode_json(body, FutureRetrieveRequest)
-        record = await self.backend.futures.wait(req.request_id, self.long_poll_s)
+        record = None
+        if self.tenancy.future(request.state.tenant, req.request_id):
+            record = await self.backend.futures.wait(req.request_id, self.long_poll_s)
         if record is None:
             raise ApiError(
                 404, f"request_id: unknown request {req.request_id!r}", field="request_id"
@@ -273,18 +324,33 @@ class _Handlers:
         raise ApiError(404, f"{request.url.path} is not supported by the local tinkjax backend")
 
 
-def _paged(default_limit: int, call: Callable[..., Any]) -> Callable[[_Query], Any]:
-    def answer(query: _Query) -> Any:
+def _paged(path: str, default_limit: int, call: Callable[..., Any]) -> Get:
+    """``GET path``: a listing of the tenant's objects (``?limit=&offset=``)."""
+
+    def answer(query: _Query, *, tenant: str) -> Any:
         limit, offset = page(query, default_limit)
-        return call(limit=limit, offset=offset)
+        return call(limit=limit, offset=offset, tenant=tenant)
 
-    return answer
+    return Get(path, answer, tenant=True)
 
 
-def route_table(backend: Backend, *, max_body_bytes: int, long_poll_s: float) -> list[Route]:
-    """Every route of the app, in matching order."""
-    h = _Handlers(backend, max_body_bytes=max_body_bytes, long_poll_s=long_poll_s)
-    rest = CheckpointRoutes(backend.store, max_body_bytes=max_body_bytes)
+def route_table(
+    backend: Backend,
+    *,
+    max_body_bytes: int,
+    long_poll_s: float,
+    policy: KeyPolicy | None = None,
+    archive_tokens: ArchiveTokens | None = None,
+) -> list[Route]:
+    """Every route of the app, in matching order (``policy``: the keys an archive download
+    may send, any by default; ``archive_tokens``: signs download links, a fresh secret by
+    default)."""
+    tenancy = backend.tenancy
+    h = _Handlers(backend, tenancy, max_body_bytes=max_body_bytes, long_poll_s=long_poll_s)
+    rest = CheckpointRoutes(
+        backend.store, tenancy, policy=policy or KeyPolicy(),
+        tokens=archive_tokens or ArchiveTokens(), max_body_bytes=max_body_bytes,
+    )  # fmt: skip
     store, models, samplers = backend.store, backend.models, backend.samplers
 
     def ordered(path: str, request: Any, call: Callable[..., Any]) -> Post:
@@ -301,14 +367,14 @@ def route_table(backend: Backend, *, max_body_bytes: int, long_poll_s: float) ->
         Post(f"{api}/client/config", dict[str, Any], lambda _: ClientConfigResponse()),
         Post(f"{api}/client/dynamic_config", dict[str, Any],
              lambda _: ClientDynamicConfigResponse()),
-        Post(f"{api}/create_session", CreateSessionRequest, h.create_session),
+        Post(f"{api}/create_session", CreateSessionRequest, h.create_session, tenant=True),
         Post(f"{api}/session_heartbeat", SessionHeartbeatRequest, h.heartbeat),
-        Get(f"{api}/sessions", _paged(20, store.sessions.page)),
+        _paged(f"{api}/sessions", 20, store.sessions.page),
         Get(f"{api}/sessions/{{session_id}}", lambda _, session_id: store.sessions.get(session_id)),
         Post(f"{api}/sessions/{{session_id}}/finish", SessionFinishRequest, h.finish_session),
-        Post(f"{api}/telemetry", dict[str, Any], h.telemetry),
-        Get(f"{api}/telemetry/events", h.telemetry_events),
-        Get(f"{api}/healthz", lambda _: {"status": "ok"}),
+        Post(f"{api}/telemetry", dict[str, Any], h.telemetry, tenant=True),
+        Get(f"{api}/telemetry/events", h.telemetry_events, tenant=True),
+        Get(f"{api}/healthz", lambda _: {"status": "ok"}, public=True),
         Get(f"{api}/get_server_capabilities",
             lambda _: GetServerCapabilitiesResponse(supported_models=models.capabilities())),
         # models and training
@@ -332,10 +398,10 @@ def route_table(backend: Backend, *, max_body_bytes: int, long_poll_s: float) ->
         # futures
         Raw(f"{api}/retrieve_future", ("POST",), h.retrieve_future),
         # REST
-        Get(f"{api}/checkpoints", _paged(100, store.checkpoints.page)),
-        Get(f"{api}/training_runs", _paged(20, store.runs.page)),
+        _paged(f"{api}/checkpoints", 100, store.checkpoints.page),
+        _paged(f"{api}/training_runs", 20, store.runs.page),
         Raw(f"{api}/training_runs/{{rest:path}}", ("GET", "DELETE", "POST", "PUT"),
             rest.training_run_path),
-        Raw(f"{api}/archives/{{token}}.tar.gz", ("GET",), rest.archive),
+        Raw(f"{api}/archives/{{token}}.tar.gz", ("GET",), rest.archive, public=True),
         *(Raw(f"{api}/{name}", ("POST",), h.unsupported) for name in unsupported),
     ]  # fmt: skip

@@ -18,11 +18,16 @@ from tinkjax.types import GetSamplerResponse, SampleRequest
 if TYPE_CHECKING:
     from tinkjax.models import AdapterSnapshot
 
-__all__ = ["MAX_SNAPSHOT_SAMPLERS", "SamplerRecord", "SamplerRegistry"]
+__all__ = ["MAX_SNAPSHOT_SAMPLERS", "SamplerRecord", "SamplerRegistry", "unknown_sampler"]
 
 #: In-memory weight snapshots kept for unnamed sampler saves (oldest evicted first; RL loops
 #: make one per iteration).
 MAX_SNAPSHOT_SAMPLERS = 256
+
+
+def unknown_sampler(sampler_id: object) -> ApiError:
+    """The 404 of a sampler id that is unknown (or another tenant's)."""
+    return ApiError(404, f"sampler_id: unknown sampler {sampler_id!r}", field="sampler_id")
 
 
 @dataclass
@@ -122,7 +127,7 @@ class SamplerRegistry:
                 sampler_id=sampler_id, base_model=record.base_model, model_path=record.model_path
             )
         if not self.store.sessions.has_sampler(sampler_id):
-            raise ApiError(404, f"sampler_id: unknown sampler {sampler_id!r}", field="sampler_id")
+            raise unknown_sampler(sampler_id)
         return self.store.sessions.get_sampler(sampler_id)
 
     def for_request(self, req: SampleRequest) -> SamplerRecord:

@@ -400,14 +400,24 @@ class Checkpoints:
             checkpoints=cks, cursor=Cursor(offset=0, limit=len(cks), total_count=len(cks))
         )
 
-    def page(self, *, limit: int = 100, offset: int = 0) -> CheckpointsListResponse:
-        """Every checkpoint, newest first, paginated."""
+    def page(
+        self, *, limit: int = 100, offset: int = 0, tenant: str | None = None
+    ) -> CheckpointsListResponse:
+        """Every checkpoint (only ``tenant``'s when given), newest first, paginated."""
         check_page(limit, offset)
+        where = ""
+        args: tuple[str, ...] = ()
+        if tenant is not None:
+            where = (
+                " WHERE model_id IN (SELECT model_id FROM training_runs WHERE session_id IN"
+                " (SELECT session_id FROM sessions WHERE tenant=?))"
+            )
+            args = (tenant,)
         with self._db.lock:
-            total = self._db.execute("SELECT COUNT(*) FROM checkpoints").fetchone()[0]
+            total = self._db.execute(f"SELECT COUNT(*) FROM checkpoints{where}", args).fetchone()[0]
             rows = self._db.execute(
-                "SELECT * FROM checkpoints ORDER BY time DESC, rowid DESC LIMIT ? OFFSET ?",
-                (limit, offset),
+                f"SELECT * FROM checkpoints{where} ORDER BY time DESC, rowid DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             ).fetchall()
         return CheckpointsListResponse(
             checkpoints=[checkpoint_of(r) for r in rows],

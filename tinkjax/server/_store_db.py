@@ -38,7 +38,8 @@ CREATE TABLE IF NOT EXISTS sessions (
     finish_reason TEXT,
     finish_detail TEXT,
     next_model_seq INTEGER NOT NULL DEFAULT 0,
-    next_sampler_seq INTEGER NOT NULL DEFAULT 0
+    next_sampler_seq INTEGER NOT NULL DEFAULT 0,
+    tenant TEXT
 );
 CREATE TABLE IF NOT EXISTS training_runs (
     model_id TEXT PRIMARY KEY,
@@ -79,7 +80,8 @@ CREATE TABLE IF NOT EXISTS telemetry (
     event TEXT,
     event_name TEXT,
     received_at TEXT NOT NULL,
-    payload TEXT NOT NULL
+    payload TEXT NOT NULL,
+    tenant TEXT
 );
 CREATE INDEX IF NOT EXISTS telemetry_session ON telemetry(session_id);
 """
@@ -108,7 +110,17 @@ class Database:
                 for stmt in _SCHEMA.split(";"):
                     if stmt.strip():
                         self._conn.execute(stmt)
+                self._add_tenant_columns()
                 self._conn.execute(f"PRAGMA user_version={_SCHEMA_VERSION}")
+
+    def _add_tenant_columns(self) -> None:
+        """Give a database from before API keys its ``tenant`` columns (its rows keep
+        ``NULL``: no key owns them) and the indexes on them."""
+        for table in ("sessions", "telemetry"):
+            columns = {r["name"] for r in self._conn.execute(f"PRAGMA table_info({table})")}
+            if "tenant" not in columns:
+                self._conn.execute(f"ALTER TABLE {table} ADD COLUMN tenant TEXT")
+            self._conn.execute(f"CREATE INDEX IF NOT EXISTS {table}_tenant ON {table}(tenant)")
 
     def close(self) -> None:
         """Close the connection (idempotent)."""

@@ -111,13 +111,34 @@ class TrainingRuns:
         with self._db.lock:
             return self._run(self._db.require_run(model_id))
 
-    def page(self, *, limit: int = 20, offset: int = 0) -> TrainingRunsResponse:
-        """Training runs, newest first, with a cursor (offset, limit, total_count)."""
-        check_page(limit, offset)
+    def tenant_of(self, model_id: str) -> str | None:
+        """The tenant owning a run (through its session); ``None`` when unknown."""
         with self._db.lock:
-            total = self._db.execute("SELECT COUNT(*) FROM training_runs").fetchone()[0]
+            row = self._db.one(
+                "SELECT s.tenant FROM training_runs r JOIN sessions s USING (session_id)"
+                " WHERE r.model_id=?",
+                (model_id,),
+            )
+        return None if row is None else row["tenant"]
+
+    def page(
+        self, *, limit: int = 20, offset: int = 0, tenant: str | None = None
+    ) -> TrainingRunsResponse:
+        """Training runs, newest first, with a cursor (offset, limit, total_count); only
+        ``tenant``'s when given."""
+        check_page(limit, offset)
+        where = ""
+        args: tuple[str, ...] = ()
+        if tenant is not None:
+            where = " WHERE session_id IN (SELECT session_id FROM sessions WHERE tenant=?)"
+            args = (tenant,)
+        with self._db.lock:
+            total = self._db.execute(f"SELECT COUNT(*) FROM training_runs{where}", args).fetchone()[
+                0
+            ]
             rows = self._db.all(
-                "SELECT * FROM training_runs ORDER BY rowid DESC LIMIT ? OFFSET ?", (limit, offset)
+                f"SELECT * FROM training_runs{where} ORDER BY rowid DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             )
             runs = [self._run(r) for r in rows]
         return TrainingRunsResponse(

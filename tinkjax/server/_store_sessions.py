@@ -36,8 +36,9 @@ class Sessions:
         user_metadata: Mapping[str, Any] | None,
         sdk_version: str,
         display_name: str | None = None,
+        tenant: str | None = None,
     ) -> None:
-        """Record a new session.
+        """Record a new session, owned by ``tenant`` (see :mod:`tinkjax.server._auth`).
 
         Raises:
             DuplicateIdError: when ``session_id`` exists.
@@ -49,8 +50,17 @@ class Sessions:
             try:
                 c.execute(
                     "INSERT INTO sessions (session_id, tags, user_metadata, display_name,"
-                    " sdk_version, created_at, last_heartbeat) VALUES (?,?,?,?,?,?,?)",
-                    (session_id, to_json(list(tags)), meta, display_name, sdk_version, now, now),
+                    " sdk_version, created_at, last_heartbeat, tenant) VALUES (?,?,?,?,?,?,?,?)",
+                    (
+                        session_id,
+                        to_json(list(tags)),
+                        meta,
+                        display_name,
+                        sdk_version,
+                        now,
+                        now,
+                        tenant,
+                    ),
                 )
             except sqlite3.IntegrityError:
                 raise DuplicateIdError("session_id", session_id) from None
@@ -61,6 +71,22 @@ class Sessions:
             return (
                 self._db.one("SELECT 1 FROM sessions WHERE session_id=?", (session_id,)) is not None
             )
+
+    def tenant_of(self, session_id: str) -> str | None:
+        """The tenant owning ``session_id``; ``None`` when unknown or owned by no key."""
+        with self._db.lock:
+            row = self._db.one("SELECT tenant FROM sessions WHERE session_id=?", (session_id,))
+        return None if row is None else row["tenant"]
+
+    def sampler_tenant(self, sampler_id: str) -> str | None:
+        """The tenant owning a sampler (through its session); ``None`` when unknown."""
+        with self._db.lock:
+            row = self._db.one(
+                "SELECT s.tenant FROM samplers JOIN sessions s USING (session_id)"
+                " WHERE sampler_id=?",
+                (sampler_id,),
+            )
+        return None if row is None else row["tenant"]
 
     def _update(self, session_id: str, sql: str, args: tuple[Any, ...]) -> None:
         with self._db.lock, self._db.tx() as c:
@@ -110,13 +136,16 @@ class Sessions:
             "finish_detail": row["finish_detail"],
         }
 
-    def page(self, *, limit: int = 20, offset: int = 0) -> ListSessionsResponse:
-        """Session ids, newest first."""
+    def page(
+        self, *, limit: int = 20, offset: int = 0, tenant: str | None = None
+    ) -> ListSessionsResponse:
+        """Session ids, newest first (only ``tenant``'s when given)."""
         check_page(limit, offset)
+        where, args = ("WHERE tenant=?", (tenant,)) if tenant is not None else ("", ())
         with self._db.lock:
             rows = self._db.all(
-                "SELECT session_id FROM sessions ORDER BY rowid DESC LIMIT ? OFFSET ?",
-                (limit, offset),
+                f"SELECT session_id FROM sessions {where} ORDER BY rowid DESC LIMIT ? OFFSET ?",
+                (*args, limit, offset),
             )
         return ListSessionsResponse(sessions=[r["session_id"] for r in rows])
 

@@ -50,8 +50,11 @@ class Telemetry:
                 db.one("SELECT COALESCE(SUM(length(payload)), 0) FROM telemetry")[0]  # type: ignore[index]
             )
 
-    def add(self, session_id: str | None, events: Sequence[Any]) -> int:
-        """Keep telemetry events (mappings or wire Structs); returns how many were stored."""
+    def add(
+        self, session_id: str | None, events: Sequence[Any], *, tenant: str | None = None
+    ) -> int:
+        """Keep telemetry events (mappings or wire Structs) posted by ``tenant``; returns how
+        many were stored."""
         now = iso(utc_now())
         rows = []
         for i, ev in enumerate(events):
@@ -72,11 +75,11 @@ class Telemetry:
                     field=f"events[{i}]",
                     value=len(payload),
                 )
-            rows.append((session_id, kind, name, now, payload))
+            rows.append((session_id, kind, name, now, payload, tenant))
         with self._db.lock, self._db.tx() as c:
             c.executemany(
-                "INSERT INTO telemetry (session_id, event, event_name, received_at, payload)"
-                " VALUES (?,?,?,?,?)",
+                "INSERT INTO telemetry (session_id, event, event_name, received_at, payload,"
+                " tenant) VALUES (?,?,?,?,?,?)",
                 rows,
             )
             self._bytes += sum(len(r[4]) for r in rows)
@@ -99,15 +102,24 @@ class Telemetry:
         return len(rows)
 
     def query(
-        self, *, session_id: str | None = None, event_name: str | None = None, limit: int = 100
+        self,
+        *,
+        session_id: str | None = None,
+        event_name: str | None = None,
+        limit: int = 100,
+        tenant: str | None = None,
     ) -> list[dict[str, Any]]:
-        """The latest ``limit`` events (oldest first) matching the filters.
+        """The latest ``limit`` events (oldest first) matching the filters (only those
+        ``tenant`` posted, when given).
 
         ``event_name`` matches a GENERIC_EVENT's ``event_name`` or any event's type
         (``SESSION_START``, ...). Each dict is the event as received plus ``session_id``.
         """
         check_page(limit, 0)
         where, args = [], []
+        if tenant is not None:
+            where.append("tenant=?")
+            args.append(tenant)
         if session_id is not None:
             where.append("session_id=?")
             args.append(session_id)
