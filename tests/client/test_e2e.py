@@ -230,3 +230,28 @@ def test_embedded_default_starts_local_backend(
         assert again.transport.config.base_url == sc.config.base_url  # one server per process
     lines = [r for r in caplog.records if "embedded local backend" in r.getMessage()]
     assert len(lines) == 1
+
+
+def test_the_embedded_backend_takes_only_the_key_it_shares_with_the_client(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """No configuration: the client sends the key the in-process server generated; another
+    process on the machine reaching the loopback port with any other key gets 401."""
+    import httpx
+
+    from tinkjax.client._config import LOCAL_API_KEY
+
+    for var in ("TINKER_API_KEY", "TINKER_BASE_URL"):
+        monkeypatch.delenv(var, raising=False)
+    with ServiceClient() as sc:
+        key = sc.config.api_key
+        assert key is not None
+        assert key.startswith("tml-embedded-")
+        assert key != LOCAL_API_KEY
+        assert sc.get_server_capabilities().supported_models
+        assert RestClient().transport.config.api_key == key
+        url = f"{sc.config.base_url}/api/v1/get_server_capabilities"
+        for other in (LOCAL_API_KEY, "tml-local", API_KEY):
+            assert httpx.get(url, headers={"X-API-Key": other}).status_code == 401
+        assert httpx.get(url, headers={"X-API-Key": key}).status_code == 200
+        assert key not in repr(sc.config)
