@@ -53,9 +53,10 @@ def test_handler_bug_is_500_with_json_and_traceback(
     def broken(model_id: object) -> None:
         raise error
 
+    model = new_model(http, new_session(http))  # the tenant's own: an unknown one is a 404
     monkeypatch.setattr(server.backend.models, "get_info", broken)
     with caplog.at_level(logging.ERROR, logger="tinkjax.server"):
-        r = post(http, "get_info", {"model_id": "any:train:0"})
+        r = post(http, "get_info", {"model_id": model})
     assert r.status_code == 500, r.text
     assert r.headers["content-type"].startswith("application/json")
     body = r.json()
