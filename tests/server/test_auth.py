@@ -103,3 +103,26 @@ def test_wildcard_bind_with_api_keys_needs_no_insecure() -> None:
             f"{srv.base_url}/api/v1/get_server_capabilities", headers={"X-API-Key": "tml-alice"}
         )
         assert r.status_code == 200
+
+
+def test_both_clients_see_a_refused_key_as_an_authentication_error(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tinkjax.client import ServiceClient
+    from tinkjax.errors import AuthenticationError
+
+    tinker = pytest.importorskip("tinker")
+    with start(api_keys=["tml-alice"], long_poll_s=0.5) as srv:
+        with (
+            pytest.raises(AuthenticationError, match="not accepted"),
+            ServiceClient(base_url=srv.base_url, api_key="tml-bob", heartbeat_interval=0) as sc,
+        ):
+            sc.get_server_capabilities()
+        monkeypatch.setenv("TINKER_BASE_URL", srv.base_url)
+        monkeypatch.setenv("TINKER_API_KEY", "tml-bob")
+        monkeypatch.setenv("TINKER_TELEMETRY", "0")
+        with pytest.raises(tinker.AuthenticationError):
+            tinker.RestClient().get_server_capabilities().result()
+        monkeypatch.setenv("TINKER_API_KEY", "tml-alice")
+        caps = tinker.RestClient().get_server_capabilities().result()
+        assert caps.supported_models
