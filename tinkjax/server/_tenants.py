@@ -162,10 +162,16 @@ class Tenancy:
         return record is not None and record.owner == tenant
 
     def request(self, tenant: str, req: Any) -> None:
-        """Every id a decoded request body names."""
+        """Every id a decoded request body names (a request type without its own check has its
+        ``session_id`` and ``model_id`` checked, so a new endpoint is not left open)."""
         check = self._checks.get(type(req))
         if check is not None:
             check(tenant, req)
+            return
+        if getattr(req, "session_id", None) is not None:
+            self.session(tenant, req.session_id)
+        if getattr(req, "model_id", None) is not None:
+            self.model(tenant, req.model_id)
 
     def path_params(self, tenant: str, params: Mapping[str, Any]) -> None:
         """The ids in a route's path (``/sessions/{session_id}``, ``/samplers/{sampler_id}``)."""
