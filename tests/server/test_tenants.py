@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -270,3 +271,33 @@ def test_every_route_but_the_public_ones_needs_a_key(server: ServerHandle) -> No
                     checked += 1
         assert anonymous.get("/api/v1/healthz").status_code == 200
     assert checked > 3 * 25
+
+
+def test_a_data_dir_from_before_keys_opens_and_its_rows_belong_to_no_key(tmp_path: Path) -> None:
+    import sqlite3
+
+    from tinkjax.server._store import Store
+
+    old = sqlite3.connect(tmp_path / "meta.sqlite")
+    old.executescript(
+        "CREATE TABLE sessions (session_id TEXT PRIMARY KEY, tags TEXT NOT NULL,"
+        " user_metadata TEXT, display_name TEXT, sdk_version TEXT NOT NULL,"
+        " created_at TEXT NOT NULL, last_heartbeat TEXT NOT NULL, finished_at TEXT,"
+        " finish_reason TEXT, finish_detail TEXT, next_model_seq INTEGER NOT NULL DEFAULT 0,"
+        " next_sampler_seq INTEGER NOT NULL DEFAULT 0);"
+        "CREATE TABLE telemetry (id INTEGER PRIMARY KEY AUTOINCREMENT, session_id TEXT,"
+        " event TEXT, event_name TEXT, received_at TEXT NOT NULL, payload TEXT NOT NULL);"
+        "INSERT INTO sessions (session_id, tags, sdk_version, created_at, last_heartbeat)"
+        " VALUES ('old', '[]', 'x', '2026-01-01T00:00:00', '2026-01-01T00:00:00');"
+    )
+    old.commit()
+    old.close()
+    with Store(tmp_path) as store:
+        assert store.sessions.has("old")
+        assert store.sessions.tenant_of("old") is None
+        assert store.sessions.page(tenant="anyone").sessions == []
+        store.sessions.add("new", tags=[], user_metadata=None, sdk_version="x", tenant="t")
+        assert store.sessions.page(tenant="t").sessions == ["new"]
+        store.telemetry.add(None, [{"event": "X"}], tenant="t")
+        assert len(store.telemetry.query(tenant="t")) == 1
+        assert store.telemetry.query(tenant="u") == []
