@@ -91,6 +91,30 @@ def test_an_idle_keep_alive_connection_lasts_the_idle_timeout(timed: ServerHandl
         assert _closed_within(sock, 10.0) < 10.0
 
 
+def _head(length: int) -> bytes:
+    return (
+        "POST /api/v1/client/config HTTP/1.1\r\nHost: x\r\nX-API-Key: tml-test\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {length}\r\n\r\n"
+    ).encode()
+
+
+def test_a_body_that_stops_half_way_is_closed(timed: ServerHandle) -> None:
+    with _connect(timed) as sock:
+        sock.sendall(_head(100) + b'{"sdk_version": ')
+        assert _closed_within(sock, IDLE_S - 0.5) < IDLE_S - 0.5
+
+
+def test_a_slow_but_steady_body_is_received(timed: ServerHandle) -> None:
+    body = b'{"sdk_version": "slow"}' + b" " * 40
+    with _connect(timed) as sock:
+        sock.sendall(_head(len(body)))
+        for i in range(0, len(body), 8):  # ~0.8 s in all, never HEADER_S without a byte
+            time.sleep(HEADER_S / 3)
+            sock.sendall(body[i : i + 8])
+        sock.settimeout(10)
+        assert b"200 OK" in sock.recv(4096)
+
+
 def test_a_long_poll_is_not_cut(timed: ServerHandle) -> None:
     with httpx.Client(base_url=timed.base_url, headers=KEY_HEADERS, timeout=30) as http:
         model = new_model(http, new_session(http))

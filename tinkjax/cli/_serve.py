@@ -56,7 +56,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument(
         "--header-timeout", type=float, default=10.0, metavar="SECONDS",
-        help="close a connection whose request head takes longer (default 10)",
+        help="close a connection whose request head takes longer, or whose body pauses "
+        "longer (default 10)",
     )  # fmt: skip
     parser.add_argument(
         "--idle-timeout", type=float, default=60.0, metavar="SECONDS",

@@ -1,4 +1,4 @@
-"""Connection timeouts of the HTTP server: a request head must arrive in time.
+"""Connection timeouts of the HTTP server: a request head and its body must arrive in time.
 
 uvicorn closes a keep-alive connection that stays idle after a response
 (``timeout_keep_alive``), but nothing bounds how long a client may take to send a request's
@@ -10,10 +10,13 @@ protocol:
 * from the moment a connection opens, and from the first byte of every later request on it, the
   whole head (request line and headers) must arrive within ``header_timeout_s``, or the
   connection is closed;
+* while a request's body is being received, a pause of ``header_timeout_s`` without a byte
+  (while the server is ready to read) closes the connection: a body sent slowly but steadily
+  is fine, one that stops half-way does not hold the connection and its handler for good;
 * between requests an idle connection is closed after uvicorn's ``timeout_keep_alive``.
 
-Neither limit applies while a request is being handled, so a long-poll that holds its answer for
-``long_poll_s`` is never cut.
+None of these applies while a request is being answered, so a long-poll that holds its answer
+for ``long_poll_s`` is never cut.
 """
 
 from __future__ import annotations
@@ -40,9 +43,30 @@ def timed_h11(header_timeout_s: float) -> type[H11Protocol]:
 
     class TimedH11Protocol(H11Protocol):
         _head_timer: asyncio.TimerHandle | None = None
+        _body_timer: asyncio.TimerHandle | None = None
 
         def _awaiting_head(self) -> bool:
             return self.cycle is None or self.cycle.response_complete
+
+        def _awaiting_body(self) -> bool:
+            cycle = self.cycle
+            return cycle is not None and not cycle.response_complete and cycle.more_body
+
+        def _rearm_body(self) -> None:
+            if self._body_timer is not None:
+                self._body_timer.cancel()
+                self._body_timer = None
+            if self._awaiting_body():
+                self._body_timer = self.loop.call_later(header_timeout_s, self._body_late)
+
+        def _body_late(self) -> None:
+            self._body_timer = None
+            if not self._awaiting_body() or self.transport.is_closing():
+                return
+            if self.flow.read_paused:  # the handler is behind, not the client
+                self._rearm_body()
+            else:
+                self.transport.close()
 
         def _arm(self) -> None:
             if self._head_timer is None:
@@ -68,6 +92,7 @@ def timed_h11(header_timeout_s: float) -> type[H11Protocol]:
                 self._arm()  # the first bytes of a new request: its head is now due
             else:
                 self._disarm()
+            self._rearm_body()
 
         def on_response_complete(self) -> None:
             super().on_response_complete()  # arms uvicorn's idle timer; a pipelined head
@@ -76,6 +101,8 @@ def timed_h11(header_timeout_s: float) -> type[H11Protocol]:
 
         def connection_lost(self, exc: Exception | None) -> None:
             self._disarm()
+            if self._body_timer is not None:
+                self._body_timer.cancel()
             super().connection_lost(exc)
 
     return TimedH11Protocol

@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from tinkjax.codec import encode_json
@@ -87,11 +87,14 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise ApiError(413, f"request body of {declared} bytes exceeds {limit} bytes")
     chunks: list[bytes] = []
     size = 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > limit:
-            raise ApiError(413, f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > limit:
+                raise ApiError(413, f"request body exceeds {limit} bytes")
+            chunks.append(chunk)
+    except ClientDisconnect:  # gone, or closed for sending nothing in time: not a server bug
+        raise ApiError(408, f"the connection closed after {size} bytes of the body") from None
     return b"".join(chunks)
 
 

@@ -187,8 +187,8 @@ def start(
         max_telemetry_bytes: the most telemetry payload bytes kept (the oldest events go first).
         api_keys: the only API keys accepted; ``None``: any well-formed key, each its own tenant.
         insecure: allow binding an address other than loopback without ``api_keys``.
-        header_timeout_s: a connection whose request head (line and headers) takes longer is
-            closed.
+        header_timeout_s: a connection whose request head (line and headers) takes longer, or
+            whose body pauses longer, is closed.
         idle_timeout_s: a keep-alive connection idle longer between requests is closed.
         archive_link_ttl_s: how long an archive download link stays valid.
 
