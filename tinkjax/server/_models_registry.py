@@ -219,6 +219,12 @@ class ModelRegistry:
         record.last_used = time.monotonic()
         return record
 
+    def peek(self, model_id: str) -> ModelRecord | None:
+        """The live model ``model_id`` without marking it used (an ownership check must not
+        keep another tenant's model alive), or ``None``."""
+        with self._lock:
+            return self._models.get(model_id)
+
     def records(self) -> list[ModelRecord]:
         """Every live model."""
         with self._lock:

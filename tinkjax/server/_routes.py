@@ -46,8 +46,8 @@ from tinkjax.server._http import Handler, digest, json_response, page, read_body
 from tinkjax.server._models_registry import no_checkpoint
 from tinkjax.server._rest import CheckpointRoutes
 from tinkjax.server._store import UnknownCheckpointError
-from tinkjax.server._validate import check_user_metadata
 from tinkjax.server._tenants import Tenancy
+from tinkjax.server._validate import check_user_metadata
 from tinkjax.types import (
     ClientConfigResponse,
     ClientDynamicConfigResponse,

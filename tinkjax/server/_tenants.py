@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tinkjax.server._errors import ApiError
 from tinkjax.server._futures import FutureTable
 from tinkjax.server._models_registry import (
     ModelRegistry,
@@ -103,11 +102,10 @@ class Tenancy:
         """The tenant of a live model, else of a training run; ``None`` when unknown."""
         if not isinstance(model_id, str):
             return None
-        try:
-            session_id = self.models.get(model_id).session_id
-        except ApiError:  # not live: a training run of the store, or nothing
+        record = self.models.peek(model_id)
+        if record is None:  # not live: a training run of the store, or nothing
             return self.store.runs.tenant_of(model_id)
-        return self.session_owner(session_id)
+        return self.session_owner(record.session_id)
 
     # -- checks (each raises the backend's own 404 for an id that is not the tenant's) ----
 
