@@ -301,3 +301,14 @@ def test_a_data_dir_from_before_keys_opens_and_its_rows_belong_to_no_key(tmp_pat
         store.telemetry.add(None, [{"event": "X"}], tenant="t")
         assert len(store.telemetry.query(tenant="t")) == 1
         assert store.telemetry.query(tenant="u") == []
+
+
+def test_a_refused_request_naming_another_tenants_model_uses_none_of_its_seq_ids(
+    http: httpx.Client, other: httpx.Client, server: ServerHandle, owned: dict[str, str]
+) -> None:
+    model = owned["model"]
+    seq = server.scheduler.next_seq(model)
+    bad = {"model_id": model, "seq_id": seq, "adam_params": {"learning_rate": "fast"}}
+    assert post(other, "optim_step", bad).status_code == 400  # refused before ownership
+    ok = post(http, "optim_step", {"model_id": model, "seq_id": seq, "adam_params": ADAM})
+    assert "error" not in _ok(result(http, _ok(ok)["request_id"]))

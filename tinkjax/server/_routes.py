@@ -91,8 +91,8 @@ class Post:
     request: Any
     call: Callable[..., Any]
     digest: bool = False
-    refused: Callable[[bytes, str, BaseException], None] | None = None
-    """Called when an ordered request is refused (body, digest, error)."""
+    refused: Callable[[str, bytes, str, BaseException], None] | None = None
+    """Called when an ordered request is refused (tenant, body, digest, error)."""
     tenant: bool = False
 
 
@@ -150,7 +150,9 @@ def post_handler(route: Post, max_body_bytes: int, tenancy: Tenancy) -> Handler:
             answer = await run_in_threadpool(_owned_call, tenancy, request, route, req, *args)
         except Exception as exc:
             if route.refused is not None:
-                await run_in_threadpool(route.refused, body, digest(body), exc)
+                await run_in_threadpool(
+                    route.refused, request.state.tenant, body, digest(body), exc
+                )
             raise
         return json_response(answer)
 
@@ -192,9 +194,12 @@ class _Handlers:
         self.max_body_bytes = max_body_bytes
         self.long_poll_s = long_poll_s
 
-    def refused(self, body: bytes, body_digest: str, exc: BaseException, head: Any = None) -> None:
+    def refused(
+        self, tenant: str, body: bytes, body_digest: str, exc: BaseException, head: Any = None
+    ) -> None:
         """A refused ordered request uses its ``seq_id`` when its model and seq id can be read
-        (from ``head``, the decoded request, or else from the JSON body).
+        (from ``head``, the decoded request, or else from the JSON body) and the model is the
+        ``tenant``'s: a request naming another tenant's model never touches its order.
 
         Not when the server is at fault (5xx), nor when the caller may not use the model (401,
         403, or a 404 for the ``model_id`` itself): a request must never use up an id of a
@@ -210,7 +215,12 @@ class _Handlers:
             except msgspec.MsgspecError:
                 return
         model_id, seq_id = getattr(head, "model_id", None), getattr(head, "seq_id", None)
-        if isinstance(model_id, str) and type(seq_id) is int and seq_id >= 0:
+        if (
+            isinstance(model_id, str)
+            and type(seq_id) is int
+            and seq_id >= 0
+            and self.tenancy.model_owner(model_id) == tenant
+        ):
             self.backend.scheduler.refuse(model_id, seq_id, body_digest, describe(exc))
 
     def create_session(self, req: CreateSessionRequest, *, tenant: str) -> CreateSessionResponse:
@@ -273,11 +283,15 @@ class _Handlers:
                 if not body.strip():
                     raise ApiError(400, "empty request body")
                 req = await run_in_threadpool(decode_json, body, ForwardBackwardRequest)
-            answer = await run_in_threadpool(self._forward_backward, request.state.tenant, req, body)
+            answer = await run_in_threadpool(
+                self._forward_backward, request.state.tenant, req, body
+            )
         except Exception as exc:
             # A protobuf body that did not decode has no seq id to read.
             if req is not None or not protobuf:
-                await run_in_threadpool(self.refused, body, digest(body), exc, req)
+                await run_in_threadpool(
+                    self.refused, request.state.tenant, body, digest(body), exc, req
+                )
             raise
         return json_response(answer)
 
