@@ -221,7 +221,7 @@ def test_far_ahead_seq_id_is_refused_and_the_model_keeps_serving(
 def test_gap_skip_advances_only_to_the_lowest_waiting_id() -> None:
     with (
         start(seq_gap_timeout_s=3.0, long_poll_s=5.0) as srv,
-        httpx.Client(base_url=srv.base_url, timeout=30) as http,
+        httpx.Client(base_url=srv.base_url, headers=KEY_HEADERS, timeout=30) as http,
     ):
         model = new_model(http, new_session(http))
 
