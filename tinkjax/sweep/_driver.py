@@ -238,8 +238,9 @@ def _open_service(
     if config.embedded and directory is not None:
         from tinkjax import server
 
-        handle = server.start(data_dir=directory.backend_dir())
         key = directory.backend_key()
+        # only the sweep's own key: its checkpoints are this sweep's tenant, nobody else's
+        handle = server.start(data_dir=directory.backend_dir(), api_keys=[key])
         return ServiceClient(base_url=str(handle.base_url), api_key=key), handle
     return ServiceClient(base_url=base_url, api_key=api_key), None
 
