@@ -6,16 +6,15 @@ scrubs it from any text the client logs or puts in an exception message.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import math
 import os
 from collections.abc import Mapping
 from typing import Any
-from urllib.parse import urlsplit
 
 import msgspec
 
+from tinkjax._net import is_loopback_url
 from tinkjax.codec import WireMode
 from tinkjax.errors import ConfigurationError
 
@@ -110,17 +109,6 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     def __rich_repr__(self) -> Any:  # pragma: no cover - only for rich users
         for name in self.__struct_fields__:
             yield name, _mask(self.api_key) if name == "api_key" else getattr(self, name)
-
-
-def is_loopback_url(url: str) -> bool:
-    """Whether ``url`` points at this machine (localhost, 127.0.0.0/8, ::1)."""
-    host = urlsplit(url).hostname or ""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _env(environ: Mapping[str, str], name: str) -> str | None:

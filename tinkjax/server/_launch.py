@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import shutil
 import socket
@@ -14,6 +13,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from tinkjax._net import is_loopback_host
 from tinkjax.server._auth import ARCHIVE_LINK_TTL_S
 from tinkjax.server._conn import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from tinkjax.server._faults import FaultConfig, FaultMiddleware
@@ -21,17 +21,8 @@ from tinkjax.server._scheduler import DEFAULT_SEQ_WINDOW
 
 __all__ = ["ServerHandle", "is_loopback_host", "start"]
 
+
 _log = logging.getLogger("tinkjax.server")
-
-
-def is_loopback_host(host: str) -> bool:
-    """Whether binding ``host`` serves this machine only (``localhost``, 127.0.0.0/8, ``::1``)."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
 
 
 def _client_url(host: str, port: int) -> str:
