@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
+from typing import ClassVar
 
 __all__ = ["BOS_TOKEN_ID", "EOS_TOKEN_ID", "PAD_TOKEN_ID", "ByteTokenizer"]
 
@@ -16,12 +18,18 @@ _SPECIALS = {
     PAD_TOKEN_ID: "<|pad|>",
     _RESERVED_TOKEN_ID: "<|reserved_0|>",
 }
+_SPECIAL_IDS = {text: tok for tok, text in _SPECIALS.items()}
+#: Special-token strings in a text, longest first (none is a prefix of another today).
+_SPECIAL_RE = re.compile(
+    "|".join(re.escape(t) for t in sorted(_SPECIAL_IDS, key=len, reverse=True))
+)
 
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens, with the small Hugging Face-like surface cookbook code uses.
 
-    ``encode`` never emits specials unless ``add_special_tokens`` (then BOS is prepended);
+    ``encode`` reads a special token's string in the text as that token (as Hugging Face
+    tokenizers do, unless ``split_special_tokens``) and prepends BOS if ``add_special_tokens``;
     ``decode`` drops specials by default and writes them by name otherwise.
     """
 
@@ -33,11 +41,35 @@ class ByteTokenizer:
     bos_token = _SPECIALS[BOS_TOKEN_ID]
     eos_token = _SPECIALS[EOS_TOKEN_ID]
     pad_token = _SPECIALS[PAD_TOKEN_ID]
+    all_special_ids: ClassVar[list[int]] = sorted(_SPECIALS)
+    all_special_tokens: ClassVar[list[str]] = [_SPECIALS[t] for t in sorted(_SPECIALS)]
 
-    def encode(self, text: str, add_special_tokens: bool = False) -> list[int]:
-        """Token ids of ``text`` (its UTF-8 bytes), BOS-prefixed if ``add_special_tokens``."""
-        ids = list(text.encode("utf-8"))
-        return [BOS_TOKEN_ID, *ids] if add_special_tokens else ids
+    def encode(
+        self, text: str, add_special_tokens: bool = False, split_special_tokens: bool = False
+    ) -> list[int]:
+        """Token ids of ``text``: its UTF-8 bytes, with each special token's string (e.g.
+        ``<|begin_of_text|>``) as that token's id unless ``split_special_tokens``;
+        BOS-prefixed if ``add_special_tokens``."""
+        ids: list[int] = [BOS_TOKEN_ID] if add_special_tokens else []
+        if split_special_tokens:
+            return [*ids, *text.encode("utf-8")]
+        pos = 0
+        for match in _SPECIAL_RE.finditer(text):
+            ids.extend(text[pos : match.start()].encode("utf-8"))
+            ids.append(_SPECIAL_IDS[match.group()])
+            pos = match.end()
+        ids.extend(text[pos:].encode("utf-8"))
+        return ids
+
+    def convert_tokens_to_ids(self, tokens: str | list[str]) -> int | list[int]:
+        """A special token's id by its string (a list of them: their ids).
+
+        Raises:
+            KeyError: not a special token's string (byte tokens have no string form).
+        """
+        if isinstance(tokens, str):
+            return _SPECIAL_IDS[tokens]
+        return [_SPECIAL_IDS[t] for t in tokens]
 
     def decode(self, ids: Iterable[int], skip_special_tokens: bool = True) -> str:
         """Text of ``ids``; invalid UTF-8 becomes U+FFFD.
