@@ -34,6 +34,7 @@ SCRIPT = textwrap.dedent(
 
     async def step(run, index):
         # first invocation: the second run's last step hangs, so the kill lands in the middle
+        # (two steps in flight: the hanging step must not keep the first run from finishing)
         if os.environ.get("HANG") and run.config["optimizer"]["learning_rate"] == 1e-2:
             if index == {STEPS} - 1:
                 await asyncio.sleep(600)
@@ -41,7 +42,7 @@ SCRIPT = textwrap.dedent(
 
     sweep.run(
         step, steps={STEPS}, base={BASE!r}, grid={GRID!r},
-        directory=sys.argv[1], checkpoint_every=1, max_in_flight=1, base_url=sys.argv[2],
+        directory=sys.argv[1], checkpoint_every=1, max_in_flight=2, base_url=sys.argv[2],
         api_key="tml-sweep-tests", progress=False,
     )
     """
@@ -115,13 +116,14 @@ def test_killed_sweep_resumes_to_the_uninterrupted_table(
     assert set(resumed.status.values()) == {"completed"}
     reference = sweep.run(
         sweep.supervised(datums(), batch_size=4), steps=STEPS, base=BASE, grid=GRID,
-        directory=tmp_path / "reference", checkpoint_every=1, max_in_flight=1, service=service,
+        directory=tmp_path / "reference", checkpoint_every=1, max_in_flight=2, service=service,
         progress=False,
     )  # fmt: skip
     assert len(resumed) == len(reference) == 2 * STEPS
     for got, want in zip(resumed, reference, strict=True):
         assert (got["run"], got["step"]) == (want["run"], want["step"])
+        # steps of both runs may share a fused server call: equal up to its rounding
         for col in ("loss", "entropy/value", "entropy/grad_norm", "total_grad_norm"):
             np.testing.assert_allclose(
-                got[col], want[col], rtol=1e-6, err_msg=f"{got['run']} {col}"
+                got[col], want[col], rtol=2e-5, atol=1e-6, err_msg=f"{got['run']} {col}"
             )
