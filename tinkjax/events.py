@@ -20,9 +20,9 @@ event                                         measurements                      
 ``tinkjax.request.stop``                      ``duration_s``                     + ``status``
 ``tinkjax.request.exception``                 ``duration_s``                     + ``error_type``,
                                                                                  ``error``
-``tinkjax.future.queue_state``                ``iteration``                      ``request_id``,
-                                                                                 ``queue_state``,
-                                                                                 ``reason``
+``tinkjax.future.queue_state``                ``iteration``, ``waited_s``        ``request_id``,
+                                              (since polling began)              ``queue_state``,
+                                                                                 ``reason``, ids
 ``tinkjax.ratelimit.window``                  ``delay_s``                        ``base_url``
 ``tinkjax.session.heartbeat_failed``          ``since_success_s``                ``session_id``
 ============================================  =================================  =================
@@ -44,6 +44,9 @@ event                                         measurements                      
                                                                                  when known
 ============================================  =================================  =================
 
+``tinkjax.retry.{start,attempt,stop,failed}`` come from :func:`tinkjax.client.with_retry`
+(see :mod:`tinkjax.client._telemetry_retry`).
+
 "ids" are ``session_id``, ``model_id`` and ``sampling_session_id`` (``None`` when not
 applicable); "telemetry" is ``telemetry_metadata``, the dict set by :func:`telemetry_metadata`
 around the call that made the request.
@@ -58,21 +61,30 @@ Example::
     events.attach("my-logger", "tinkjax.request.stop", on_stop)
     ...
     events.detach("my-logger")
+
+:func:`attach_logger` does this for you through the standard :mod:`logging` module::
+
+    handler_id = events.attach_logger(level=logging.INFO)
+    ...
+    events.detach(handler_id)
 """
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import itertools
 import logging
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 __all__ = [
+    "LOGGED_EVENTS",
     "EventName",
     "Handler",
     "attach",
+    "attach_logger",
     "current_telemetry_metadata",
     "detach",
     "emit",
@@ -197,3 +209,92 @@ def telemetry_metadata(**values: Any) -> Iterator[Mapping[str, Any]]:
 def current_telemetry_metadata() -> Mapping[str, Any]:
     """The per-call telemetry metadata in effect (empty when none)."""
     return _telemetry_metadata.get() or {}
+
+
+#: The events :func:`attach_logger` logs by default.
+LOGGED_EVENTS: tuple[str, ...] = (
+    "tinkjax.request.stop",
+    "tinkjax.request.exception",
+    "tinkjax.future.queue_state",
+    "tinkjax.ratelimit.window",
+    "tinkjax.session.heartbeat_failed",
+    "tinkjax.custom_loss.start",
+    "tinkjax.custom_loss.stop",
+    "tinkjax.custom_loss.exception",
+    "tinkjax.regularizer.compute",
+    "tinkjax.retry.attempt",
+    "tinkjax.retry.failed",
+)
+_WARNING_EVENTS = frozenset(
+    {
+        ("tinkjax", "request", "exception"),
+        ("tinkjax", "custom_loss", "exception"),
+        ("tinkjax", "session", "heartbeat_failed"),
+        ("tinkjax", "retry", "failed"),
+    }
+)
+_logger_ids = itertools.count()
+
+
+def _describe(name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]) -> str:
+    kind = name[1:]
+    if kind == ("request", "stop"):
+        return (
+            f"{metadata.get('method')} {metadata.get('path')} -> {metadata.get('status')} in "
+            f"{measurements.get('duration_s', 0.0) * 1e3:.1f} ms"
+            f" (retry {metadata.get('retry_count', 0)})"
+        )
+    if kind == ("request", "exception"):
+        return (
+            f"{metadata.get('method')} {metadata.get('path')} failed after "
+            f"{measurements.get('duration_s', 0.0) * 1e3:.1f} ms: {metadata.get('error_type')}: "
+            f"{metadata.get('error')}"
+        )
+    if kind == ("future", "queue_state"):
+        reason = f" ({metadata['reason']})" if metadata.get("reason") else ""
+        return f"request {metadata.get('request_id')} queue state {metadata.get('queue_state')}{reason}"
+    if kind == ("regularizer", "compute"):
+        parts = ", ".join(f"{k}={v:.6g}" for k, v in measurements.items() if isinstance(v, float))
+        return f"regularizer {metadata.get('regularizer_name')} (weight {metadata.get('weight')}): {parts}"
+    values = ", ".join(f"{k}={v}" for k, v in {**measurements, **metadata}.items())
+    return values
+
+
+def attach_logger(
+    level: int | str = logging.INFO,
+    *,
+    logger: logging.Logger | str = "tinkjax.events",
+    event_names: Sequence[EventName | str] = LOGGED_EVENTS,
+    handler_id: str | None = None,
+) -> str:
+    """Log request, queue, rate-limit, custom-loss, regularizer and retry events through
+    :mod:`logging` (failures at ``WARNING`` or above, the rest at ``level``).
+
+    Args:
+        level: a :mod:`logging` level (``logging.DEBUG``, ``"INFO"``...).
+        logger: the logger (or its name) the lines go to.
+        event_names: the events to log (default :data:`LOGGED_EVENTS`).
+        handler_id: the id to attach under (default: a new ``tinkjax.logger.N``).
+
+    Returns:
+        The handler id; :func:`detach` it to stop logging.
+
+    Raises:
+        ValueError: an unknown level name, or ``handler_id`` is already attached.
+    """
+    if isinstance(level, str):
+        resolved = logging.getLevelName(level.upper())
+        if not isinstance(resolved, int):
+            raise ValueError(f"level {level!r} is not a logging level name")
+        level = resolved
+    target = logging.getLogger(logger) if isinstance(logger, str) else logger
+    failure_level = max(level, logging.WARNING)
+    hid = handler_id if handler_id is not None else f"tinkjax.logger.{next(_logger_ids)}"
+
+    def log(name: EventName, measurements: Mapping[str, Any], metadata: Mapping[str, Any]) -> None:
+        at = failure_level if name in _WARNING_EVENTS else level
+        if target.isEnabledFor(at):
+            target.log(at, "%s: %s", ".".join(name), _describe(name, measurements, metadata))
+
+    attach(hid, list(event_names), log)
+    return hid

@@ -13,6 +13,10 @@ from ._rest import RestClient, apaginate, paginate
 from ._sampling import SamplingClient, SamplingRetryConfig
 from ._service import ServiceClient
 from ._session import SessionContext
+from ._telemetry import TelemetryReporter
+from ._telemetry_capture import ExceptionCapture, capture_exceptions
+from ._telemetry_events import is_user_error
+from ._telemetry_retry import RetryHandler, default_retryable, with_retry, with_retry_async
 from ._training import TrainingClient
 from ._transport import Transport
 
@@ -24,11 +28,14 @@ __all__ = [
     "ClientConfig",
     "ClientFuture",
     "CustomForwardBackwardOutput",
+    "ExceptionCapture",
     "RestClient",
+    "RetryHandler",
     "SamplingClient",
     "SamplingRetryConfig",
     "ServiceClient",
     "SessionContext",
+    "TelemetryReporter",
     "TenantRateLimiter",
     "TrainingClient",
     "Transport",
@@ -36,13 +43,18 @@ __all__ = [
     "WireMode",
     "apaginate",
     "backoff_delay",
+    "capture_exceptions",
     "chunk_data",
     "combine_outputs",
+    "default_retryable",
     "estimate_datum_bytes",
+    "is_user_error",
     "limiter_for",
     "mask_secrets",
     "paginate",
     "resolve_config",
     "retry_after_seconds",
     "safe_extract",
+    "with_retry",
+    "with_retry_async",
 ]

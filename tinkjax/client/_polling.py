@@ -204,7 +204,9 @@ async def poll_future(
             if isinstance(answer, TryAgainResponse):
                 if answer.queue_state != queue_state:
                     queue_state = answer.queue_state
-                    _surface_queue_state(request_id, answer, iteration)
+                    _surface_queue_state(
+                        request_id, answer, iteration, ids, time.monotonic() - started
+                    )
                 if elapsed < _QUICK_ANSWER_S:
                     await sleep(quick.next())
                 else:
@@ -256,7 +258,13 @@ def _try_again_of(body: bytes, request_id: str) -> TryAgainResponse:
         return TryAgainResponse(request_id=request_id)
 
 
-def _surface_queue_state(request_id: str, answer: TryAgainResponse, iteration: int) -> None:
+def _surface_queue_state(
+    request_id: str,
+    answer: TryAgainResponse,
+    iteration: int,
+    ids: Mapping[str, str | None] | None,
+    waited_s: float,
+) -> None:
     if answer.queue_state != "active":
         logger.info(
             "request %s is waiting: queue state %s%s",
@@ -266,8 +274,9 @@ def _surface_queue_state(request_id: str, answer: TryAgainResponse, iteration: i
         )
     events.emit(
         ("tinkjax", "future", "queue_state"),
-        {"iteration": iteration},
+        {"iteration": iteration, "waited_s": waited_s},
         {
+            **(ids or {}),
             "request_id": request_id,
             "queue_state": answer.queue_state,
             "reason": answer.queue_state_reason,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import TYPE_CHECKING, Any, Literal, TypeVar
 
 import httpx
 
@@ -31,6 +31,9 @@ from ._loop import submit
 from ._paths import checkpoint_path, id_segment
 from ._transport import Transport, decode_response
 from ._twins import awaiting
+
+if TYPE_CHECKING:
+    from ._telemetry import TelemetryReporter
 
 __all__ = ["RestClient", "apaginate", "paginate"]
 
@@ -109,6 +112,13 @@ class RestClient:
         self = cls.__new__(cls)
         self.transport = transport
         return self
+
+    #: The telemetry reporter of the ``ServiceClient`` that made this client (else ``None``).
+    telemetry: TelemetryReporter | None = None
+
+    def get_telemetry(self) -> TelemetryReporter | None:
+        """The official SDK's accessor of :attr:`telemetry`."""
+        return self.telemetry
 
     def __repr__(self) -> str:
         return f"RestClient(base_url={self.transport.config.base_url!r})"

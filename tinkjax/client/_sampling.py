@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
@@ -46,6 +46,9 @@ from ._session import SessionContext
 from ._tokenizer import load_tokenizer
 from ._transport import decode_response, is_retryable_status
 from ._twins import awaiting
+
+if TYPE_CHECKING:
+    from ._telemetry import TelemetryReporter
 
 __all__ = [
     "SamplingClient",
@@ -111,6 +114,10 @@ class SamplingClient:
         self._seq_lock = threading.Lock()
         self._next_seq = 0
         self._semaphore: asyncio.Semaphore | None = None
+
+    def get_telemetry(self) -> TelemetryReporter | None:
+        """The session's telemetry reporter (``None`` when telemetry is off)."""
+        return self.session.telemetry
 
     def __repr__(self) -> str:
         return f"SamplingClient(sampling_session_id={self.sampling_session_id!r})"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Mapping
 from types import TracebackType
 
@@ -36,11 +37,14 @@ from ._sampling import (
     create_sampling_client,
 )
 from ._session import FinishStatus, SessionContext
+from ._telemetry import TelemetryReporter
 from ._training import TrainingClient, open_training_client
 from ._transport import Transport, decode_response
 from ._twins import awaiting, blocking
 
 __all__ = ["ServiceClient"]
+
+logger = logging.getLogger("tinkjax.client")
 
 
 class ServiceClient:
@@ -72,6 +76,8 @@ class ServiceClient:
         config: the resolved configuration.
         transport: the HTTP choke point every client of the session shares.
         session: the :class:`~._session.SessionContext` handed to the clients it creates.
+        telemetry_reporter: the session's :class:`~._telemetry.TelemetryReporter`, started
+            with the client (``None`` when ``TINKER_TELEMETRY=0``); :meth:`close` stops it.
     """
 
     def __init__(
@@ -107,6 +113,18 @@ class ServiceClient:
             display_name=display_name,
             heartbeat_interval=heartbeat_interval,
         )
+        self.telemetry_reporter: TelemetryReporter | None = None
+        if self.config.telemetry:
+            try:
+                self.telemetry_reporter = TelemetryReporter(self.transport, self.session)
+            except Exception as exc:  # telemetry never stops a client from starting
+                logger.warning("telemetry reporter not started: %s", exc)
+        self.session.telemetry = self.telemetry_reporter
+
+    def get_telemetry(self) -> TelemetryReporter | None:
+        """The session's telemetry reporter (the official SDK's name for
+        :attr:`telemetry_reporter`); ``None`` when telemetry is off."""
+        return self.telemetry_reporter
 
     def __repr__(self) -> str:
         sid = self.session_id_if_ready
@@ -150,6 +168,11 @@ class ServiceClient:
         if asyncio.get_running_loop() is not get_loop():
             await APIFuture(submit(self.close_async(status, detail)))
             return
+        if self.telemetry_reporter is not None and not self.session.closed:
+            try:  # SESSION_END and the last batch go out while the transport is open
+                await self.telemetry_reporter.stop_async()
+            except Exception as exc:
+                logger.warning("stopping telemetry failed: %s", exc)
         await self.session.close(status, detail)
 
     def __enter__(self) -> ServiceClient:
@@ -348,7 +371,9 @@ class ServiceClient:
     def create_rest_client(self) -> RestClient:
         """A ``RestClient`` sharing this client's configuration and connections."""
         self.session.check_open()
-        return RestClient.from_transport(self.transport)
+        rest = RestClient.from_transport(self.transport)
+        rest.telemetry = self.telemetry_reporter
+        return rest
 
     async def get_server_capabilities_async(self) -> GetServerCapabilitiesResponse:
         """The models the server supports."""

@@ -16,7 +16,7 @@ import logging
 import threading
 import time
 from collections.abc import Mapping
-from typing import Literal, TypeVar
+from typing import TYPE_CHECKING, Literal, TypeVar
 
 from tinkjax import events
 from tinkjax._version import __version__
@@ -37,6 +37,9 @@ from ._loop import submit, warn_if_in_loop
 from ._paths import id_segment
 from ._polling import Decoder, poll_future
 from ._transport import Transport, decode_response
+
+if TYPE_CHECKING:
+    from ._telemetry import TelemetryReporter
 
 __all__ = ["FinishStatus", "SessionContext"]
 
@@ -74,6 +77,8 @@ class SessionContext:
         wire: the protocol generation every request of the session uses.
         server_config: the server's feature flags and limits (defaults until the session
             exists, or when the server has no ``/client/config``).
+        telemetry: the session's telemetry reporter, set by ``ServiceClient`` (``None``
+            when telemetry is off); what the clients' ``get_telemetry()`` return.
     """
 
     def __init__(
@@ -88,6 +93,7 @@ class SessionContext:
         self.transport = transport
         self.wire: Wire = wire_for(config.wire_mode)
         self.server_config = ClientConfigResponse()
+        self.telemetry: TelemetryReporter | None = None
         self._display_name = display_name
         self._heartbeat_interval = heartbeat_interval
         self._lock = threading.Lock()

@@ -50,6 +50,8 @@ from ._twins import awaiting, submitting
 if TYPE_CHECKING:  # the engine imports JAX; ``import tinkjax`` does not need it
     from tinkjax.engine import CustomLossSpec, LossSpec, SpecOptions
 
+    from ._telemetry import TelemetryReporter
+
 __all__ = ["TrainingClient", "open_training_client"]
 
 T = TypeVar("T")
@@ -68,6 +70,10 @@ class TrainingClient:
         self.model_id = model_id
         self._info: GetInfoResponse | None = None
         self._queue = ModelQueue(session, model_id, next_seq_id=next_seq_id)
+
+    def get_telemetry(self) -> TelemetryReporter | None:
+        """The session's telemetry reporter (``None`` when telemetry is off)."""
+        return self.session.telemetry
 
     def __repr__(self) -> str:
         return f"TrainingClient(model_id={self.model_id!r})"

@@ -1,5 +1,9 @@
 """Telemetry events the SDKs post, kept (the newest ``max_events``, at most ``max_bytes`` of
-payload) for tests and debugging; one event over ``max_event_bytes`` is refused."""
+payload) for tests and debugging; one event over ``max_event_bytes`` is refused.
+
+An event whose ``event_id`` the same tenant already posted is not stored again: an SDK that
+re-sends a batch whose answer it never got (its retry after a lost acknowledgement) does not
+duplicate it."""
 
 from __future__ import annotations
 
@@ -46,6 +50,10 @@ class Telemetry:
         self.max_bytes = max_bytes
         self.max_event_bytes = max_event_bytes
         with db.lock:
+            db.execute(
+                "CREATE INDEX IF NOT EXISTS telemetry_event_id"
+                " ON telemetry(json_extract(payload, '$.event_id'))"
+            )
             self._bytes = int(
                 db.one("SELECT COALESCE(SUM(length(payload)), 0) FROM telemetry")[0]  # type: ignore[index]
             )
@@ -54,9 +62,9 @@ class Telemetry:
         self, session_id: str | None, events: Sequence[Any], *, tenant: str | None = None
     ) -> int:
         """Keep telemetry events (mappings or wire Structs) posted by ``tenant``; returns how
-        many were stored."""
+        many were stored (an ``event_id`` the tenant already posted is skipped)."""
         now = iso(utc_now())
-        rows = []
+        candidates = []
         for i, ev in enumerate(events):
             data = msgspec.to_builtins(ev)
             if not isinstance(data, dict):
@@ -75,8 +83,16 @@ class Telemetry:
                     field=f"events[{i}]",
                     value=len(payload),
                 )
-            rows.append((session_id, kind, name, now, payload, tenant))
+            candidates.append((session_id, kind, name, now, payload, tenant, data.get("event_id")))
         with self._db.lock, self._db.tx() as c:
+            seen: set[str] = set()
+            rows: list[tuple[Any, ...]] = []
+            for *row, event_id in candidates:
+                if isinstance(event_id, str):
+                    if event_id in seen or self._known(c, event_id, tenant):
+                        continue
+                    seen.add(event_id)
+                rows.append(tuple(row))
             c.executemany(
                 "INSERT INTO telemetry (session_id, event, event_name, received_at, payload,"
                 " tenant) VALUES (?,?,?,?,?,?)",
@@ -100,6 +116,15 @@ class Telemetry:
                 c.execute("DELETE FROM telemetry WHERE id <= ?", (cutoff,))
                 self._bytes -= int(gone)
         return len(rows)
+
+    @staticmethod
+    def _known(c: Any, event_id: str, tenant: str | None) -> bool:
+        found = c.execute(
+            "SELECT 1 FROM telemetry WHERE json_extract(payload, '$.event_id') = ?"
+            " AND tenant IS ? LIMIT 1",
+            (event_id, tenant),
+        ).fetchone()
+        return found is not None
 
     def query(
         self,
