@@ -77,7 +77,8 @@ def test_events_reach_the_backend_in_order_with_nothing_lost_across_503s(
     assert names(got) == ["SESSION_START", *[f"step.{i}" for i in range(40)], "SESSION_END"]
     assert [e["event_session_index"] for e in got] == list(range(42))
     assert len({e["event_id"] for e in got}) == 42  # a re-sent batch is not stored twice
-    assert rep.sent == 42 and rep.dropped == 0
+    assert rep.sent == 42
+    assert rep.dropped == 0
 
 
 def test_wait_until_drained_returns_once_the_backend_has_them(
@@ -119,7 +120,8 @@ def test_a_batch_the_backend_refuses_is_dropped_and_counted_not_retried_forever(
     assert rep.wait_until_drained(10.0)
     rep.log("second")
     assert rep.wait_until_drained(10.0)
-    assert rule.fired == 1 and rep.dropped == 2  # SESSION_START and "first"
+    assert rule.fired == 1
+    assert rep.dropped == 2
     assert names(backend_events(local_server, quiet_service.session_id)) == ["second"]
     rep.stop()
 
@@ -137,12 +139,22 @@ def test_service_client_reports_its_session_and_forwards_its_own_requests(
     rest.list_training_runs().result()  # a REST call carries no session: not forwarded
     assert rep.log("app.start", {"host": "here"}, "DEBUG")
     sid = sc.session_id
-    time.sleep(0.3)  # a few heartbeats, which carry the session
+    beats: list[str] = []
+    events.attach(
+        "test.beats", "tinkjax.request.stop", lambda _, __, meta: beats.append(meta["path"])
+    )
+    try:  # heartbeats carry the session
+        deadline = time.monotonic() + 30
+        while beats.count("/api/v1/session_heartbeat") < 2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+    finally:
+        events.detach("test.beats")
     sc.close()
     assert rep.stopped
     got = backend_events(local_server, sid)
     kinds = names(got)
-    assert kinds[0] == "SESSION_START" and kinds[-1] == "SESSION_END"
+    assert kinds[0] == "SESSION_START"
+    assert kinds[-1] == "SESSION_END"
     assert kinds.count("SESSION_END") == 1
     stops = [e for e in got if e.get("event_name") == "tinkjax.request.stop"]
     paths = {e["event_data"]["metadata"]["path"] for e in stops}
@@ -150,7 +162,8 @@ def test_service_client_reports_its_session_and_forwards_its_own_requests(
     assert not any(p.startswith("/api/v1/telemetry") for p in paths)
     assert all(e["event_data"]["metadata"]["session_id"] == sid for e in stops)
     custom = next(e for e in got if e.get("event_name") == "app.start")
-    assert custom["severity"] == "DEBUG" and custom["event_data"] == {"host": "here"}
+    assert custom["severity"] == "DEBUG"
+    assert custom["event_data"] == {"host": "here"}
     assert {e["session_id"] for e in got} == {sid}
 
 
@@ -165,7 +178,8 @@ def test_the_kill_switch_sends_nothing(local_server: Any, monkeypatch: pytest.Mo
     events.attach("test.kill-switch", "tinkjax.request.start", count)
     try:
         sc = ServiceClient(base_url=local_server.base_url, api_key=API_KEY, heartbeat_interval=0)
-        assert sc.telemetry_reporter is None and sc.get_telemetry() is None
+        assert sc.telemetry_reporter is None
+        assert sc.get_telemetry() is None
         sc.create_rest_client().list_training_runs().result()
         sid = sc.session_id
         sc.close()
@@ -182,15 +196,18 @@ def test_exceptions_are_reported_as_the_official_sdk_reports_them(
     try:
         raise RuntimeError("boom")
     except RuntimeError as exc:
-        assert rep.log_exception(exc)
+        logged = rep.log_exception(exc)
+    assert logged
     user = BadRequestError("bad field", status_code=400, body={"detail": "bad field"})
     assert rep.log_exception(user, "CRITICAL")
     assert rep.wait_until_drained(10.0)
     got = backend_events(local_server, quiet_service.session_id)[1:]
     assert got[0]["event"] == "UNHANDLED_EXCEPTION"
-    assert got[0]["error_type"] == "RuntimeError" and got[0]["error_message"] == "boom"
+    assert got[0]["error_type"] == "RuntimeError"
+    assert got[0]["error_message"] == "boom"
     assert "raise RuntimeError" in got[0]["traceback"]
-    assert got[1]["event"] == "GENERIC_EVENT" and got[1]["event_name"] == "user_error"
+    assert got[1]["event"] == "GENERIC_EVENT"
+    assert got[1]["event_name"] == "user_error"
     assert got[1]["severity"] == "WARNING"
     assert got[1]["event_data"]["status_code"] == 400
     rep.stop()
@@ -261,11 +278,9 @@ def test_an_unreachable_backend_costs_the_loop_nothing_and_memory_stays_bounded(
     rep = fast_reporter(
         quiet_service, forward_events=True, max_queue_size=20, flush_threshold=5, max_retries=2
     )
-    log_calls = 0
     t0 = time.perf_counter()
     for _ in range(200):
         rep.log("flood", {"payload": "x" * 100})
-        log_calls += 1
     log_time = time.perf_counter() - t0
     with_reporter = min(loop(20) for _ in range(2))
     assert rep.queued <= 20
@@ -301,6 +316,8 @@ def test_log_fatal_exception_is_delivered_before_the_process_exits(local_server:
     sid = out.stdout.strip().splitlines()[-1]
     got = backend_events(local_server, sid)
     kinds = [e["event"] for e in got]
-    assert kinds[0] == "SESSION_START" and kinds[-1] == "SESSION_END", kinds
+    assert kinds[0] == "SESSION_START", kinds
+    assert kinds[-1] == "SESSION_END", kinds
     fatal = next(e for e in got if e["event"] == "UNHANDLED_EXCEPTION")
-    assert fatal["error_message"] == marker and fatal["severity"] == "CRITICAL"
+    assert fatal["error_message"] == marker
+    assert fatal["severity"] == "CRITICAL"
