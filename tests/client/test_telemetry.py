@@ -249,7 +249,7 @@ def test_events_of_other_sessions_are_not_forwarded(quiet_service: ServiceClient
     events.emit("tinkjax.custom_loss.stop", {"duration": 0.1}, {"model_id": "not-mine"})
     events.emit("tinkjax.request.exception", {}, {**meta, "error_type": "APIConnectionError"})
     assert rep.queued - before == 3
-    queued = list(rep._queue)[before:]
+    queued = rep.pending()[before:]
     assert [e.event_name for e in queued] == [  # type: ignore[union-attr]
         "tinkjax.request.stop",
         "tinkjax.custom_loss.stop",

@@ -159,7 +159,9 @@ def reporter(local_server: Any, monkeypatch: pytest.MonkeyPatch) -> Iterator[Tel
 
 
 def queued(rep: TelemetryReporter) -> list[str]:
-    return [getattr(e, "error_message", None) or getattr(e, "event_name", "") for e in rep._queue]
+    return [
+        getattr(e, "error_message", None) or getattr(e, "event_name", "") for e in rep.pending()
+    ]
 
 
 def test_capture_as_context_manager_reports_and_reraises(reporter: TelemetryReporter) -> None:
@@ -191,7 +193,9 @@ def test_capture_as_decorator_finds_the_reporter_of_self(reporter: TelemetryRepo
     got = queued(reporter)
     assert "method failed" in got
     assert "async method failed" in got
-    crit = [e for e in reporter._queue if getattr(e, "error_message", "") == "async method failed"]
+    crit = [
+        e for e in reporter.pending() if getattr(e, "error_message", "") == "async method failed"
+    ]
     assert crit[0].severity == "CRITICAL"
 
 

@@ -50,7 +50,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tinkjax import events
 from tinkjax._version import __version__
@@ -63,6 +63,7 @@ from ._telemetry_events import (
     check_severity,
     exception_event,
     generic_event,
+    new_event_id,
     process_uuid,
     session_end_event,
     session_start_event,
@@ -90,6 +91,31 @@ _ERROR_EVENTS = frozenset(
     {("tinkjax", "request", "exception"), ("tinkjax", "custom_loss", "exception")}
 )
 _MODEL_EVENTS = frozenset({"custom_loss", "regularizer"})
+
+
+class _Forwarded(NamedTuple):
+    """A forwarded event as queued: the ``GENERIC_EVENT`` is built when its batch is sent,
+    off the emitting thread (its id, index and time are fixed when it is queued)."""
+
+    session_index: int
+    event_id: str
+    name: str
+    data: dict[str, Any]
+    severity: Severity
+    timestamp: float
+
+
+def _materialize(item: TelemetryEvent | _Forwarded) -> TelemetryEvent:
+    if isinstance(item, _Forwarded):
+        return generic_event(
+            item.session_index,
+            item.name,
+            item.data,
+            item.severity,
+            event_id=item.event_id,
+            timestamp=item.timestamp,
+        )
+    return item
 
 
 class SessionSource(Protocol):
@@ -174,7 +200,7 @@ class TelemetryReporter:
         self._started_at = datetime.now(UTC)
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
-        self._queue: deque[TelemetryEvent] = deque()
+        self._queue: deque[TelemetryEvent | _Forwarded] = deque()
         self._index = 0
         self._accepted = 0  # events ever queued
         self._removed = 0  # events that left the queue (sent or dropped)
@@ -208,6 +234,12 @@ class TelemetryReporter:
     @property
     def stopped(self) -> bool:
         return self._stopped
+
+    def pending(self) -> list[TelemetryEvent]:
+        """The queued events, oldest first, as they will be sent (a copy)."""
+        with self._lock:
+            items = list(self._queue)
+        return [_materialize(item) for item in items]
 
     # ---------------------------------------------------------------- logging
     def log(
@@ -459,7 +491,23 @@ class TelemetryReporter:
         else:
             severity = "INFO"
         data = {"measurements": dict(measurements), "metadata": dict(metadata)}
-        self._push(lambda i: generic_event(i, ".".join(name), data, severity))
+        with self._lock:
+            if self._stopped:
+                return
+            if len(self._queue) >= self.max_queue_size:
+                self.dropped += 1
+                return
+            item = _Forwarded(
+                self._index, new_event_id(), ".".join(name), data, severity, time.time()
+            )
+            self._index += 1
+            self._queue.append(item)
+            self._accepted += 1
+            signal = len(self._queue) >= self.flush_threshold and not self._signalled
+            if signal:
+                self._signalled = True
+        if signal:
+            self._signal()
 
     async def _run(self) -> None:
         try:
@@ -479,9 +527,10 @@ class TelemetryReporter:
         """Send queued batches in order until the queue is empty or a send failed."""
         while True:
             with self._lock:
-                batch = list(itertools.islice(self._queue, self.max_batch_size))
-            if not batch:
+                items = list(itertools.islice(self._queue, self.max_batch_size))
+            if not items:
                 return
+            batch = [_materialize(item) for item in items]
             outcome = await self._send(batch)
             if outcome == "failed":
                 return

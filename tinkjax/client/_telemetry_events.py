@@ -31,6 +31,7 @@ __all__ = [
     "generic_event",
     "is_user_error",
     "json_safe",
+    "new_event_id",
     "process_uuid",
     "session_end_event",
     "session_start_event",
@@ -56,6 +57,15 @@ def process_uuid() -> str:
         if _process is None or _process[0] != os.getpid():
             _process = (os.getpid(), str(uuid.uuid4()))
         return _process[1]
+
+
+def new_event_id() -> str:
+    """A random (version 4) UUID as text, without :class:`uuid.UUID`'s costlier constructor."""
+    b = bytearray(os.urandom(16))
+    b[6] = (b[6] & 0x0F) | 0x40
+    b[8] = (b[8] & 0x3F) | 0x80
+    h = b.hex()
+    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
 
 
 def _now() -> datetime:
@@ -90,13 +100,20 @@ def check_severity(severity: str) -> Severity:
 
 
 def generic_event(
-    index: int, name: str, data: Mapping[str, Any] | None, severity: Severity
+    index: int,
+    name: str,
+    data: Mapping[str, Any] | None,
+    severity: Severity,
+    *,
+    event_id: str | None = None,
+    timestamp: float | None = None,
 ) -> GenericEvent:
+    """A ``GENERIC_EVENT``; ``event_id`` and ``timestamp`` (epoch seconds) default to new."""
     return GenericEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=event_id or new_event_id(),
         event_session_index=index,
         severity=severity,
-        timestamp=_now(),
+        timestamp=_now() if timestamp is None else datetime.fromtimestamp(timestamp, UTC),
         event_name=name,
         event_data=json_safe(data),
     )
@@ -104,14 +121,14 @@ def generic_event(
 
 def session_start_event(index: int, started: datetime) -> SessionStartEvent:
     return SessionStartEvent(
-        event_id=str(uuid.uuid4()), event_session_index=index, severity="INFO", timestamp=started
+        event_id=new_event_id(), event_session_index=index, severity="INFO", timestamp=started
     )
 
 
 def session_end_event(index: int, started: datetime) -> SessionEndEvent:
     end = _now()
     return SessionEndEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=new_event_id(),
         event_session_index=index,
         severity="INFO",
         timestamp=end,
@@ -139,7 +156,7 @@ def exception_event(index: int, exc: BaseException, severity: Severity) -> Telem
         else None
     )
     return UnhandledExceptionEvent(
-        event_id=str(uuid.uuid4()),
+        event_id=new_event_id(),
         event_session_index=index,
         severity=severity,
         timestamp=_now(),

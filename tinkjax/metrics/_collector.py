@@ -42,6 +42,7 @@ or 24+ characters) is ``"{id}"``.
 from __future__ import annotations
 
 import functools
+import math
 import re
 import threading
 from collections.abc import Mapping
@@ -49,7 +50,7 @@ from typing import Any
 
 from tinkjax import events
 
-from ._registry import Registry
+from ._registry import Labels, Registry
 
 __all__ = ["KINDS", "Collector", "normalize_path"]
 
@@ -112,12 +113,22 @@ def normalize_path(path: str) -> str:
     return "/".join("{id}" if s and _ID_SEGMENT.match(s) else s for s in base.split("/"))
 
 
+@functools.lru_cache(maxsize=4096)
+def _request_keys(method: str, path: str, status: object) -> tuple[Labels, Labels]:
+    """``(labels with status, labels without)`` of one kind of request, built once."""
+    norm = normalize_path(path)
+    return (
+        (("method", method), ("path", norm), ("status", str(status))),
+        (("method", method), ("path", norm)),
+    )
+
+
 def _finite(value: Any) -> float | None:
     try:
         v = float(value)
     except (TypeError, ValueError):
         return None
-    return v if v == v and v not in (float("inf"), float("-inf")) else None
+    return v if math.isfinite(v) else None
 
 
 class Collector:
@@ -157,19 +168,19 @@ class Collector:
         r = self.registry
         kind = name[1:]
         if kind == ("request", "start"):
-            if metadata.get("retry_count"):
+            if metadata.get("retry_count"):  # the first try of a request costs nothing here
                 r.increment(
                     "tinkjax_retries_total",
                     source="transport",
                     path=normalize_path(str(metadata.get("path"))),
                 )
         elif kind == ("request", "stop"):
-            method, path = str(metadata.get("method")), normalize_path(str(metadata.get("path")))
-            r.increment(
-                "tinkjax_requests_total", method=method, path=path, status=metadata.get("status")
+            with_status, without = _request_keys(
+                str(metadata.get("method")), str(metadata.get("path")), metadata.get("status")
             )
+            r.increment_key("tinkjax_requests_total", with_status)
             if (d := _finite(measurements.get("duration_s"))) is not None:
-                r.observe("tinkjax_request_duration_seconds", d, method=method, path=path)
+                r.observe_key("tinkjax_request_duration_seconds", without, d)
         elif kind == ("request", "exception"):
             r.increment(
                 "tinkjax_request_errors_total",

@@ -10,7 +10,7 @@ from typing import Any
 
 from ._histogram import DEFAULT_CAPACITY, Histogram, HistogramSummary
 
-__all__ = ["Labels", "Registry", "Snapshot"]
+__all__ = ["Labels", "Registry", "Snapshot", "labels_of"]
 
 #: A label set, sorted by name: ``(("path", "/api/v1/asample"), ("status", "200"))``.
 Labels = tuple[tuple[str, str], ...]
@@ -117,10 +117,14 @@ class Registry:
 
     def increment(self, name: str, value: float = 1.0, **labels: object) -> None:
         """Add ``value`` (>= 0, finite) to the counter ``name`` with ``labels``."""
+        self.increment_key(name, labels_of(labels), value)
+
+    def increment_key(self, name: str, key: Labels, value: float = 1.0) -> None:
+        """:meth:`increment` with the labels already a sorted :data:`Labels` tuple (the
+        collector's fast path: it builds each key once)."""
         v = float(value)
         if not (math.isfinite(v) and v >= 0):
             raise ValueError(f"counter {name}: increment must be finite and >= 0, got {value!r}")
-        key = labels_of(labels)
         with self._lock:
             family = self._counters.setdefault(name, {})
             if not self._full(family, key):
@@ -139,7 +143,10 @@ class Registry:
 
     def observe(self, name: str, value: float, **labels: object) -> None:
         """Record ``value`` in the histogram ``name`` with ``labels``."""
-        key = labels_of(labels)
+        self.observe_key(name, labels_of(labels), value)
+
+    def observe_key(self, name: str, key: Labels, value: float) -> None:
+        """:meth:`observe` with the labels already a sorted :data:`Labels` tuple."""
         with self._lock:
             family = self._histograms.setdefault(name, {})
             hist = family.get(key)
