@@ -321,3 +321,33 @@ def test_log_fatal_exception_is_delivered_before_the_process_exits(local_server:
     fatal = next(e for e in got if e["event"] == "UNHANDLED_EXCEPTION")
     assert fatal["error_message"] == marker
     assert fatal["severity"] == "CRITICAL"
+
+
+def test_batches_are_the_official_sdks_telemetry_send_request(quiet_service: ServiceClient) -> None:
+    """Each queued event and a whole request body validate as the official SDK's types."""
+    import msgspec
+    from tinker.types import TelemetrySendRequest as Official
+
+    from tinkjax.types import TelemetrySendRequest
+
+    rep = fast_reporter(quiet_service, flush_interval=60.0)
+    rep.log("x", {"a": [1, 2]}, "WARNING")
+    try:
+        raise KeyError("k")
+    except KeyError as exc:
+        rep.log_exception(exc)
+    rep.log_exception(BadRequestError("no", status_code=422))
+    body = msgspec.json.encode(
+        TelemetrySendRequest(
+            events=rep.pending(),
+            platform="Linux",
+            sdk_version="0.1.0",
+            session_id=quiet_service.session_id,
+            process_uuid="p",
+        )
+    )
+    parsed = Official.model_validate_json(body)
+    kinds = [type(e).__name__ for e in parsed.events]
+    assert kinds == ["SessionStartEvent", "GenericEvent", "UnhandledExceptionEvent", "GenericEvent"]
+    assert parsed.events[1].event_data == {"a": [1, 2]}
+    rep.stop()
