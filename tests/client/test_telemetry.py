@@ -351,3 +351,14 @@ def test_batches_are_the_official_sdks_telemetry_send_request(quiet_service: Ser
     assert kinds == ["SessionStartEvent", "GenericEvent", "UnhandledExceptionEvent", "GenericEvent"]
     assert parsed.events[1].event_data == {"a": [1, 2]}
     rep.stop()
+
+
+@pytest.mark.parametrize(
+    ("value", "on"),
+    [(None, True), ("1", True), ("TRUE", True), (" yes ", True), ("on", True), ("0", False),
+     ("false", False), ("", False), ("off", False)],
+)  # fmt: skip
+def test_tinker_telemetry_is_read_as_the_official_sdk_reads_it(value: str | None, on: bool) -> None:
+    from tinkjax.client._telemetry import telemetry_enabled
+
+    assert telemetry_enabled({} if value is None else {"TINKER_TELEMETRY": value}) is on

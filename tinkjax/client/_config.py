@@ -27,7 +27,6 @@ __all__ = [
     "mask_secrets",
     "remember_secret",
     "resolve_config",
-    "telemetry_enabled",
 ]
 
 logger = logging.getLogger("tinkjax.client")
@@ -84,7 +83,6 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
         wire_mode: ``"protobuf"`` (SDK ≥ 0.25, default) or ``"json"`` (JSON-era servers).
         embedded: the service is the in-process local backend (``base_url`` is
             :data:`EMBEDDED_PLACEHOLDER_URL` until it is started).
-        telemetry: a ``ServiceClient`` starts a telemetry reporter (``TINKER_TELEMETRY``).
     """
 
     base_url: str
@@ -98,7 +96,6 @@ class ClientConfig(msgspec.Struct, frozen=True, kw_only=True):
     user_metadata: dict[str, Any] | None = None
     wire_mode: WireMode = "protobuf"
     embedded: bool = False
-    telemetry: bool = True
 
     def __repr__(self) -> str:
         fields = ", ".join(
@@ -119,12 +116,6 @@ def _env(environ: Mapping[str, str], name: str) -> str | None:
     return value if value else None
 
 
-def telemetry_enabled(value: str | None) -> bool:
-    """``TINKER_TELEMETRY`` as the official SDK reads it: on when unset, else on only for
-    ``1``/``true``/``yes``/``on`` (any case)."""
-    return value is None or value.strip().lower() in {"1", "true", "yes", "on"}
-
-
 def resolve_config(
     *,
     api_key: str | None = None,
@@ -142,8 +133,7 @@ def resolve_config(
     """Resolve settings: argument > environment > default. Only data: nothing is started.
 
     Environment: ``TINKER_API_KEY``, ``TINKER_BASE_URL``, ``TINKER_PROJECT_ID``, ``TINKER_TAGS``
-    (comma-separated), ``TINKJAX_WIRE_MODE``, ``TINKJAX_POLL_ERROR_TIMEOUT`` (seconds),
-    ``TINKER_TELEMETRY`` (``0`` turns the telemetry reporter off).
+    (comma-separated), ``TINKJAX_WIRE_MODE``, ``TINKJAX_POLL_ERROR_TIMEOUT`` (seconds).
 
     With neither a base URL nor an API key anywhere, or with ``base_url="local"``, the
     configuration is ``embedded``: the caller starts the in-process local backend
@@ -211,7 +201,6 @@ def resolve_config(
         user_metadata=dict(user_metadata) if user_metadata else None,
         wire_mode=mode,  # type: ignore[arg-type]
         embedded=embedded,
-        telemetry=telemetry_enabled(env.get("TINKER_TELEMETRY")),
     )
     if cfg.timeout <= 0 or cfg.connect_timeout <= 0:
         raise ConfigurationError(f"timeout {cfg.timeout} and connect_timeout must be > 0")

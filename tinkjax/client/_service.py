@@ -37,7 +37,7 @@ from ._sampling import (
     create_sampling_client,
 )
 from ._session import FinishStatus, SessionContext
-from ._telemetry import TelemetryReporter
+from ._telemetry import TelemetryReporter, telemetry_enabled
 from ._training import TrainingClient, open_training_client
 from ._transport import Transport, decode_response
 from ._twins import awaiting, blocking
@@ -77,7 +77,8 @@ class ServiceClient:
         transport: the HTTP choke point every client of the session shares.
         session: the :class:`~._session.SessionContext` handed to the clients it creates.
         telemetry_reporter: the session's :class:`~._telemetry.TelemetryReporter`, started
-            with the client (``None`` when ``TINKER_TELEMETRY=0``); :meth:`close` stops it.
+            with the client (``None`` when ``TINKER_TELEMETRY`` is off, e.g. ``0``, as the
+            official SDK reads it); :meth:`close` stops it.
     """
 
     def __init__(
@@ -114,7 +115,7 @@ class ServiceClient:
             heartbeat_interval=heartbeat_interval,
         )
         self.telemetry_reporter: TelemetryReporter | None = None
-        if self.config.telemetry:
+        if telemetry_enabled():
             try:
                 self.telemetry_reporter = TelemetryReporter(self.transport, self.session)
             except Exception as exc:  # telemetry never stops a client from starting

@@ -43,6 +43,7 @@ import asyncio
 import contextlib
 import itertools
 import logging
+import os
 import platform
 import threading
 import time
@@ -70,11 +71,13 @@ from ._telemetry_events import (
 )
 from ._transport import Transport, is_retryable_status
 
-__all__ = ["SessionSource", "TelemetryReporter", "reporter_of"]
+__all__ = ["SessionSource", "TelemetryReporter", "reporter_of", "telemetry_enabled"]
 
 logger = logging.getLogger("tinkjax.telemetry")
 
 TELEMETRY_PATH = "/api/v1/telemetry"
+#: How long :meth:`TelemetryReporter.stop` waits when the backend already looks unreachable.
+_STOP_WHEN_FAILING_S = 1.0
 
 #: The events of :mod:`tinkjax.events` a reporter forwards (those of its own session).
 FORWARDED_EVENTS: tuple[str, ...] = (
@@ -91,6 +94,13 @@ _ERROR_EVENTS = frozenset(
     {("tinkjax", "request", "exception"), ("tinkjax", "custom_loss", "exception")}
 )
 _MODEL_EVENTS = frozenset({"custom_loss", "regularizer"})
+
+
+def telemetry_enabled(environ: Mapping[str, str] | None = None) -> bool:
+    """``TINKER_TELEMETRY`` as the official SDK reads it: on when unset, else on only for
+    ``1``/``true``/``yes``/``on`` (any case)."""
+    value = (os.environ if environ is None else environ).get("TINKER_TELEMETRY")
+    return value is None or value.strip().lower() in {"1", "true", "yes", "on"}
 
 
 class _Forwarded(NamedTuple):
@@ -207,6 +217,7 @@ class TelemetryReporter:
         self._ended = False  # SESSION_END queued
         self._stopped = False
         self._signalled = False
+        self._failing = False  # the last send used up its retries
         self._models: set[str] = set()
         self._loop = get_loop()
         self._wake = asyncio.Event()  # only touched on the loop
@@ -381,13 +392,14 @@ class TelemetryReporter:
         """Queue ``SESSION_END`` (once), flush, stop forwarding and the background task.
 
         Idempotent; returns whether everything was delivered within ``timeout`` seconds
-        (events still unsent then are dropped and counted). On the client loop's own thread it
-        does not wait.
+        (events still unsent then are dropped and counted). When the last send already used
+        up its retries (the backend is unreachable) it waits at most 1 s, so closing a client
+        is not held up by telemetry. On the client loop's own thread it does not wait.
         """
         if self._stopped:
             return True
         self._end_session()
-        drained = self.wait_until_drained(timeout)
+        drained = self.wait_until_drained(self._stop_timeout(timeout))
         self._shutdown()
         return drained
 
@@ -396,9 +408,12 @@ class TelemetryReporter:
         if self._stopped:
             return True
         self._end_session()
-        drained = await self.wait_until_drained_async(timeout)
+        drained = await self.wait_until_drained_async(self._stop_timeout(timeout))
         self._shutdown()
         return drained
+
+    def _stop_timeout(self, timeout: float) -> float:
+        return min(timeout, _STOP_WHEN_FAILING_S) if self._failing else timeout
 
     def _shutdown(self) -> None:
         events.detach(self._handler_id)
@@ -532,6 +547,7 @@ class TelemetryReporter:
                 return
             batch = [_materialize(item) for item in items]
             outcome = await self._send(batch)
+            self._failing = outcome == "failed"
             if outcome == "failed":
                 return
             with self._lock:
