@@ -51,7 +51,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from datetime import UTC, datetime
-from typing import Any, NamedTuple, Protocol
+from typing import Any, Protocol
 
 from tinkjax import events
 from tinkjax._version import __version__
@@ -61,9 +61,11 @@ from tinkjax.types import Severity, TelemetryEvent, TelemetrySendRequest
 from ._backoff import Backoff
 from ._loop import get_loop, on_loop_thread
 from ._telemetry_events import (
+    ForwardedEvent,
     check_severity,
     exception_event,
     generic_event,
+    materialize,
     new_event_id,
     process_uuid,
     session_end_event,
@@ -71,7 +73,7 @@ from ._telemetry_events import (
 )
 from ._transport import Transport, is_retryable_status
 
-__all__ = ["SessionSource", "TelemetryReporter", "reporter_of", "telemetry_enabled"]
+__all__ = ["SessionSource", "TelemetryReporter", "telemetry_enabled"]
 
 logger = logging.getLogger("tinkjax.telemetry")
 
@@ -101,31 +103,6 @@ def telemetry_enabled(environ: Mapping[str, str] | None = None) -> bool:
     ``1``/``true``/``yes``/``on`` (any case)."""
     value = (os.environ if environ is None else environ).get("TINKER_TELEMETRY")
     return value is None or value.strip().lower() in {"1", "true", "yes", "on"}
-
-
-class _Forwarded(NamedTuple):
-    """A forwarded event as queued: the ``GENERIC_EVENT`` is built when its batch is sent,
-    off the emitting thread (its id, index and time are fixed when it is queued)."""
-
-    session_index: int
-    event_id: str
-    name: str
-    data: dict[str, Any]
-    severity: Severity
-    timestamp: float
-
-
-def _materialize(item: TelemetryEvent | _Forwarded) -> TelemetryEvent:
-    if isinstance(item, _Forwarded):
-        return generic_event(
-            item.session_index,
-            item.name,
-            item.data,
-            item.severity,
-            event_id=item.event_id,
-            timestamp=item.timestamp,
-        )
-    return item
 
 
 class SessionSource(Protocol):
@@ -210,7 +187,7 @@ class TelemetryReporter:
         self._started_at = datetime.now(UTC)
         self._lock = threading.Lock()
         self._drained = threading.Condition(self._lock)
-        self._queue: deque[TelemetryEvent | _Forwarded] = deque()
+        self._queue: deque[TelemetryEvent | ForwardedEvent] = deque()
         self._index = 0
         self._accepted = 0  # events ever queued
         self._removed = 0  # events that left the queue (sent or dropped)
@@ -250,7 +227,7 @@ class TelemetryReporter:
         """The queued events, oldest first, as they will be sent (a copy)."""
         with self._lock:
             items = list(self._queue)
-        return [_materialize(item) for item in items]
+        return [materialize(item) for item in items]
 
     # ---------------------------------------------------------------- logging
     def log(
@@ -512,7 +489,7 @@ class TelemetryReporter:
             if len(self._queue) >= self.max_queue_size:
                 self.dropped += 1
                 return
-            item = _Forwarded(
+            item = ForwardedEvent(
                 self._index, new_event_id(), ".".join(name), data, severity, time.time()
             )
             self._index += 1
@@ -545,7 +522,7 @@ class TelemetryReporter:
                 items = list(itertools.islice(self._queue, self.max_batch_size))
             if not items:
                 return
-            batch = [_materialize(item) for item in items]
+            batch = [materialize(item) for item in items]
             outcome = await self._send(batch)
             self._failing = outcome == "failed"
             if outcome == "failed":
@@ -604,15 +581,3 @@ class TelemetryReporter:
                 await asyncio.sleep(backoff.next(hint))
         logger.debug("telemetry send failed %d times: %s", self.max_retries + 1, error)
         return "failed"
-
-
-def reporter_of(obj: object) -> TelemetryReporter | None:
-    """``obj`` if it is a reporter, else what its ``get_telemetry()`` returns (``None`` when it
-    has none)."""
-    if obj is None or isinstance(obj, TelemetryReporter):
-        return obj
-    getter = getattr(obj, "get_telemetry", None)
-    if callable(getter):
-        found = getter()
-        return found if isinstance(found, TelemetryReporter) else None
-    return None

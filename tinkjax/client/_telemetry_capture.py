@@ -19,7 +19,7 @@ from typing import Any, ParamSpec, TypeVar, cast, overload
 
 from tinkjax.types import Severity
 
-from ._telemetry import TelemetryReporter, reporter_of
+from ._telemetry import TelemetryReporter
 
 __all__ = ["ExceptionCapture", "capture_exceptions"]
 
@@ -27,6 +27,18 @@ logger = logging.getLogger("tinkjax.telemetry")
 
 P = ParamSpec("P")
 R = TypeVar("R")
+
+
+def reporter_of(obj: object) -> TelemetryReporter | None:
+    """``obj`` if it is a reporter, else what its ``get_telemetry()`` returns (``None`` when it
+    has none)."""
+    if obj is None or isinstance(obj, TelemetryReporter):
+        return obj
+    getter = getattr(obj, "get_telemetry", None)
+    if callable(getter):
+        found = getter()
+        return found if isinstance(found, TelemetryReporter) else None
+    return None
 
 
 class ExceptionCapture:

@@ -10,7 +10,7 @@ import traceback
 import uuid
 from collections.abc import Mapping
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 
@@ -27,10 +27,12 @@ from tinkjax.types import (
 __all__ = [
     "MAX_EVENT_DATA_BYTES",
     "SEVERITIES",
+    "ForwardedEvent",
     "exception_event",
     "generic_event",
     "is_user_error",
     "json_safe",
+    "materialize",
     "new_event_id",
     "process_uuid",
     "session_end_event",
@@ -117,6 +119,32 @@ def generic_event(
         event_name=name,
         event_data=json_safe(data),
     )
+
+
+class ForwardedEvent(NamedTuple):
+    """A forwarded event as queued: the ``GENERIC_EVENT`` is built when its batch is sent,
+    off the emitting thread (its id, index and time are fixed when it is queued)."""
+
+    session_index: int
+    event_id: str
+    name: str
+    data: dict[str, Any]
+    severity: Severity
+    timestamp: float
+
+
+def materialize(item: TelemetryEvent | ForwardedEvent) -> TelemetryEvent:
+    """The wire event of a queued item."""
+    if isinstance(item, ForwardedEvent):
+        return generic_event(
+            item.session_index,
+            item.name,
+            item.data,
+            item.severity,
+            event_id=item.event_id,
+            timestamp=item.timestamp,
+        )
+    return item
 
 
 def session_start_event(index: int, started: datetime) -> SessionStartEvent:
