@@ -362,3 +362,16 @@ def test_tinker_telemetry_is_read_as_the_official_sdk_reads_it(value: str | None
     from tinkjax.client._telemetry import telemetry_enabled
 
     assert telemetry_enabled({} if value is None else {"TINKER_TELEMETRY": value}) is on
+
+
+def test_stop_does_not_hold_a_close_up_once_the_backend_looks_unreachable(
+    local_server: Any, quiet_service: ServiceClient
+) -> None:
+    local_server.faults.rules.append(FaultRule(path="/api/v1/telemetry$", drop=True))
+    rep = fast_reporter(quiet_service, max_retries=1)
+    rep.log("lost")
+    assert rep.wait_until_drained(2.0) is False  # the sends used up their retries
+    t0 = time.monotonic()
+    assert rep.stop(timeout=30.0) is False
+    assert time.monotonic() - t0 < 10.0  # waited about 1 s, not the 30 s asked for
+    assert rep.dropped == 3
