@@ -78,6 +78,17 @@ def run(args: argparse.Namespace) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
     keys_file = args.api_keys or os.environ.get(API_KEYS_ENV) or None
+    lock = None
+    if args.data_dir is not None:  # the store is this process's (see tinkjax.cli._common)
+        from pathlib import Path
+
+        from tinkjax.cli._common import CliError, hold_store_lock
+
+        try:
+            lock = hold_store_lock(Path(args.data_dir).expanduser().resolve())
+        except CliError as exc:
+            print(f"tinkjax serve: {exc.message}", file=sys.stderr, flush=True)
+            return 2
     try:
         keys = None if keys_file is None else load_api_keys(keys_file)
         handle = start(
@@ -89,6 +100,8 @@ def run(args: argparse.Namespace) -> int:
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"tinkjax serve: {exc}", file=sys.stderr, flush=True)
+        if lock is not None:
+            lock.close()
         return 2
     print(f"tinkjax server listening on {handle.base_url}", flush=True)
     if args.host in ("", "0.0.0.0", "::"):  # every interface: the URL above is loopback
@@ -117,4 +130,6 @@ def run(args: argparse.Namespace) -> int:
         print("stopping", file=sys.stderr, flush=True)
     finally:
         handle.stop()
+        if lock is not None:
+            lock.close()
     return 0
