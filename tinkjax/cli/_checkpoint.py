@@ -238,9 +238,7 @@ def _info(args: argparse.Namespace) -> int:
         checkpoint = _find(rest, args.path)
         weights = rest.get_weights_info_by_tinker_path(args.path).result()
     doc = to_builtins(checkpoint)
-    doc.update(
-        base_model=weights.base_model, is_lora=weights.is_lora, lora_rank=weights.lora_rank
-    )
+    doc.update(base_model=weights.base_model, is_lora=weights.is_lora, lora_rank=weights.lora_rank)
     if fmt == "json":
         print_json(doc)
     else:

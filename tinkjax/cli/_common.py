@@ -246,7 +246,11 @@ class Connection:
     """
 
     def __init__(
-        self, base_url: str | None, api_key: str | None, data_dir: Path | None, timeout: float | None
+        self,
+        base_url: str | None,
+        api_key: str | None,
+        data_dir: Path | None,
+        timeout: float | None,
     ) -> None:
         self.base_url = base_url
         self.api_key = api_key

@@ -68,22 +68,18 @@ def add_sample_arguments(p: argparse.ArgumentParser) -> None:
         "--prompt-file",
         default=None,
         metavar="FILE",
-        help="a file: a JSON array of token ids (or {\"tokens\": [...]}), else its text",
+        help='a file: a JSON array of token ids (or {"tokens": [...]}), else its text',
     )
     p.add_argument("--max-tokens", type=_positive("--max-tokens"), default=64, help="default 64")
     p.add_argument("--temperature", type=float, default=1.0, help="default 1.0 (0: greedy)")
     p.add_argument("--top-k", type=int, default=-1, help="default -1 (off)")
     p.add_argument("--top-p", type=float, default=1.0, help="default 1.0 (off)")
-    p.add_argument(
-        "--num-samples", type=_positive("--num-samples"), default=1, help="default 1"
-    )
+    p.add_argument("--num-samples", type=_positive("--num-samples"), default=1, help="default 1")
     p.add_argument("--seed", type=int, default=None, help="sampling seed")
     p.add_argument(
         "--stop", action="append", default=None, metavar="TEXT", help="a stop string (repeatable)"
     )
-    p.add_argument(
-        "--json", action="store_true", help="print the full sample response as JSON"
-    )
+    p.add_argument("--json", action="store_true", help="print the full sample response as JSON")
     p.add_argument(
         "--output", default=None, metavar="FILE", help="write the output to FILE, not stdout"
     )
@@ -94,9 +90,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """``tinkjax run``: the sampling options, and the ``list`` / ``info`` actions."""
     add_sample_arguments(p)
     sub = p.add_subparsers(dest="run_action", metavar="ACTION", required=False)
-    ls = sub.add_parser(
-        "list", help="list training runs", description="List your training runs."
-    )
+    ls = sub.add_parser("list", help="list training runs", description="List your training runs.")
     ls.add_argument("--limit", type=int, default=20, help="at most this many (0: all; default 20)")
     ls.add_argument("--offset", type=int, default=0, help="skip this many (default 0)")
     add_format_arguments(ls)
@@ -271,9 +265,7 @@ def _run_list(args: argparse.Namespace) -> int:
             if len(resp.training_runs) < page or (total is not None and offset >= total):
                 break
     if fmt == "json":
-        print_json(
-            {"runs": [to_builtins(r) for r in runs], "total": total, "shown": len(runs)}
-        )
+        print_json({"runs": [to_builtins(r) for r in runs], "total": total, "shown": len(runs)})
     else:
         print_table(
             ["Run ID", "Base Model", "LoRA", "Last Checkpoint", "Status"],
