@@ -16,11 +16,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+from _shared import example_model, expect
 from safetensors.numpy import load_file
 
 import tinkjax
-
-from _shared import example_model, expect
 
 
 def main(output_dir: str | None = None, rank: int = 4, base_model: str | None = None) -> Path:

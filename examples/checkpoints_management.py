@@ -9,10 +9,10 @@ metadata, deletes one and checks that it is gone and the other is not::
 
 from __future__ import annotations
 
+from _shared import example_model, expect
+
 import tinkjax
 from tinkjax import NotFoundError
-
-from _shared import example_model, expect
 
 
 def main(base_model: str | None = None) -> list[str]:
@@ -36,7 +36,9 @@ def main(base_model: str | None = None) -> list[str]:
         print(f"{state}: base model {info.base_model}, LoRA rank {info.lora_rank}")
         expect((info.base_model, info.lora_rank) == (model, 4), f"weights info {info}")
         rest.delete_checkpoint_from_tinker_path(sampler).result()
-        left = [c.tinker_path for c in rest.list_checkpoints(training.model_id).result().checkpoints]
+        left = [
+            c.tinker_path for c in rest.list_checkpoints(training.model_id).result().checkpoints
+        ]
         print(f"deleted {sampler}; left: {left}")
         expect(left == [state], f"after the delete: {left}")
         try:

@@ -13,10 +13,9 @@ fresh LoRA adapter (which starts as the identity) agrees with the base model's
 from __future__ import annotations
 
 import numpy as np
+from _shared import example_model, expect, next_token_datum
 
 import tinkjax
-
-from _shared import example_model, expect, next_token_datum
 
 TEXTS = ["Forward passes are cheap.", "Logprobs tell you how surprised the model is."]
 

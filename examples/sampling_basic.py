@@ -11,10 +11,10 @@ from __future__ import annotations
 
 import math
 
+from _shared import example_model, expect
+
 import tinkjax
 from tinkjax import types
-
-from _shared import example_model, expect
 
 PROMPT = "Once upon a time"
 

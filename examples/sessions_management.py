@@ -10,9 +10,9 @@ sampler's base model::
 
 from __future__ import annotations
 
-import tinkjax
-
 from _shared import example_model, expect
+
+import tinkjax
 
 
 def main(base_model: str | None = None) -> dict[str, object]:

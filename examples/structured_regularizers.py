@@ -12,11 +12,10 @@ against central finite differences::
 from __future__ import annotations
 
 import numpy as np
+from _shared import expect
 
 import tinkjax.regularizers as R
 from tinkjax.engine import compute_custom_loss
-
-from _shared import expect
 
 WEIGHTS = {"l1_sparsity": 0.01, "entropy": -0.02, "sequence_variance": 0.5}
 

@@ -14,12 +14,11 @@ from __future__ import annotations
 import math
 
 import numpy as np
+from _shared import example_model, expect, next_token_datum
 
 import tinkjax
 import tinkjax.regularizers as R
 from tinkjax import types
-
-from _shared import example_model, expect, next_token_datum
 
 TEXTS = ["Regularizers shape the loss.", "Each term is reported on its own.", "Short one."]
 

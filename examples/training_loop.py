@@ -8,10 +8,10 @@ the loss fell and that the trained weights can be sampled::
 
 from __future__ import annotations
 
+from _shared import example_model, expect, next_token_datum
+
 import tinkjax
 from tinkjax import types
-
-from _shared import example_model, expect, next_token_datum
 
 TEXT = "The quick brown fox jumps over the lazy dog."
 
@@ -36,7 +36,9 @@ def main(steps: int = 30, base_model: str | None = None) -> list[float]:
         sampler = training.save_weights_and_get_sampling_client(name="training-loop").result()
         prompt = types.ModelInput.from_ints(tokenizer.encode(TEXT[:10]))
         out = sampler.sample(
-            prompt, num_samples=1, sampling_params=types.SamplingParams(max_tokens=20, temperature=0.0)
+            prompt,
+            num_samples=1,
+            sampling_params=types.SamplingParams(max_tokens=20, temperature=0.0),
         ).result()
         print(f"greedy sample: {TEXT[:10]!r} + {tokenizer.decode(out.sequences[0].tokens)!r}")
     expect(losses[-1] < losses[0], f"the loss did not fall: {losses[0]:.4f} -> {losses[-1]:.4f}")

@@ -11,10 +11,10 @@ lists the training runs (the new one is among them)::
 
 from __future__ import annotations
 
+from _shared import example_model, expect, next_token_datum
+
 import tinkjax
 from tinkjax import types
-
-from _shared import example_model, expect, next_token_datum
 
 
 def main(rank: int = 4, base_model: str | None = None) -> dict[str, object]:
