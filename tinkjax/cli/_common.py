@@ -359,11 +359,9 @@ def _local_store(root: Path) -> tuple[str, str]:
             return str(handle.base_url), key
         lock = hold_store_lock(root, wait_s=float(os.environ.get("TINKJAX_STORE_WAIT", "30")))
         try:
-            from tinkjax.client._config import remember_secret
             from tinkjax.server import start
 
-            key = _store_key(root)
-            remember_secret(key)
+            key = _store_key(root)  # clients mask it in logs once configured with it
             handle = start(data_dir=root, api_keys=[key])
         except BaseException:
             lock.close()
