@@ -262,7 +262,9 @@ def test_run_with_text_and_prompt_file_agree(
     by_ids = cli_json(capsys, "sample", *greedy, "--prompt-file", str(ids))
     text_file = tmp_path / "prompt.txt"
     text_file.write_text("Hi")
-    by_file = cli_json(capsys, "run", *greedy, "--prompt-file", str(text_file))
+    by_file = cli_json(  # the global -f json gives the JSON response too
+        capsys, "-f", "json", "run", *common, "--temperature", "0", "--prompt-file", str(text_file)
+    )
     tokens = [s["tokens"] for s in by_text["sequences"]]
     assert [s["tokens"] for s in by_ids["sequences"]] == tokens
     assert [s["tokens"] for s in by_file["sequences"]] == tokens

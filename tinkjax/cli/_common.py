@@ -269,10 +269,11 @@ class Connection:
         return ServiceClient(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout)
 
     def rest(self) -> Any:
-        """A new ``RestClient`` (the caller closes it)."""
-        from tinkjax.client import RestClient
+        """A new ``RestClient`` with the command's ``--timeout`` (the caller closes it)."""
+        from tinkjax.client import RestClient, Transport, resolve_config
 
-        return RestClient(base_url=self.base_url, api_key=self.api_key)
+        config = resolve_config(base_url=self.base_url, api_key=self.api_key, timeout=self.timeout)
+        return RestClient.from_transport(Transport(config))
 
 
 _stores_lock = threading.Lock()

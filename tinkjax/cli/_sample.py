@@ -228,7 +228,8 @@ def run_sample(args: argparse.Namespace) -> int:
     finally:
         service.close()
     result = response_to_dict(response, tokenizer)
-    text = json.dumps(result, indent=2) if args.json else _plain(result)
+    as_json = args.json or getattr(args, "global_format", None) == "json"
+    text = json.dumps(result, indent=2) if as_json else _plain(result)
     if args.output:
         out = Path(args.output)
         try:
