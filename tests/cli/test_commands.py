@@ -142,6 +142,9 @@ def test_sdk_errors_map_to_the_documented_exit_codes() -> None:
     assert error_of(errors.APITimeoutError()).exit_code == EXIT_SERVER
     assert error_of(errors.ConfigurationError("bad")).exit_code == EXIT_USAGE
     assert error_of(RuntimeError("boom")).exit_code == 1
+    assert error_of(KeyboardInterrupt()).exit_code == 130
+    with pytest.raises(ValueError, match="kind"):
+        CliError("x", "no-such-kind")
 
 
 # ---------------------------------------------------------------------------- models
