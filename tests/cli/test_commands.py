@@ -81,7 +81,7 @@ def test_version_json_names_the_checkout_commit(capsys: pytest.CaptureFixture[st
 @pytest.mark.parametrize(
     "argv",
     [
-        ["version"], ["models"], ["checkpoint"], ["checkpoint", "list"], ["checkpoint", "info"],
+        ["version"], ["models"], ["model", "list"], ["checkpoint"], ["checkpoint", "list"], ["checkpoint", "info"],
         ["checkpoint", "download"], ["checkpoint", "delete"], ["run"], ["run", "list"],
         ["run", "info"], ["sample"],
     ],
@@ -153,6 +153,7 @@ def test_models_table_json_and_filter(home: Path, capsys: pytest.CaptureFixture[
 
     doc = cli_json(capsys, "-f", "json", "models")
     assert sorted(m["model_name"] for m in doc["models"]) == sorted(PRESETS)
+    assert cli_json(capsys, "model", "list", "-f", "json") == doc  # the official CLI's name
     micro = cli_json(capsys, "models", "MICRO", "--json")["models"]
     assert [m["model_name"] for m in micro] == [MICRO]
     assert micro[0]["max_context_length"] == PRESETS[MICRO].max_seq_len

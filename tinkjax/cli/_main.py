@@ -26,6 +26,7 @@ SUBCOMMANDS: dict[
     "sweep": (_sweep.HELP, _sweep.add_arguments, _sweep.run),
     "version": (_version_cmd.HELP, _version_cmd.add_arguments, _version_cmd.run),
     "models": (_models.HELP, _models.add_arguments, _models.run),
+    "model": (_models.MODEL_HELP, _models.add_model_arguments, _models.run_model),
     "checkpoint": (_checkpoint.HELP, _checkpoint.add_arguments, _checkpoint.run),
     "run": (_sample.HELP, _sample.add_arguments, _sample.run),
     "sample": (_sample.SAMPLE_HELP, _sample.add_sample_arguments, _sample.run_sample),

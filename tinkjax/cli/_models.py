@@ -15,7 +15,7 @@ from tinkjax.cli._common import (
     to_builtins,
 )
 
-__all__ = ["HELP", "add_arguments", "run"]
+__all__ = ["HELP", "MODEL_HELP", "add_arguments", "add_model_arguments", "run", "run_model"]
 
 HELP = "list the base models the backend serves"
 
@@ -47,3 +47,17 @@ def run(args: argparse.Namespace) -> int:
             [[m.model_name, m.max_context_length, m.trainable, m.sampleable] for m in models],
         )
     return 0
+
+
+MODEL_HELP = "tinkjax model list [SUBSTRING]: the official tinker CLI's name for tinkjax models"
+
+
+def add_model_arguments(p: argparse.ArgumentParser) -> None:
+    """``tinkjax model list``, as the official ``tinker model list``."""
+    sub = p.add_subparsers(dest="model_action", metavar="ACTION", required=True)
+    add_arguments(sub.add_parser("list", help=HELP, description=HELP))
+
+
+def run_model(args: argparse.Namespace) -> int:
+    """``tinkjax model list``: the same as ``tinkjax models``."""
+    return run(args)
