@@ -19,8 +19,11 @@ from typing import Any
 import pytest
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
-#: examples with a test of their own below
-DEDICATED = {"rl_custom_loss", "official_sdk_local"}
+#: examples with a test of their own (below, or tests/test_examples_telemetry.py)
+DEDICATED = {
+    "rl_custom_loss", "official_sdk_local",
+    "telemetry_live", "telemetry_reporter", "retry_and_capture",
+}  # fmt: skip
 #: small settings, so the whole file stays fast
 SMALL: dict[str, dict[str, Any]] = {
     "training_loop": {"steps": 4},
