@@ -1,4 +1,6 @@
-"""``CheckpointDownload``: stream a checkpoint archive to a temporary file, extract it safely.
+"""``CheckpointDownload``: stream a checkpoint archive to a temporary file, extract it safely;
+``ExternalWeightsDownload``: fetch the files of an ``external_weights`` checkpoint from their
+signed links (and decrypt age-encrypted ones), into a staging folder moved into place at the end.
 
 Safety rules of the extraction (any violation raises :class:`UnsafeArchiveError` and leaves
 nothing behind — the archive is extracted into a temporary folder next to the output folder
@@ -13,24 +15,33 @@ and only moved into place once every member passed):
 
 from __future__ import annotations
 
+import importlib
 import os
 import posixpath
 import shutil
 import sys
 import tarfile
 import tempfile
+import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 from tinkjax.errors import TinkerError
+from tinkjax.types import ExternalWeightsUrlsResponse
 
 from ._futures import APIFuture
 from ._loop import submit
 from ._transport import Transport
 
-__all__ = ["CheckpointDownload", "UnsafeArchiveError", "check_output_dir", "safe_extract"]
+__all__ = [
+    "CheckpointDownload",
+    "ExternalWeightsDownload",
+    "UnsafeArchiveError",
+    "check_output_dir",
+    "safe_extract",
+]
 
 ProgressCallback = Callable[[int, int | None], None]
 
@@ -238,3 +249,145 @@ class CheckpointDownload:
             finally:
                 if bar is not None:
                     bar.close()
+
+
+def _move_into_place(fresh: Path, output_dir: Path) -> None:
+    """Replace ``output_dir`` (if any) by the complete folder ``fresh``."""
+    if output_dir.exists():
+        old = output_dir.with_name(f".{output_dir.name}.old-{uuid.uuid4().hex}")
+        os.replace(output_dir, old)
+        os.replace(fresh, output_dir)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(fresh, output_dir)
+
+
+def _check_file_name(name: str) -> str:
+    """A checkpoint file's relative name, refused when it could leave the output folder."""
+    norm = posixpath.normpath(name)
+    if (
+        not name
+        or name.startswith(("/", "\\"))
+        or "\\" in name
+        or (len(name) > 1 and name[1] == ":")
+        or norm != name
+        or norm == ".."
+        or norm.startswith("../")
+    ):
+        raise UnsafeArchiveError(f"checkpoint file {name!r} is not a plain relative path")
+    return name
+
+
+class ExternalWeightsDownload:
+    """Download every file of an ``external_weights`` checkpoint into ``output_dir``.
+
+    :meth:`RestClient.download_checkpoint` runs one for an ``external_weights/`` path.
+    The links are signed again (``sign``) when they are about to expire. With ``age_identity``
+    every file must be age-encrypted (``<file>.age``); it is decrypted (by ``pyrage``) and
+    written without the suffix. Nothing appears in ``output_dir`` until every file arrived.
+
+    Args:
+        transport: the transport to fetch the links with.
+        sign: gets the checkpoint's links (``RestClient.get_external_weights_urls``).
+        output_dir: the folder to create.
+        force: replace ``output_dir`` if it exists (otherwise ``FileExistsError``).
+        age_identity: an age identity (``AGE-SECRET-KEY-1...``) to decrypt with.
+        progress: called as ``progress(bytes_done, None)`` while downloading.
+        max_file_bytes: the largest file accepted.
+        refresh_margin_s: sign again when the links expire within this many seconds.
+    """
+
+    def __init__(
+        self,
+        transport: Transport,
+        sign: Callable[[], Awaitable[ExternalWeightsUrlsResponse]],
+        output_dir: str | Path,
+        *,
+        force: bool = False,
+        age_identity: str | None = None,
+        progress: ProgressCallback | None = None,
+        max_file_bytes: int = 32 * 2**30,
+        refresh_margin_s: float = 60.0,
+    ) -> None:
+        self.transport = transport
+        self.sign = sign
+        self.output_dir = Path(output_dir)
+        self.force = force
+        self.age_identity = age_identity
+        self.progress = progress
+        self.max_file_bytes = max_file_bytes
+        self.refresh_margin_s = refresh_margin_s
+
+    def _identity(self) -> tuple[Any, Any] | None:
+        if self.age_identity is None:
+            return None
+        try:
+            pyrage: Any = importlib.import_module("pyrage")
+        except ImportError:
+            raise ImportError(
+                "decrypting age-encrypted weights needs the 'pyrage' package "
+                "(pip install 'tinkjax[age]')"
+            ) from None
+        try:
+            return pyrage, pyrage.x25519.Identity.from_str(self.age_identity.strip())
+        except pyrage.IdentityError as exc:
+            raise ValueError(f"age_identity: not an age X25519 identity ({exc})") from None
+
+    async def run_async(self) -> Path:
+        """Download (and decrypt); returns the output folder."""
+        check_output_dir(self.output_dir, self.force)
+        identity = self._identity()
+        links = await self.sign()
+        if not links.urls:
+            raise TinkerError("the external weights checkpoint has no files")
+        outputs: dict[str, str] = {}
+        for name in links.urls:
+            out = _check_file_name(name)
+            if identity is not None:
+                if not name.endswith(".age"):
+                    raise TinkerError(f"{name!r} is not age-encrypted (no .age suffix)")
+                out = _check_file_name(name.removesuffix(".age"))
+            outputs[name] = out
+        self.output_dir.parent.mkdir(parents=True, exist_ok=True)
+        staging = Path(
+            tempfile.mkdtemp(prefix=f".{self.output_dir.name}.new-", dir=self.output_dir.parent)
+        )
+        try:
+            done = 0
+            for name, out in sorted(outputs.items()):
+                if time.time() >= links.expires.timestamp() - self.refresh_margin_s:
+                    links = await self.sign()
+                url = links.urls.get(name)
+                if url is None:
+                    raise TinkerError(f"{name!r} is missing from the newly signed links")
+                fetched = staging / (name if identity is None else f".{uuid.uuid4().hex}.age")
+                fetched.parent.mkdir(parents=True, exist_ok=True)
+                with open(fetched, "wb") as f:
+                    done = await self._stream(url, f, done)
+                if identity is not None:
+                    pyrage, key = identity
+                    dest = staging / out
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    try:
+                        pyrage.decrypt_file(str(fetched), str(dest), [key])
+                    except pyrage.DecryptError as exc:
+                        raise TinkerError(f"cannot decrypt {name!r}: {exc}") from exc
+                    fetched.unlink()
+            _move_into_place(staging, self.output_dir)
+        except BaseException:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise
+        return self.output_dir
+
+    async def _stream(self, url: str, f: Any, done: int) -> int:
+        size = 0
+        async with self.transport.stream(url) as response:
+            async for block in response.aiter_bytes(1 << 20):
+                size += len(block)
+                if size > self.max_file_bytes:
+                    raise UnsafeArchiveError(f"a file exceeds max_file_bytes={self.max_file_bytes}")
+                f.write(block)
+                done += len(block)
+                if self.progress is not None:
+                    self.progress(done, None)
+        return done

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -12,6 +14,9 @@ from tinkjax.errors import APIResponseValidationError
 from tinkjax.types import (
     Checkpoint,
     CheckpointsListResponse,
+    CopyWeightsRequest,
+    CopyWeightsResponse,
+    ExternalWeightsUrlsResponse,
     GetSamplerResponse,
     GetServerCapabilitiesResponse,
     GetSessionResponse,
@@ -24,7 +29,7 @@ from tinkjax.types import (
 )
 
 from ._config import resolve_config
-from ._download import CheckpointDownload, check_output_dir
+from ._download import CheckpointDownload, ExternalWeightsDownload, check_output_dir
 from ._embedded import start_embedded
 from ._futures import APIFuture
 from ._loop import submit
@@ -316,8 +321,34 @@ class RestClient:
         force: bool = False,
         progress: Callable[[int, int | None], None] | None = None,
         progress_bar: bool | None = None,
+        age_identity: str | None = None,
     ) -> APIFuture[Path]:
-        """Download and safely extract a checkpoint (see :class:`CheckpointDownload`)."""
+        """Download a checkpoint into the new folder ``output_dir``.
+
+        A ``weights/`` or ``sampler_weights/`` checkpoint comes as an archive, safely extracted
+        (see :class:`CheckpointDownload`); an ``external_weights/`` one file by file from its
+        signed links (see :class:`ExternalWeightsDownload`), its ``.age`` files decrypted with
+        ``age_identity`` (an ``AGE-SECRET-KEY-1...`` string; needs ``pyrage``) when given.
+        """
+        if parse_tinker_path(tinker_path).kind == "external_weights":
+
+            async def external() -> Path:
+                check_output_dir(Path(output_dir), force)
+                dl = ExternalWeightsDownload(
+                    self.transport,
+                    lambda: self.get_external_weights_urls(tinker_path),
+                    output_dir,
+                    force=force,
+                    age_identity=age_identity,
+                    progress=progress,
+                )
+                return await dl.run_async()
+
+            return self._call(external())
+        if age_identity is not None:
+            raise ValueError(
+                f"age_identity: only external_weights checkpoints are encrypted, not {tinker_path!r}"
+            )
 
         async def run() -> Path:
             check_output_dir(Path(output_dir), force)
@@ -332,6 +363,119 @@ class RestClient:
                 progress_bar=progress_bar,
             )
             return await dl.run_async()
+
+        return self._call(run())
+
+    def get_external_weights_urls(self, tinker_path: str) -> APIFuture[ExternalWeightsUrlsResponse]:
+        """Signed download URLs, one per file (keyed by its path in the checkpoint), of an
+        ``external_weights`` checkpoint, valid until ``expires``. They need no API key.
+
+        Raises:
+            ValueError: ``tinker_path`` is not ``tinker://<run>/external_weights/<name>``.
+        """
+        parsed = parse_tinker_path(tinker_path)
+        if parsed.kind != "external_weights":
+            raise ValueError(
+                "get_external_weights_urls only accepts external weights checkpoints "
+                f"(tinker://<training_run_id>/external_weights/<name>), got {tinker_path!r}"
+            )
+        path = checkpoint_path(parsed.training_run_id, parsed.checkpoint_id)
+        return self._call(self._get(f"{path}/external_weights_urls", ExternalWeightsUrlsResponse))
+
+    get_external_weights_urls_async = awaiting(get_external_weights_urls)
+
+    def _checkpoint_action(
+        self, tinker_path: str, method: str, action: str, json: Any = None
+    ) -> APIFuture[None]:
+        parsed = parse_tinker_path(tinker_path)
+        path = f"{checkpoint_path(parsed.training_run_id, parsed.checkpoint_id)}/{action}"
+
+        async def run() -> None:
+            await self.transport.request(method, path, json=json)
+
+        return self._call(run())
+
+    def publish_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
+        """Publish a checkpoint of yours: every key may then load, sample, describe and copy
+        it (a ``ConflictError`` when it already is public)."""
+        return self._checkpoint_action(tinker_path, "POST", "publish")
+
+    publish_checkpoint_from_tinker_path_async = awaiting(publish_checkpoint_from_tinker_path)
+
+    def unpublish_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
+        """Make a published checkpoint private again (a ``ConflictError`` when it is)."""
+        return self._checkpoint_action(tinker_path, "DELETE", "publish")
+
+    unpublish_checkpoint_from_tinker_path_async = awaiting(unpublish_checkpoint_from_tinker_path)
+
+    def set_checkpoint_ttl_from_tinker_path(
+        self, tinker_path: str, ttl_seconds: int | None
+    ) -> APIFuture[None]:
+        """Make a checkpoint expire ``ttl_seconds`` from now (``None``: never). An expired
+        checkpoint disappears from listings and can no longer be loaded or downloaded."""
+        return self._checkpoint_action(tinker_path, "PUT", "ttl", {"ttl_seconds": ttl_seconds})
+
+    set_checkpoint_ttl_from_tinker_path_async = awaiting(set_checkpoint_ttl_from_tinker_path)
+
+    def copy_weights(
+        self,
+        path: str,
+        destination_project_id: str | None = None,
+        *,
+        ttl_seconds: int | None = None,
+        weights_access_token: str | None = None,
+    ) -> APIFuture[str]:
+        """Copy a checkpoint (yours or a published one) into a new training run of a project;
+        returns the copy's ``tinker://`` path (same kind and name; a run that cannot be trained
+        on). The copy expires after ``ttl_seconds`` (``None``: never; the source's expiry is not
+        inherited). Retries reuse one idempotency key, so a lost answer never copies twice.
+
+        Raises:
+            ValueError: no ``destination_project_id`` and no ``TINKER_PROJECT_ID``.
+        """
+        if destination_project_id is None:
+            destination_project_id = os.environ.get("TINKER_PROJECT_ID") or None
+        if destination_project_id is None:
+            raise ValueError("Provide destination_project_id or set TINKER_PROJECT_ID")
+        request = CopyWeightsRequest(
+            source_path=path, destination_project_id=destination_project_id,
+            ttl_seconds=ttl_seconds,
+        )  # fmt: skip
+        return self._copy(request, weights_access_token)
+
+    copy_weights_async = awaiting(copy_weights)
+
+    def copy_weights_to_run(
+        self,
+        path: str,
+        session_id: str,
+        model_seq_id: int,
+        *,
+        ttl_seconds: int | None = None,
+        weights_access_token: str | None = None,
+    ) -> APIFuture[str]:
+        """:meth:`copy_weights` into the new training run ``{session_id}:train:{model_seq_id}``
+        of one of your sessions (the request's other destination form)."""
+        request = CopyWeightsRequest(
+            source_path=path, session_id=session_id, model_seq_id=model_seq_id,
+            ttl_seconds=ttl_seconds,
+        )  # fmt: skip
+        return self._copy(request, weights_access_token)
+
+    copy_weights_to_run_async = awaiting(copy_weights_to_run)
+
+    def _copy(self, request: CopyWeightsRequest, token: str | None) -> APIFuture[str]:
+        """``/copy_weights`` with one idempotency key for every retry (the access token goes
+        in a header, as the official SDK sends it)."""
+        headers = {"X-Idempotency-Key": str(uuid.uuid4())}
+        if token is not None:
+            headers["X-Tinker-Weights-Access-Token"] = token
+
+        async def run() -> str:
+            resp = await self.transport.request(
+                "POST", "/api/v1/copy_weights", json=request, headers=headers
+            )
+            return decode_response(resp, CopyWeightsResponse).tinker_path
 
         return self._call(run())
 

@@ -369,6 +369,37 @@ class ServiceClient:
 
     create_sampling_client_async = awaiting(create_sampling_client)
 
+    def copy_weights(
+        self,
+        path: str,
+        *,
+        ttl_seconds: int | None = None,
+        weights_access_token: str | None = None,
+    ) -> APIFuture[str]:
+        """Copy a checkpoint (yours or a published one) into a new training run that cannot be
+        trained on: in this client's project when it has one (``project_id`` /
+        ``TINKER_PROJECT_ID``), else in this client's session. Returns the copy's path (see
+        :meth:`RestClient.copy_weights`)."""
+        self.session.check_open()
+        rest = RestClient.from_transport(self.transport)
+        if self.config.project_id is not None:
+            return rest.copy_weights(
+                path, self.config.project_id, ttl_seconds=ttl_seconds,
+                weights_access_token=weights_access_token,
+            )  # fmt: skip
+        seq = self.session.next_model_seq()
+
+        async def run() -> str:
+            session_id = await self.session.get_session_id()
+            return await rest.copy_weights_to_run(
+                path, session_id, seq, ttl_seconds=ttl_seconds,
+                weights_access_token=weights_access_token,
+            )  # fmt: skip
+
+        return APIFuture(submit(run()))
+
+    copy_weights_async = awaiting(copy_weights)
+
     def create_rest_client(self) -> RestClient:
         """A ``RestClient`` sharing this client's configuration and connections."""
         self.session.check_open()

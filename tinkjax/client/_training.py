@@ -24,6 +24,8 @@ from tinkjax.types import (
     OptimParams,
     OptimStepRequest,
     OptimStepResponse,
+    SaveWeightsExternalRequest,
+    SaveWeightsExternalResponse,
     SaveWeightsForSamplerRequest,
     SaveWeightsForSamplerResponse,
     SaveWeightsForSamplerResponseInternal,
@@ -269,6 +271,50 @@ class TrainingClient:
         return self._submit(run())
 
     save_weights_for_sampler_async = submitting(save_weights_for_sampler)
+
+    def save_weights_external(
+        self,
+        name: str,
+        ttl_seconds: int | None = None,
+        age_encryption_recipients: list[str] | None = None,
+    ) -> APIFuture[SaveWeightsExternalResponse]:
+        """Save the adapter in Hugging Face PEFT layout (``adapter_model.safetensors``,
+        ``adapter_config.json``) as ``tinker://{model_id}/external_weights/{name}``, to download
+        with :meth:`RestClient.get_external_weights_urls` or
+        :meth:`RestClient.download_checkpoint`.
+
+        Args:
+            name: the checkpoint's name.
+            ttl_seconds: seconds until the checkpoint expires (``None``: never).
+            age_encryption_recipients: age recipients (``age1...`` keys or SSH public keys, at
+                most 10); every file is then encrypted to them and named ``<file>.age``.
+        """
+        seq = self._queue.reserve(1)[0]
+        request = SaveWeightsExternalRequest(
+            model_id=self.model_id,
+            path=name,
+            seq_id=seq,
+            ttl_seconds=ttl_seconds,
+            age_encryption_recipients=age_encryption_recipients,
+        )
+
+        async def run() -> SaveWeightsExternalResponse:
+            out = await self._ordered(
+                seq,
+                "/api/v1/save_weights_external",
+                request,
+                SaveWeightsExternalResponse,
+                "SaveWeightsExternal",
+            )
+            if out.path is None:
+                raise APIResponseValidationError(
+                    f"save_weights_external({name!r}) answered without a path"
+                )
+            return out
+
+        return self._submit(run())
+
+    save_weights_external_async = submitting(save_weights_external)
 
     def save_weights_and_get_sampling_client(
         self,

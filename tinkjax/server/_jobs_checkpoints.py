@@ -1,10 +1,12 @@
-"""Checkpoint jobs: ``save_weights`` (training state) and ``save_weights_for_sampler`` (a named
-PEFT checkpoint, or an unnamed in-memory snapshot behind a new sampling session)."""
+"""Checkpoint jobs: ``save_weights`` (training state), ``save_weights_for_sampler`` (a named
+PEFT checkpoint, or an unnamed in-memory snapshot behind a new sampling session) and
+``save_weights_external`` (a PEFT adapter to download, optionally age-encrypted)."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from tinkjax.server._age import AGE_SUFFIX, parse_recipients
 from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext
 from tinkjax.server._samplers import SamplerRecord
@@ -12,6 +14,8 @@ from tinkjax.server._store import UnknownCheckpointError, validate_name
 from tinkjax.server._validate import check_int, check_ttl, check_user_metadata
 from tinkjax.server._weights import peft_files, state_files
 from tinkjax.types import (
+    SaveWeightsExternalRequest,
+    SaveWeightsExternalResponse,
     SaveWeightsForSamplerRequest,
     SaveWeightsForSamplerResponseInternal,
     SaveWeightsRequest,
@@ -28,7 +32,9 @@ class CheckpointJobs:
 
     ctx: JobContext
 
-    def _check_free(self, model_id: str, kind: str, name: str, overwrite: bool) -> None:
+    def _check_free(
+        self, model_id: str, kind: str, name: str, overwrite: bool, *, can_overwrite: bool = True
+    ) -> None:
         """400 when the checkpoint exists and may not be replaced (worker thread)."""
         if overwrite:
             return
@@ -36,10 +42,10 @@ class CheckpointJobs:
             self.ctx.store.checkpoints.get(model_id, f"{kind}/{name}")
         except UnknownCheckpointError:
             return
+        hint = "pass overwrite=true to replace it" if can_overwrite else "choose another name"
         raise ApiError(
             400,
-            f"path: checkpoint tinker://{model_id}/{kind}/{name} already exists "
-            "(pass overwrite=true to replace it)",
+            f"path: checkpoint tinker://{model_id}/{kind}/{name} already exists ({hint})",
             field="path",
         )
 
@@ -122,3 +128,36 @@ class CheckpointJobs:
 
         job = self.ctx.job("save_weights_for_sampler", target, run=run_unnamed)
         return self.ctx.submit(job, target)
+
+    def save_weights_external(
+        self, req: SaveWeightsExternalRequest, digest: str
+    ) -> UntypedAPIFuture:
+        """``/save_weights_external``: the adapter in PEFT layout (``adapter_model.safetensors``,
+        ``adapter_config.json``) as ``external_weights/<name>``, every file encrypted to the
+        ``age_encryption_recipients`` (and named ``<file>.age``) when there are any."""
+        target = self.ctx.ordered(req.model_id, req.seq_id, digest)
+        if (repeat := target.repeat()) is not None:
+            return repeat
+        name = validate_name(req.path, field="path")
+        check_ttl(req.ttl_seconds)
+        recipients = parse_recipients(req.age_encryption_recipients)
+        record, store, models = target.record, self.ctx.store, self.ctx.models
+
+        def run() -> SaveWeightsExternalResponse:
+            self._check_free(record.model_id, "external_weights", name, False, can_overwrite=False)
+            tensors, config = models.runtime(record.base_model).export_peft(record.model_id)
+            files = peft_files(tensors, config)
+            if recipients is not None:
+                files = {
+                    f"{rel}{AGE_SUFFIX}": recipients.encrypt(data) for rel, data in files.items()
+                }
+            meta = {**record.checkpoint_meta(), "encrypted": recipients is not None}
+            ck = store.checkpoints.save(
+                record.model_id, "external_weights", name, files, meta=meta,
+                ttl_seconds=req.ttl_seconds,
+            )  # fmt: skip
+            return SaveWeightsExternalResponse(
+                path=ck.tinker_path, size_bytes=ck.size_bytes, type="save_weights_external"
+            )
+
+        return self.ctx.submit(self.ctx.job("save_weights_external", target, run=run), target)

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 from tinkjax.server._errors import ApiError
 from tinkjax.server._scheduler import Scheduler
 from tinkjax.server._store import Store, UnknownCheckpointError
+from tinkjax.server._tokenizer_files import write_byte_tokenizer
 from tinkjax.server._validate import check_int, check_tinker_path
 from tinkjax.types import (
     GetInfoResponse,
@@ -158,6 +159,7 @@ class ModelRegistry:
         self._lock = threading.Lock()
         self._models: dict[str, ModelRecord] = {}
         self._runtimes: dict[str, ModelRuntime] = {}
+        self._tokenizer_id: str | None = None
 
     # ----------------------------------------------------------------- base models
 
@@ -230,16 +232,25 @@ class ModelRegistry:
         with self._lock:
             return list(self._models.values())
 
+    def tokenizer_id(self) -> str:
+        """The ``tokenizer_id`` of the byte models: the Hugging Face folder the server writes
+        under its data dir on first use (:mod:`tinkjax.server._tokenizer_files`), else
+        ``tinkjax/byte``."""
+        with self._lock:
+            if self._tokenizer_id is None:
+                from tinkjax.models import ByteTokenizer
+
+                folder = write_byte_tokenizer(self.store.data_dir)
+                self._tokenizer_id = folder or ByteTokenizer.name_or_path
+            return self._tokenizer_id
+
     def get_info(self, model_id: Any) -> GetInfoResponse:
         """``/get_info``."""
-        from tinkjax.models import ByteTokenizer
-
         record = self.get(model_id)
         return GetInfoResponse(
             model_id=record.model_id,
             model_data=ModelData(
-                arch="bytelm", model_name=record.base_model,
-                tokenizer_id=ByteTokenizer.name_or_path,
+                arch="bytelm", model_name=record.base_model, tokenizer_id=self.tokenizer_id(),
             ),
             is_lora=True, lora_rank=record.rank, model_name=record.base_model, type="get_info",
         )  # fmt: skip
@@ -313,6 +324,13 @@ class ModelRegistry:
         an unknown one."""
         check_tinker_path(path, field)
         kind = parse_tinker_path(path).kind
+        if kind == "external_weights":
+            raise ApiError(
+                400,
+                f"{field}: {path!r} is an external_weights checkpoint, which is only downloaded "
+                "(get_external_weights_urls); load a weights/ or sampler_weights/ checkpoint",
+                field=field,
+            )
         try:
             folder, meta = self.store.checkpoints.folder(path)
         except UnknownCheckpointError:

@@ -13,8 +13,8 @@ SQLite statement stay off the event loop. The few endpoints of their own shape (
 resources) are :class:`Raw` rows. Path parameters may contain ``:`` (model ids) and ``/``
 (checkpoint ids).
 
-Every row but the ``public`` ones (``/healthz``, and archive downloads, whose signed token is the
-credential) runs for an authenticated tenant (``request.state.tenant``, see ``_app``): before the
+Every row but the ``public`` ones (``/healthz``, and archive and file downloads, whose signed
+token is the credential) runs for an authenticated tenant (``request.state.tenant``, see ``_app``): before the
 backend sees a request, :class:`~tinkjax.server._tenants.Tenancy` answers 404 for every id in it
 that is not the tenant's, and the future an answer names is claimed for the tenant. A row with
 ``tenant=True`` also hands its call the tenant (creating a session, listing, telemetry).
@@ -66,6 +66,7 @@ from tinkjax.types import (
     RequestFailedResponse,
     SampleRequest,
     SampleResponse,
+    SaveWeightsExternalRequest,
     SaveWeightsForSamplerRequest,
     SaveWeightsRequest,
     SessionFinishRequest,
@@ -364,6 +365,7 @@ def route_table(
     rest = CheckpointRoutes(
         backend.store, tenancy, policy=policy or KeyPolicy(),
         tokens=archive_tokens or ArchiveTokens(), max_body_bytes=max_body_bytes,
+        models=backend.models,
     )  # fmt: skip
     store, models, samplers = backend.store, backend.models, backend.samplers
 
@@ -373,7 +375,7 @@ def route_table(
     training, lifecycle, checkpoints = backend.training, backend.lifecycle, backend.checkpoints
     api = "/api/v1"
     unsupported = [
-        "save_weights_external", "copy_weights", "retrieve_futures", "join_sampling_session",
+        "retrieve_futures", "join_sampling_session",
         "create_custom_loss",
     ]  # fmt: skip
     return [
@@ -400,7 +402,10 @@ def route_table(
         ordered(f"{api}/save_weights", SaveWeightsRequest, checkpoints.save_weights),
         ordered(f"{api}/save_weights_for_sampler", SaveWeightsForSamplerRequest,
                 checkpoints.save_weights_for_sampler),
+        ordered(f"{api}/save_weights_external", SaveWeightsExternalRequest,
+                checkpoints.save_weights_external),
         ordered(f"{api}/load_weights", LoadWeightsRequest, lifecycle.load_weights),
+        Raw(f"{api}/copy_weights", ("POST",), rest.copy_weights),
         Post(f"{api}/unload_model", UnloadModelRequest, lifecycle.unload_model),
         Post(f"{api}/weights_info", WeightsInfoRequest, h.weights_info),
         # sampling
@@ -417,5 +422,6 @@ def route_table(
         Raw(f"{api}/training_runs/{{rest:path}}", ("GET", "DELETE", "POST", "PUT"),
             rest.training_run_path),
         Raw(f"{api}/archives/{{token}}.tar.gz", ("GET",), rest.archive, public=True),
+        Raw(f"{api}/downloads/{{token}}/{{file:path}}", ("GET",), rest.download, public=True),
         *(Raw(f"{api}/{name}", ("POST",), h.unsupported) for name in unsupported),
     ]  # fmt: skip

@@ -2,7 +2,8 @@
 
 Layout under ``data_dir``::
 
-    checkpoints/<model dir>/<kind>/<name>@<version>/...   checkpoint files (kind: weights | sampler_weights)
+    checkpoints/<model dir>/<kind>/<name>@<version>/...   checkpoint files
+                                                          (kind: weights | sampler_weights | external_weights)
     archives/<model dir>/<kind>/<name>/<version>.tar.gz   cached archives of checkpoint folders
 
 ``<model dir>`` is the model id percent-encoded (``:`` → ``%3A``, ``.`` → ``%2E``), so every id is a
@@ -19,6 +20,9 @@ archives, keyed by version, always hold the files a load reads. The steps carry 
 points (:mod:`tinkjax.server._crashpoints`) that tests use to kill the process at each one.
 
 Slow file work (writing files, building archives) runs outside the database lock.
+
+A checkpoint whose ``expires_at`` has passed is gone at once: every lookup and listing filters it
+out (:data:`~._store_util.LIVE`); its files are purged when the store opens and after each save.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ import uuid
 from collections.abc import Mapping
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import msgspec
 
@@ -53,11 +57,13 @@ from ._store_db import Database, checkpoint_of
 from ._store_errors import InvalidNameError, UnknownCheckpointError
 from ._store_util import (
     KINDS,
+    LIVE,
     CheckpointKind,
     check_page,
     expires_at,
     iso,
     model_dir_name,
+    now_iso,
     parse_checkpoint_id,
     to_json,
     utc_now,
@@ -87,6 +93,7 @@ class Checkpoints:
         self._archive_lock = threading.Lock()
         with db.lock:
             self._recover()
+        self.purge_expired()
 
     def _kind_dir(self, model_id: str, kind: str) -> Path:
         return self.root / model_dir_name(model_id) / kind
@@ -193,7 +200,7 @@ class Checkpoints:
 
         Args:
             model_id: the training run it belongs to (must exist).
-            kind: ``weights`` (training state) or ``sampler_weights``.
+            kind: ``weights`` (training state), ``sampler_weights`` or ``external_weights``.
             name: ``[A-Za-z0-9._-]+``, no ``..``, no leading dot.
             files: relative file name (``/``-separated segments, each a valid name) → bytes.
             meta: JSON-able metadata, given back by :meth:`folder`; keys ``base_model``,
@@ -301,6 +308,7 @@ class Checkpoints:
         if old is not None:
             self._remove_version(model_id, kind, name, old["version"])
         crash_point("save.cleaned")
+        self.purge_expired()
         return checkpoint_of(row)
 
     def _remove_version(self, model_id: str, kind: str, name: str, version: str) -> None:
@@ -359,19 +367,25 @@ class Checkpoints:
         return files, meta
 
     def purge_expired(self) -> list[str]:
-        """Delete every checkpoint whose ``expires_at`` has passed; returns their tinker paths."""
+        """Delete the files and rows of every checkpoint whose ``expires_at`` has passed (they
+        are already hidden from every lookup); returns their tinker paths."""
         with self._db.lock:
             rows = self._db.execute(
-                "SELECT model_id, kind, name FROM checkpoints"
+                "SELECT model_id, kind, name, version FROM checkpoints"
                 " WHERE expires_at IS NOT NULL AND expires_at <= ?",
-                (iso(utc_now()),),
+                (now_iso(),),
             ).fetchall()
-        gone = []
+            if rows:
+                with self._db.tx() as c:
+                    for r in rows:
+                        c.execute(
+                            "DELETE FROM checkpoints WHERE model_id=? AND kind=? AND name=?"
+                            " AND version=?",
+                            (r["model_id"], r["kind"], r["name"], r["version"]),
+                        )
         for r in rows:
-            with contextlib.suppress(UnknownCheckpointError):
-                self.delete(r["model_id"], f"{r['kind']}/{r['name']}")
-                gone.append(f"tinker://{r['model_id']}/{r['kind']}/{r['name']}")
-        return gone
+            self._remove_version(r["model_id"], r["kind"], r["name"], r["version"])
+        return [f"tinker://{r['model_id']}/{r['kind']}/{r['name']}" for r in rows]
 
     def get(self, model_id: str, checkpoint_id: str) -> Checkpoint:
         """One checkpoint (``checkpoint_id`` is ``weights/<name>`` or ``sampler_weights/<name>``).
@@ -393,7 +407,8 @@ class Checkpoints:
         with self._db.lock:
             self._db.require_run(model_id)
             rows = self._db.execute(
-                "SELECT * FROM checkpoints WHERE model_id=? ORDER BY time, rowid", (model_id,)
+                f"SELECT * FROM checkpoints WHERE model_id=? AND {LIVE} ORDER BY time, rowid",
+                (model_id, now_iso()),
             ).fetchall()
         cks = [checkpoint_of(r) for r in rows]
         return CheckpointsListResponse(
@@ -405,14 +420,14 @@ class Checkpoints:
     ) -> CheckpointsListResponse:
         """Every checkpoint (only ``tenant``'s when given), newest first, paginated."""
         check_page(limit, offset)
-        where = ""
-        args: tuple[str, ...] = ()
+        where = f" WHERE {LIVE}"
+        args: tuple[str, ...] = (now_iso(),)
         if tenant is not None:
-            where = (
-                " WHERE model_id IN (SELECT model_id FROM training_runs WHERE session_id IN"
+            where += (
+                " AND model_id IN (SELECT model_id FROM training_runs WHERE session_id IN"
                 " (SELECT session_id FROM sessions WHERE tenant=?))"
             )
-            args = (tenant,)
+            args = (*args, tenant)
         with self._db.lock:
             total = self._db.execute(f"SELECT COUNT(*) FROM checkpoints{where}", args).fetchone()[0]
             rows = self._db.execute(
@@ -443,19 +458,90 @@ class Checkpoints:
         self._remove_version(model_id, kind, name, version)
         crash_point("delete.cleaned")
 
-    def set_public(self, model_id: str, checkpoint_id: str, public: bool) -> None:
-        """Publish or unpublish a checkpoint.
+    def set_public(self, model_id: str, checkpoint_id: str, public: bool) -> bool:
+        """Publish or unpublish a checkpoint; whether that changed it (``False``: it already
+        was public, or private).
 
         Raises:
             UnknownCheckpointError: no such checkpoint.
         """
         kind, name = parse_checkpoint_id(checkpoint_id)
         with self._db.lock, self._db.tx() as c:
-            self._db.checkpoint_row(model_id, kind, name)
+            if bool(self._db.checkpoint_row(model_id, kind, name)["public"]) == public:
+                return False
             c.execute(
                 "UPDATE checkpoints SET public=? WHERE model_id=? AND kind=? AND name=?",
                 (int(public), model_id, kind, name),
             )
+        return True
+
+    def is_public(self, tinker_path: str) -> bool:
+        """Whether the checkpoint at ``tinker_path`` exists and is published (readable by every
+        tenant: loads, samplers, ``weights_info``, copies). ``False`` for a malformed path."""
+        try:
+            model_id, kind, name = self._resolve(tinker_path)
+        except (WireFormatError, UnknownCheckpointError):
+            return False
+        with self._db.lock:
+            try:
+                return bool(self._db.checkpoint_row(model_id, kind, name)["public"])
+            except UnknownCheckpointError:
+                return False
+
+    def files(self, model_id: str, checkpoint_id: str) -> tuple[str, dict[str, int]]:
+        """The committed version of a checkpoint and its files (relative name → size).
+
+        Raises:
+            InvalidNameError: a malformed ``checkpoint_id``.
+            UnknownCheckpointError: no such checkpoint.
+        """
+        kind, name = parse_checkpoint_id(checkpoint_id)
+        with self._db.lock:
+            version: str = self._db.checkpoint_row(model_id, kind, name)["version"]
+            folder = self._version_dir(model_id, kind, name, version)
+            files = {
+                p.relative_to(folder).as_posix(): p.stat().st_size
+                for p in sorted(folder.rglob("*"))
+                if p.is_file() and not p.is_symlink()
+            }
+        return version, files
+
+    def open_file(self, model_id: str, checkpoint_id: str, version: str, rel: str) -> BinaryIO:
+        """One file of a checkpoint, opened for reading, if ``version`` is still the committed
+        one. The open file stays readable when a later overwrite or delete removes it.
+
+        Raises:
+            InvalidNameError: a malformed ``checkpoint_id`` or file name.
+            UnknownCheckpointError: no such checkpoint, version or file.
+        """
+        kind, name = parse_checkpoint_id(checkpoint_id)
+        for seg in rel.split("/"):
+            validate_name(seg, field="file")
+        with self._db.lock:
+            row = self._db.checkpoint_row(model_id, kind, name)
+            path = self._version_dir(model_id, kind, name, version) / rel
+            if row["version"] != version or path.is_symlink() or not path.is_file():
+                raise UnknownCheckpointError(f"tinker://{model_id}/{checkpoint_id} file {rel!r}")
+            return open(path, "rb")
+
+    def copy(self, tinker_path: str, dest_model_id: str, *, ttl_seconds: int | None) -> Checkpoint:
+        """Copy a checkpoint (files, ``meta``, user metadata; not its expiry nor publication)
+        under the same kind and name into the training run ``dest_model_id`` (must exist).
+
+        Raises:
+            WireFormatError: a malformed path.
+            UnknownCheckpointError: no such checkpoint.
+            UnknownTrainingRunError: when ``dest_model_id`` is unknown.
+        """
+        _, kind, name = self._resolve(tinker_path)
+        files, meta = self.read(tinker_path)
+        model_id = parse_tinker_path(tinker_path).training_run_id
+        with self._db.lock:
+            user = self._db.checkpoint_row(model_id, kind, name)["user_metadata"]
+        return self.save(
+            dest_model_id, kind, name, files, meta=meta,  # type: ignore[arg-type]
+            user_metadata=None if user is None else json.loads(user), ttl_seconds=ttl_seconds,
+        )  # fmt: skip
 
     def set_ttl(self, model_id: str, checkpoint_id: str, ttl_seconds: int | None) -> None:
         """Set (from now) or clear a checkpoint's ``expires_at``.

@@ -19,7 +19,7 @@ from typing import Any
 from tinkjax.types import Checkpoint
 
 from ._store_errors import UnknownCheckpointError, UnknownSessionError, UnknownTrainingRunError
-from ._store_util import KIND_TYPE, parse_dt
+from ._store_util import KIND_TYPE, LIVE, now_iso, parse_dt
 
 __all__ = ["Database", "checkpoint_of"]
 
@@ -182,14 +182,14 @@ class Database:
         return row
 
     def checkpoint_row(self, model_id: str, kind: str, name: str) -> sqlite3.Row:
-        """The checkpoint's row.
+        """The checkpoint's row (an expired checkpoint is gone, even before it is purged).
 
         Raises:
             UnknownCheckpointError: no such checkpoint.
         """
         row = self.one(
-            "SELECT * FROM checkpoints WHERE model_id=? AND kind=? AND name=?",
-            (model_id, kind, name),
+            f"SELECT * FROM checkpoints WHERE model_id=? AND kind=? AND name=? AND {LIVE}",
+            (model_id, kind, name, now_iso()),
         )
         if row is None:
             raise UnknownCheckpointError(f"tinker://{model_id}/{kind}/{name}")

@@ -12,7 +12,7 @@ from tinkjax.types import Checkpoint, Cursor, TrainingRun, TrainingRunsResponse
 
 from ._store_db import Database, checkpoint_of
 from ._store_errors import DuplicateIdError, UnknownTrainingRunError
-from ._store_util import KINDS, check_page, iso, to_json, utc_now, validate_id
+from ._store_util import KINDS, LIVE, check_page, iso, now_iso, to_json, utc_now, validate_id
 
 __all__ = ["TrainingRuns"]
 
@@ -81,9 +81,9 @@ class TrainingRuns:
         last: dict[str, Checkpoint | None] = {}
         for kind in KINDS:
             ck = self._db.one(
-                "SELECT * FROM checkpoints WHERE model_id=? AND kind=?"
+                f"SELECT * FROM checkpoints WHERE model_id=? AND kind=? AND {LIVE}"
                 " ORDER BY time DESC, rowid DESC LIMIT 1",
-                (model_id, kind),
+                (model_id, kind, now_iso()),
             )
             last[kind] = None if ck is None else checkpoint_of(ck)
         meta = row["user_metadata"]

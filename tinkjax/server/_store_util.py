@@ -15,11 +15,13 @@ from ._store_errors import InvalidNameError
 __all__ = [
     "KINDS",
     "KIND_TYPE",
+    "LIVE",
     "CheckpointKind",
     "check_page",
     "expires_at",
     "iso",
     "model_dir_name",
+    "now_iso",
     "parse_checkpoint_id",
     "parse_dt",
     "to_json",
@@ -29,9 +31,12 @@ __all__ = [
     "validate_name",
 ]
 
-CheckpointKind = Literal["weights", "sampler_weights"]
+CheckpointKind = Literal["weights", "sampler_weights", "external_weights"]
 KINDS: tuple[str, ...] = get_args(CheckpointKind)
-KIND_TYPE = {"weights": "training", "sampler_weights": "sampler"}
+KIND_TYPE = {"weights": "training", "sampler_weights": "sampler", "external_weights": "external"}
+#: The SQL condition of a checkpoint that has not expired (one ``?``: :func:`now_iso`). Every
+#: stored time is :func:`iso` of a UTC datetime, so the text order is the time order.
+LIVE = "(expires_at IS NULL OR expires_at > ?)"
 _NAME_RE = re.compile(r"[A-Za-z0-9._-]+")
 _MAX_NAME = 200
 
@@ -89,7 +94,7 @@ def parse_checkpoint_id(checkpoint_id: str) -> tuple[CheckpointKind, str]:
     )
     if not sep:
         raise InvalidNameError(
-            f"{checkpoint_id!r} must look like weights/<name> or sampler_weights/<name>",
+            f"{checkpoint_id!r} must look like <kind>/<name> with a kind of {list(KINDS)}",
             field="checkpoint_id",
             value=checkpoint_id,
         )
@@ -106,6 +111,11 @@ def utc_now() -> datetime:
 
 def iso(dt: datetime) -> str:
     return dt.isoformat(timespec="microseconds")
+
+
+def now_iso() -> str:
+    """:func:`iso` of now: what :data:`LIVE` compares ``expires_at`` with."""
+    return iso(utc_now())
 
 
 def parse_dt(text: str | None) -> datetime | None:

@@ -32,6 +32,7 @@ from tinkjax.server._store import (
     parse_checkpoint_id,
 )
 from tinkjax.types import (
+    CopyWeightsRequest,
     CreateModelRequest,
     CreateSamplingSessionRequest,
     ForwardBackwardRequest,
@@ -76,6 +77,7 @@ class Tenancy:
             CreateSamplingSessionRequest: self._create_sampling_session,
             SampleRequest: self._sample,
             WeightsInfoRequest: lambda t, r: self.checkpoint_path(t, r.tinker_path, "tinker_path"),
+            CopyWeightsRequest: self._copy_weights,
         }
         for model_request in (
             GetInfoRequest, ForwardRequest, ForwardBackwardRequest, OptimStepRequest,
@@ -133,12 +135,15 @@ class Tenancy:
             raise unknown_sampler(sampler_id)
 
     def checkpoint_path(self, tenant: str, path: Any, field: str) -> None:
-        """A ``tinker://`` checkpoint path (a malformed one is left to the backend's 400)."""
+        """A ``tinker://`` checkpoint path to read (a malformed one is left to the backend's
+        400): the tenant's own, or one its owner published."""
         try:
             run_id = parse_tinker_path(path).training_run_id
         except ValueError:
             return
-        if self.store.runs.tenant_of(run_id) != tenant:
+        if self.store.runs.tenant_of(run_id) != tenant and not self.store.checkpoints.is_public(
+            path
+        ):
             raise no_checkpoint(path, field)
 
     def run(self, tenant: str, run_id: str, checkpoint_id: str | None) -> None:
@@ -191,6 +196,11 @@ class Tenancy:
         elif req.model_id is not None:
             self.model(tenant, req.model_id)
         self.checkpoint_path(tenant, req.path, "path")
+
+    def _copy_weights(self, tenant: str, req: CopyWeightsRequest) -> None:
+        if req.session_id is not None:
+            self.session(tenant, req.session_id)
+        self.checkpoint_path(tenant, req.source_path, "source_path")
 
     def _create_sampling_session(self, tenant: str, req: CreateSamplingSessionRequest) -> None:
         self.session(tenant, req.session_id)
