@@ -241,7 +241,7 @@ def test_invalid_names_rejected(store: Store, name: str) -> None:
 
 def test_invalid_kind_and_file_names_rejected(store: Store) -> None:
     with pytest.raises(InvalidNameError, match="kind"):
-        store.checkpoints.save(MID, "external_weights", "a", {"f": b""}, meta={})  # type: ignore[arg-type]
+        store.checkpoints.save(MID, "bogus_weights", "a", {"f": b""}, meta={})  # type: ignore[arg-type]
     for bad in ("../evil", "/abs", "a//b", "sub/../x"):
         with pytest.raises(InvalidNameError, match="files"):
             store.checkpoints.save(MID, "weights", "a", {bad: b""}, meta={})
@@ -264,6 +264,9 @@ def test_tinker_paths_with_colons(store: Store) -> None:
         store.checkpoints.folder(f"tinker://{SID}:train:1/sampler_weights/final")
     with pytest.raises(UnknownCheckpointError):
         store.checkpoints.folder(f"tinker://{MID}/external_weights/final")
+    store.checkpoints.save(MID, "external_weights", "final", {"f.age": b"x"}, meta={})
+    folder, _ = store.checkpoints.folder(f"tinker://{MID}/external_weights/final")
+    assert (folder / "f.age").read_bytes() == b"x"
     for bad in ("http://x/weights/a", f"tinker://{MID}/weights", f"tinker://{MID}/bogus/a"):
         with pytest.raises(WireFormatError, match="tinker_path"):
             store.checkpoints.folder(bad)
@@ -555,3 +558,77 @@ def test_touch_is_visible_at_once_and_persisted_on_close(store: Store) -> None:
         assert again.runs.get(MID).last_request_time == second
         with pytest.raises(UnknownTrainingRunError):
             again.runs.touch("nope")
+
+
+def _expire(store: Store, checkpoint_id: str) -> None:
+    """Move a checkpoint's ``expires_at`` into the past, as if its TTL ran out."""
+    kind, name = checkpoint_id.split("/")
+    with store.db.lock:
+        store.db.execute(
+            "UPDATE checkpoints SET expires_at=? WHERE model_id=? AND kind=? AND name=?",
+            ("2000-01-01T00:00:00.000000+00:00", MID, kind, name),
+        )
+
+
+def test_expired_checkpoints_are_gone_before_purge_and_purged_on_open(store: Store) -> None:
+    old = store.checkpoints.save(MID, "sampler_weights", "old", _files(b"o"), meta={})
+    store.checkpoints.save(MID, "weights", "keep", _files(b"k"), meta={})
+    folder, _ = store.checkpoints.folder(old.tinker_path)
+    _expire(store, "sampler_weights/old")
+    with pytest.raises(UnknownCheckpointError):
+        store.checkpoints.get(MID, "sampler_weights/old")
+    with pytest.raises(UnknownCheckpointError):
+        store.checkpoints.folder(old.tinker_path)
+    with pytest.raises(UnknownCheckpointError):
+        store.checkpoints.files(MID, "sampler_weights/old")
+    assert [c.checkpoint_id for c in store.checkpoints.of_run(MID).checkpoints] == ["weights/keep"]
+    page = store.checkpoints.page(limit=10)
+    assert [c.checkpoint_id for c in page.checkpoints] == ["weights/keep"]
+    assert page.cursor is not None and page.cursor.total_count == 1
+    assert store.runs.get(MID).last_sampler_checkpoint is None
+    assert folder.is_dir()  # hidden, not yet purged
+    store.close()
+    with Store(store.data_dir) as again:  # opening purges
+        assert not folder.exists()
+        assert again.checkpoints.purge_expired() == []
+        # The name is free again.
+        again.checkpoints.save(MID, "sampler_weights", "old", _files(b"n"), meta={})
+        assert again.checkpoints.read(old.tinker_path)[0] == _files(b"n")
+
+
+def test_files_open_file_publish_and_copy(store: Store) -> None:
+    ck = store.checkpoints.save(
+        MID, "external_weights", "e", _files(b"1"), meta={"base_model": "m"},
+        user_metadata={"u": "1"}, ttl_seconds=60,
+    )  # fmt: skip
+    version, files = store.checkpoints.files(MID, "external_weights/e")
+    assert files == {k: len(v) for k, v in _files(b"1").items()}
+    with store.checkpoints.open_file(MID, "external_weights/e", version, "optim/state.bin") as f:
+        store.checkpoints.save(MID, "external_weights", "e", _files(b"2"), meta={})
+        assert f.read() == b"111"  # an open file outlives the overwrite
+    with pytest.raises(UnknownCheckpointError):  # the old version is gone
+        store.checkpoints.open_file(MID, "external_weights/e", version, "optim/state.bin")
+    version2, _ = store.checkpoints.files(MID, "external_weights/e")
+    for bad in ("../meta.sqlite", "optim/../../x", ".hidden"):
+        with pytest.raises(InvalidNameError):
+            store.checkpoints.open_file(MID, "external_weights/e", version2, bad)
+    with pytest.raises(UnknownCheckpointError):
+        store.checkpoints.open_file(MID, "external_weights/e", version2, "missing")
+    assert store.checkpoints.set_public(MID, "external_weights/e", True) is True
+    assert store.checkpoints.set_public(MID, "external_weights/e", True) is False
+    assert store.checkpoints.is_public(ck.tinker_path) is True
+    assert store.checkpoints.is_public("not a path") is False
+    # A copy: same kind, name, files and user metadata; its own TTL; private.
+    src = store.checkpoints.save(
+        MID, "weights", "src", _files(b"s"), meta={"base_model": "m"}, user_metadata={"a": "b"},
+        ttl_seconds=60,
+    )  # fmt: skip
+    store.checkpoints.set_public(MID, "weights/src", True)
+    dest = f"{SID}:train:7"
+    store.runs.add(dest, base_model="m", is_lora=True, lora_rank=4, session_id=SID)
+    copy = store.checkpoints.copy(src.tinker_path, dest, ttl_seconds=None)
+    assert copy.tinker_path == f"tinker://{dest}/weights/src"
+    assert (copy.public, copy.expires_at, copy.user_metadata) == (False, None, {"a": "b"})
+    assert store.checkpoints.read(copy.tinker_path) == store.checkpoints.read(src.tinker_path)
+    store.checkpoints.delete(MID, "weights/src")
+    assert store.checkpoints.read(copy.tinker_path)[0] == _files(b"s")

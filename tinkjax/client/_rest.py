@@ -385,26 +385,32 @@ class RestClient:
     get_external_weights_urls_async = awaiting(get_external_weights_urls)
 
     def _checkpoint_action(
-        self, tinker_path: str, method: str, action: str, json: Any = None
+        self,
+        tinker_path: str,
+        method: str,
+        action: str,
+        json: Any = None,
+        max_retries: int | None = None,
     ) -> APIFuture[None]:
         parsed = parse_tinker_path(tinker_path)
         path = f"{checkpoint_path(parsed.training_run_id, parsed.checkpoint_id)}/{action}"
 
         async def run() -> None:
-            await self.transport.request(method, path, json=json)
+            await self.transport.request(method, path, json=json, max_retries=max_retries)
 
         return self._call(run())
 
     def publish_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
         """Publish a checkpoint of yours: every key may then load, sample, describe and copy
         it (a ``ConflictError`` when it already is public)."""
-        return self._checkpoint_action(tinker_path, "POST", "publish")
+        # Not retried: a publish whose answer was lost would be answered 409 the second time.
+        return self._checkpoint_action(tinker_path, "POST", "publish", max_retries=0)
 
     publish_checkpoint_from_tinker_path_async = awaiting(publish_checkpoint_from_tinker_path)
 
     def unpublish_checkpoint_from_tinker_path(self, tinker_path: str) -> APIFuture[None]:
         """Make a published checkpoint private again (a ``ConflictError`` when it is)."""
-        return self._checkpoint_action(tinker_path, "DELETE", "publish")
+        return self._checkpoint_action(tinker_path, "DELETE", "publish", max_retries=0)
 
     unpublish_checkpoint_from_tinker_path_async = awaiting(unpublish_checkpoint_from_tinker_path)
 
