@@ -42,24 +42,27 @@ def test_export_download_decrypt_and_manage(
         "enc", ttl_seconds=3600, age_encryption_recipients=[str(identity.to_public())]
     ).result(timeout=60)
     plain = tc.save_weights_external("plain").result(timeout=60)
-    assert enc.path is not None and plain.path is not None
-    assert enc.size_bytes is not None and enc.size_bytes > 0
+    assert enc.path is not None
+    assert plain.path is not None
+    assert enc.size_bytes is not None
+    assert enc.size_bytes > 0
     sampler = tc.save_weights_for_sampler("ref").result(timeout=60).path
     reference, _ = local_server.backend.store.checkpoints.read(sampler)
 
     rest = sc.create_rest_client()
     links = rest.get_external_weights_urls(enc.path).result(timeout=30)
     assert sorted(links.urls) == ["adapter_config.json.age", "adapter_model.safetensors.age"]
-    out = rest.download_checkpoint(
-        enc.path, tmp_path / "dec", age_identity=str(identity)
-    ).result(timeout=60)
+    out = rest.download_checkpoint(enc.path, tmp_path / "dec", age_identity=str(identity)).result(
+        timeout=60
+    )
     assert {p.name: p.read_bytes() for p in out.iterdir()} == reference
     assert load_file(str(out / "adapter_model.safetensors"))
     raw = rest.download_checkpoint(enc.path, tmp_path / "raw").result(timeout=60)
     blobs = {p.name: p.read_bytes() for p in raw.iterdir()}
-    assert pyrage.decrypt(blobs["adapter_config.json.age"], [identity]) == reference[
-        "adapter_config.json"
-    ]
+    assert (
+        pyrage.decrypt(blobs["adapter_config.json.age"], [identity])
+        == reference["adapter_config.json"]
+    )
     got = rest.download_checkpoint(plain.path, tmp_path / "plain").result(timeout=60)
     assert {p.name: p.read_bytes() for p in got.iterdir()} == reference
     # A wrong key, or a plain export with a key, leaves nothing behind.
@@ -68,9 +71,9 @@ def test_export_download_decrypt_and_manage(
             enc.path, tmp_path / "wrong", age_identity=str(pyrage.x25519.Identity.generate())
         ).result(timeout=60)
     with pytest.raises(Exception, match="not age-encrypted"):
-        rest.download_checkpoint(
-            plain.path, tmp_path / "wrong", age_identity=str(identity)
-        ).result(timeout=60)
+        rest.download_checkpoint(plain.path, tmp_path / "wrong", age_identity=str(identity)).result(
+            timeout=60
+        )
     assert not (tmp_path / "wrong").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
     with pytest.raises(FileExistsError):

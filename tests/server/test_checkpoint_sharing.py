@@ -48,12 +48,16 @@ def test_expired_checkpoints_disappear_from_listings_and_loads(
     short = tc.save_state("short", ttl_seconds=1).result().path
     kept = tc.save_state("kept", ttl_seconds=3600).result().path
     sampler = tc.save_weights_for_sampler("short-s", ttl_seconds=1).result().path
-    assert {"weights/short", "weights/kept", "sampler_weights/short-s"} <= set(_ids(rest, tc.model_id))
+    assert {"weights/short", "weights/kept", "sampler_weights/short-s"} <= set(
+        _ids(rest, tc.model_id)
+    )
     time.sleep(1.2)
     assert "weights/short" not in _ids(rest, tc.model_id)
     assert "sampler_weights/short-s" not in _ids(rest, tc.model_id)
     assert "weights/kept" in _ids(rest, tc.model_id)
-    assert short not in [c.tinker_path for c in rest.list_user_checkpoints(limit=1000).result().checkpoints]
+    assert short not in [
+        c.tinker_path for c in rest.list_user_checkpoints(limit=1000).result().checkpoints
+    ]
     with pytest.raises(tinker.NotFoundError):
         rest.get_weights_info_by_tinker_path(short).result()
     with pytest.raises(tinker.NotFoundError):
@@ -121,7 +125,11 @@ def test_published_checkpoints_are_readable_by_other_tenants_until_unpublished(
         their_rest.unpublish_checkpoint_from_tinker_path(state).result()
     with pytest.raises(tinker.NotFoundError):
         their_rest.set_checkpoint_ttl_from_tinker_path(state, 3600).result()
-    assert [c.public for c in rest.list_checkpoints(tc.model_id).result().checkpoints if c.tinker_path == state] == [True]
+    assert [
+        c.public
+        for c in rest.list_checkpoints(tc.model_id).result().checkpoints
+        if c.tinker_path == state
+    ] == [True]
     rest.unpublish_checkpoint_from_tinker_path(state).result()
     again = http.delete(publish, headers=KEY_HEADERS)
     assert again.status_code == 409
@@ -193,7 +201,11 @@ def test_copy_weights_retries_copy_once_and_session_destinations(
     # The copy's run cannot be trained on.
     fb = http.post(
         "/api/v1/optim_step",
-        json={"model_id": f"{session_id}:train:900", "seq_id": 1, "adam_params": {"learning_rate": 0.1}},
+        json={
+            "model_id": f"{session_id}:train:900",
+            "seq_id": 1,
+            "adam_params": {"learning_rate": 0.1},
+        },
         headers=KEY_HEADERS,
     )
     assert fb.status_code == 404
@@ -206,12 +218,13 @@ def test_copy_weights_retries_copy_once_and_session_destinations(
         assert r.status_code == 400, r.text
         assert r.json()["field"] == field
     other_session = {"source_path": state, "session_id": str(uuid.uuid4()), "model_seq_id": 0}
-    assert http.post("/api/v1/copy_weights", json=other_session, headers=KEY_HEADERS).status_code == 404
+    assert (
+        http.post("/api/v1/copy_weights", json=other_session, headers=KEY_HEADERS).status_code
+        == 404
+    )
 
 
-def test_official_get_tokenizer_reads_the_server_folder_offline(
-    tc: Any, monkeypatch: Any
-) -> None:
+def test_official_get_tokenizer_reads_the_server_folder_offline(tc: Any, monkeypatch: Any) -> None:
     from tinkjax.models import ByteTokenizer
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
@@ -225,7 +238,9 @@ def test_official_get_tokenizer_reads_the_server_folder_offline(
         assert hf.encode(text) == bt.encode(text, add_special_tokens=True)
         ids = [*bt.encode(text, add_special_tokens=True), bt.eos_token_id, 0xC3]
         for skip in (True, False):
-            assert hf.decode(ids, skip_special_tokens=skip) == bt.decode(ids, skip_special_tokens=skip)
+            assert hf.decode(ids, skip_special_tokens=skip) == bt.decode(
+                ids, skip_special_tokens=skip
+            )
     assert (hf.bos_token_id, hf.eos_token_id, hf.pad_token_id) == (
         bt.bos_token_id, bt.eos_token_id, bt.pad_token_id,
     )  # fmt: skip

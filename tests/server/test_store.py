@@ -584,7 +584,8 @@ def test_expired_checkpoints_are_gone_before_purge_and_purged_on_open(store: Sto
     assert [c.checkpoint_id for c in store.checkpoints.of_run(MID).checkpoints] == ["weights/keep"]
     page = store.checkpoints.page(limit=10)
     assert [c.checkpoint_id for c in page.checkpoints] == ["weights/keep"]
-    assert page.cursor is not None and page.cursor.total_count == 1
+    assert page.cursor is not None
+    assert page.cursor.total_count == 1
     assert store.runs.get(MID).last_sampler_checkpoint is None
     assert folder.is_dir()  # hidden, not yet purged
     store.close()
