@@ -30,7 +30,8 @@ class ByteTokenizer:
 
     ``encode`` reads a special token's string in the text as that token (as Hugging Face
     tokenizers do, unless ``split_special_tokens``) and prepends BOS if ``add_special_tokens``;
-    ``decode`` drops specials by default and writes them by name otherwise.
+    ``decode`` drops specials by default (the bytes on either side then decode together, as a
+    Hugging Face tokenizer's do) and writes them by name otherwise.
     """
 
     name_or_path = "tinkjax/byte"
@@ -86,10 +87,11 @@ class ByteTokenizer:
                 continue
             if tok not in _SPECIALS:
                 raise ValueError(f"ids: token {tok} outside [0, {self.vocab_size})")
+            if skip_special_tokens:  # dropped: the bytes around it join (as Hugging Face's)
+                continue
             out.append(buf.decode("utf-8", errors="replace"))
             buf.clear()
-            if not skip_special_tokens:
-                out.append(_SPECIALS[tok])
+            out.append(_SPECIALS[tok])
         out.append(buf.decode("utf-8", errors="replace"))
         return "".join(out)
 
