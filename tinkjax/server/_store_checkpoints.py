@@ -55,6 +55,7 @@ from ._archive import fsync_dir, make_tar_gz
 from ._crashpoints import crash_point
 from ._store_db import Database, checkpoint_of
 from ._store_errors import InvalidNameError, UnknownCheckpointError
+from ._store_recovery import VERSION_SEP, recover_archives, recover_kind_dir
 from ._store_util import (
     KINDS,
     LIVE,
@@ -73,7 +74,7 @@ from ._store_util import (
 
 __all__ = ["Checkpoints"]
 
-_VERSION_SEP = "@"  # never in a name (see validate_name): ``<name>@<version>`` folders
+_VERSION_SEP = VERSION_SEP
 
 
 class Checkpoints:
@@ -117,7 +118,7 @@ class Checkpoints:
             for kind in KINDS:
                 kdir = model_dir / kind
                 if kdir.is_dir():
-                    self._recover_kind_dir(kdir, model_dir.name, kind, current)
+                    recover_kind_dir(kdir, model_dir.name, kind, current)
         with self._db.tx():
             for r in rows:
                 folder = self._version_dir(r["model_id"], r["kind"], r["name"], r["version"])
@@ -127,61 +128,7 @@ class Checkpoints:
                         (r["model_id"], r["kind"], r["name"]),
                     )
                     current.pop((model_dir_name(r["model_id"]), r["kind"], r["name"]), None)
-        self._recover_archives(current)
-
-    @staticmethod
-    def _recover_kind_dir(
-        kdir: Path, model_dir: str, kind: str, current: Mapping[tuple[str, str, str], str]
-    ) -> None:
-        """Repair one ``<model dir>/<kind>`` folder (see :meth:`_recover`)."""
-        entries = sorted(kdir.iterdir())
-        # A data dir of an older release: ``.old-<name>-<hex>`` (an overwrite moved the old folder
-        # aside) and unversioned ``<name>`` folders. Put a lone ``.old`` back, then give the
-        # folder of each row its versioned name.
-        for entry in entries:
-            if entry.name.startswith(".old-"):
-                name = entry.name[len(".old-") :].rsplit("-", 1)[0]
-                if (kdir / name).exists():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:
-                    entry.rename(kdir / name)
-        for entry in sorted(kdir.iterdir()):
-            if entry.name.startswith(".") or _VERSION_SEP in entry.name:
-                continue
-            version = current.get((model_dir, kind, entry.name))
-            versioned = kdir / f"{entry.name}{_VERSION_SEP}{version}"
-            if version is not None and not versioned.exists():
-                entry.rename(versioned)
-            else:
-                shutil.rmtree(entry, ignore_errors=True)
-        for entry in sorted(kdir.iterdir()):
-            name, sep, version = entry.name.rpartition(_VERSION_SEP)
-            if (
-                entry.name.startswith(".")
-                or not sep
-                or current.get((model_dir, kind, name)) != version
-            ):
-                # a temp folder, a staged save never committed, or a version replaced or deleted
-                shutil.rmtree(entry, ignore_errors=True)
-        fsync_dir(kdir)
-
-    def _recover_archives(self, current: Mapping[tuple[str, str, str], str]) -> None:
-        """Remove temp archives and the archives of versions no row names (lock held)."""
-        for name_dir in sorted(self.archives_root.glob("*/*/*")):
-            model_dir, kind = name_dir.parent.parent.name, name_dir.parent.name
-            version = current.get((model_dir, kind, name_dir.name))
-            if not name_dir.is_dir() or name_dir.is_symlink():
-                name_dir.unlink(missing_ok=True)
-                continue
-            for entry in list(name_dir.iterdir()):
-                if version is not None and entry.name == f"{version}.tar.gz" and entry.is_file():
-                    continue
-                if entry.is_dir() and not entry.is_symlink():
-                    shutil.rmtree(entry, ignore_errors=True)
-                else:  # a temp file (TEMP_PREFIX) or an archive of another version
-                    entry.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):
-                name_dir.rmdir()  # only when empty
+        recover_archives(self.archives_root, current)
 
     # -- checkpoints ------------------------------------------------------------------------
 
