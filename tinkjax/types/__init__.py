@@ -80,6 +80,15 @@ from ._sampling import (
     StopReason,
     TopkLogprobs,
 )
+from ._custom_loss import (
+    CreateCustomLossRequest,
+    CreateCustomLossResponse,
+    CustomLossGraph,
+    CustomLossInput,
+    CustomLossInputRank,
+    CustomLossNode,
+    CustomLossNodeOp,
+)
 from ._session import (
     ClientConfigRequest,
     ClientConfigResponse,
@@ -136,6 +145,8 @@ __all__ = [
     "ClientDynamicConfigResponse",
     "CopyWeightsRequest",
     "CopyWeightsResponse",
+    "CreateCustomLossRequest",
+    "CreateCustomLossResponse",
     "CreateModelRequest",
     "CreateModelResponse",
     "CreateSamplingSessionRequest",
@@ -143,6 +154,11 @@ __all__ = [
     "CreateSessionRequest",
     "CreateSessionResponse",
     "Cursor",
+    "CustomLossGraph",
+    "CustomLossInput",
+    "CustomLossInputRank",
+    "CustomLossNode",
+    "CustomLossNodeOp",
     "Datum",
     "DimuonOptimizerConfig",
     "DimuonParams",
