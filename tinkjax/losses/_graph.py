@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tinkjax.losses._graph_ops import DTYPES, FUNCTIONS, GETATTR_NAMES, METHODS, OpFn
@@ -219,15 +220,20 @@ class LossGraph:
                 shapes (naming the node), an intermediate exceeds :data:`MAX_ELEMENTS`, or the
                 loss or a metric is not a scalar.
         """
-        values = [logprobs, *inputs]
+        values = [jnp.asarray(v) for v in (logprobs, *inputs)]
         if len(values) != len(self.inputs):
             raise LossGraphError(f"loss {self.name!r} takes {len(self.inputs)} inputs, got {len(values)}")
-        env: dict[str, Any] = {}
         for (name, rank), value in zip(self.inputs, values, strict=True):
             if np.ndim(value) != rank:
                 raise LossGraphError(
                     f"{name}: loss {self.name!r} declared rank {rank}, got shape {np.shape(value)}"
                 )
+        # torch broadcasts freely; so must the graph, whatever the process's JAX setting.
+        with jax.numpy_rank_promotion("allow"):
+            return self._run(values)
+
+    def _run(self, values: list[jax.Array]) -> tuple[jax.Array, dict[str, jax.Array]]:
+        env: dict[str, Any] = {}
         placeholders = iter(values)
         for node in self._nodes:
             if node.op == "placeholder":

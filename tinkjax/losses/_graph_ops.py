@@ -26,6 +26,8 @@ import jax.numpy as jnp
 __all__ = ["DTYPES", "FUNCTIONS", "GETATTR_NAMES", "METHODS", "OpFn"]
 
 OpFn = Callable[..., Any]
+_MAX_INT = 2**62
+_MAX_ARANGE = 1 << 22
 
 
 def _is_array(x: object) -> bool:
@@ -46,7 +48,10 @@ def _arith(op: Callable[[Any, Any], Any]) -> OpFn:
                 f"operands must be tensors or numbers, got {type(a).__name__} and "
                 f"{type(b).__name__}"
             )
-        return op(a, b)
+        out = op(a, b)
+        if isinstance(out, int) and abs(out) > _MAX_INT:
+            raise ValueError(f"integer result {a!r} and {b!r} is out of range")
+        return out
 
     return apply
 
@@ -260,6 +265,11 @@ def _new_filled(fill: float) -> OpFn:
 def _arange(*args: Any, dtype: Any = None, **_ignored_layout: Any) -> jax.Array:
     if not 1 <= len(args) <= 3 or not all(_scalar(a) for a in args):
         raise TypeError(f"arange takes 1 to 3 numbers, got {args!r}")
+    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args[:2], args[2] if len(args) == 3 else 1)
+    if step == 0 or not all(math.isfinite(float(v)) for v in (start, stop, step)):
+        raise ValueError(f"arange{args!r}: bad range")
+    if math.ceil((stop - start) / step) > _MAX_ARANGE:  # numpy would build it on the host
+        raise ValueError(f"arange{args!r} has more than {_MAX_ARANGE} elements")
     return jnp.arange(*args, dtype=dtype)
 
 
