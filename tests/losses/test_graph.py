@@ -29,9 +29,7 @@ def graph(
     metrics: dict[str, str] | None = None,
 ) -> LossGraph:
     """A graph from ``(op, name, target, args, kwargs)`` rows after the placeholders."""
-    nodes: list[dict[str, Any]] = [
-        {"op": "placeholder", "name": n, "target": n} for n in ranks
-    ]
+    nodes: list[dict[str, Any]] = [{"op": "placeholder", "name": n, "target": n} for n in ranks]
     nodes += [
         {"op": op, "name": name, "target": target, "args": args, "kwargs": kwargs}
         for op, name, target, args, kwargs in body
@@ -152,7 +150,9 @@ def test_equal_graphs_are_one_static_key() -> None:
     again = graph([("call_method", "s", "sum", [R("logprobs")], {})], "s", {"logprobs": 1})
     same = graph([("call_method", "s", "sum", [R("logprobs")], {})], "s", {"logprobs": 1})
     other = graph([("call_method", "s", "mean", [R("logprobs")], {})], "s", {"logprobs": 1})
-    assert again == same and hash(again) == hash(same) and again != other
+    assert again == same
+    assert hash(again) == hash(same)
+    assert again != other
 
 
 @pytest.mark.parametrize(

@@ -71,7 +71,9 @@ def test_custom_nll_gradient_equals_cross_entropy_in_float64(
         data = []
         for i, n in enumerate((12, 20, 5)):
             toks = random_tokens(30 + i, n + 1)
-            data.append(DatumArrays(toks[:-1], {"target_tokens": toks[1:], "weights": rng.normal(size=n)}))
+            data.append(
+                DatumArrays(toks[:-1], {"target_tokens": toks[1:], "weights": rng.normal(size=n)})
+            )
         custom = rt.forward_backward(
             [FwdBwdItem("c-custom", data, "custom", custom_loss=NLL)], forward_only=False
         )[0]
@@ -110,7 +112,9 @@ def test_each_datum_sees_its_own_length_and_lengths_do_not_recompile_the_model(
         )[0]
         for d, o, n in zip(data, out.outputs, lengths, strict=True):
             assert o["logprobs"].shape == (n,)
-            want = np.exp(o["logprobs"].astype(np.float64)).mean() * float(d.loss_fn_inputs["scale"])
+            want = np.exp(o["logprobs"].astype(np.float64)).mean() * float(
+                d.loss_fn_inputs["scale"]
+            )
             assert o["elementwise_loss"][0] == pytest.approx(want, rel=1e-5)
         rt.forward_backward(
             [FwdBwdItem("mean-prob", data, "custom", custom_loss=MEAN_PROB)], forward_only=False

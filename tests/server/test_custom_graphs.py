@@ -8,6 +8,7 @@ torch-traced losses of the SDK itself are in ``test_custom_graphs_sdk.py``.
 from __future__ import annotations
 
 import copy
+import re
 from typing import Any
 
 import httpx
@@ -130,7 +131,9 @@ def test_custom_loss_gives_the_builtin_update_in_one_pass(
     assert metrics["loss:sum"] == pytest.approx(ref["metrics"]["loss:sum"], rel=1e-5)
     assert metrics["custom/nll:sum"] == pytest.approx(metrics["loss:sum"], rel=1e-5)
     lps = [np.asarray(o["logprobs"]["data"]) for o in out["loss_fn_outputs"]]
-    per_token = sum(-(lp * np.asarray(w)).sum() / len(w) for lp, w in zip(lps, weights, strict=True))
+    per_token = sum(
+        -(lp * np.asarray(w)).sum() / len(w) for lp, w in zip(lps, weights, strict=True)
+    )
     assert metrics["custom/per_token:sum"] == pytest.approx(per_token, rel=1e-4)
     active = np.mean([np.mean(np.asarray(w) > 0) for w in weights])
     assert metrics["custom/active:mean"] == pytest.approx(active, rel=1e-6)
@@ -142,7 +145,8 @@ def test_retried_upload_returns_the_same_loss(http: httpx.Client, session: str) 
     other = _weighted_nll()
     other[3] = _node("call_method", "sum_1", "mean", _ref("mul"))
     r = post(http, "create_custom_loss", _body(session, 7, other))
-    assert r.status_code == 400 and "custom_loss_seq_id" in r.json()["detail"]
+    assert r.status_code == 400
+    assert "custom_loss_seq_id" in r.json()["detail"]
 
 
 def _replace(index: int, node: dict[str, Any]) -> list[dict[str, Any]]:
@@ -160,53 +164,87 @@ def _many_nodes() -> list[dict[str, Any]]:
 HOSTILE: dict[str, tuple[list[dict[str, Any]], str]] = {
     "unknown function": (_replace(2, _node("call_function", "mul", "os.system", "ls")), "'mul'"),
     "builtins.eval": (
-        _replace(2, _node("call_function", "mul", "builtins.eval", "1+1")), "builtins.eval"
+        _replace(2, _node("call_function", "mul", "builtins.eval", "1+1")),
+        "builtins.eval",
     ),
     "torch.load": (_replace(2, _node("call_function", "mul", "torch.load", "/etc/passwd")), "mul"),
-    "unknown method": (_replace(3, _node("call_method", "sum_1", "backward", _ref("mul"))), "sum_1"),
+    "unknown method": (
+        _replace(3, _node("call_method", "sum_1", "backward", _ref("mul"))),
+        "sum_1",
+    ),
     "dunder attribute": (
-        _replace(5, _node("call_function", "getattr_1", "builtins.getattr", _ref("logprobs"),
-                          "__class__")), "getattr_1",
-    ),  # fmt: skip
+        _replace(
+            5,
+            _node("call_function", "getattr_1", "builtins.getattr", _ref("logprobs"), "__class__"),
+        ),
+        "getattr_1",
+    ),
     "get_attr": (_replace(2, _node("get_attr", "mul", "_tensor_constant0")), "get_attr"),
     "call_module": (_replace(2, _node("call_module", "mul", "linear", _ref("logprobs"))), "mul"),
     "undefined reference": (
-        _replace(2, _node("call_function", "mul", "operator.mul", _ref("nowhere"), 2)), "nowhere"
+        _replace(2, _node("call_function", "mul", "operator.mul", _ref("nowhere"), 2)),
+        "nowhere",
     ),
     "cycle (a later node)": (
-        _replace(2, _node("call_function", "mul", "operator.mul", _ref("neg"), 2)), "'mul'"
+        _replace(2, _node("call_function", "mul", "operator.mul", _ref("neg"), 2)),
+        "'mul'",
     ),
     "self reference": (
-        _replace(2, _node("call_function", "mul", "operator.mul", _ref("mul"), 2)), "'mul'"
+        _replace(2, _node("call_function", "mul", "operator.mul", _ref("mul"), 2)),
+        "'mul'",
     ),
     "duplicate name": (_replace(3, _node("call_method", "mul", "sum", _ref("mul"))), "'mul'"),
     "too many nodes": (_many_nodes(), str(MAX_NODES)),
     "too many constants": (
-        _replace(2, _node("call_function", "mul", "operator.mul", _ref("logprobs"),
-                          list(range(MAX_CONSTANTS + 1)))), str(MAX_CONSTANTS),
-    ),  # fmt: skip
+        _replace(
+            2,
+            _node(
+                "call_function",
+                "mul",
+                "operator.mul",
+                _ref("logprobs"),
+                list(range(MAX_CONSTANTS + 1)),
+            ),
+        ),
+        str(MAX_CONSTANTS),
+    ),
     "deep nesting": (
-        _replace(2, _node("call_function", "mul", "operator.mul", _ref("logprobs"),
-                          [[[[[[[[[[1]]]]]]]]]])), "nest",
-    ),  # fmt: skip
+        _replace(
+            2,
+            _node("call_function", "mul", "operator.mul", _ref("logprobs"), [[[[[[[[[[1]]]]]]]]]]),
+        ),
+        "nest",
+    ),
     "non-finite constant": (
-        _replace(2, _node("call_function", "mul", "operator.mul", _ref("logprobs"),
-                          {"float": "inf"})), "not finite",
-    ),  # fmt: skip
+        _replace(
+            2, _node("call_function", "mul", "operator.mul", _ref("logprobs"), {"float": "inf"})
+        ),
+        "not finite",
+    ),
     "unknown dtype": (
         _replace(8, _node("call_method", "float_1", "to", _ref("gt"), {"dtype": "complex128"})),
         "complex128",
     ),
     "no output": (_weighted_nll()[:-1], "output"),
     "bad metric name": (
-        _replace(-1, _node("output", "output", "output",
-                           {"tuple": [_ref("neg"), {"dict": {"loss": _ref("neg")}}]})), "metric",
-    ),  # fmt: skip
+        _replace(
+            -1,
+            _node(
+                "output",
+                "output",
+                "output",
+                {"tuple": [_ref("neg"), {"dict": {"loss": _ref("neg")}}]},
+            ),
+        ),
+        "metric",
+    ),
     "constant loss": (
-        _replace(-1, _node("output", "output", "output", {"tuple": [3.0, {"dict": {}}]})), "loss"
+        _replace(-1, _node("output", "output", "output", {"tuple": [3.0, {"dict": {}}]})),
+        "loss",
     ),
     "placeholders out of order": (
-        [_weighted_nll()[1], _weighted_nll()[0], *_weighted_nll()[2:]], "placeholders"
+        [_weighted_nll()[1], _weighted_nll()[0], *_weighted_nll()[2:]],
+        "placeholders",
     ),
 }
 
@@ -259,7 +297,8 @@ def test_other_tenant_cannot_create_in_or_use_a_session(
         body = fwdbwd_body(model, 1, _datums([[1.0] * 5, [1.0] * 5]), loss_fn="custom",
                            config={"loss_id": loss_id})  # fmt: skip
         r = post(other, "forward_backward", body)
-        assert r.status_code == 404 and "loss_id" in r.text
+        assert r.status_code == 404
+        assert "loss_id" in r.text
 
 
 def _bad_request(
@@ -313,3 +352,21 @@ def test_losses_end_with_their_session(http: httpx.Client, server: ServerHandle)
     before = len(server.backend.custom_losses)
     post(http, f"sessions/{sid}/finish", {"reason": {"type": "success"}})
     assert len(server.backend.custom_losses) == before - 1
+
+
+def test_docs_list_exactly_the_allow_list() -> None:
+    from pathlib import Path
+
+    from tinkjax.losses._graph_ops import DTYPES, FUNCTIONS, METHODS
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
+    section = doc.split("### Server-side custom losses", 1)[1].split("\n### ", 1)[0]
+    listed = section.split("The allow-list", 1)[1].split("`max`/`min` take", 1)[0]
+    functions, methods = listed.split("- `call_method`:", 1)
+    named = set(re.findall(r"`([A-Za-z_][A-Za-z0-9_.]*)`", functions))
+    for target in FUNCTIONS:
+        name = target.rpartition(".")[2]
+        assert target in named or name in named, target
+    assert set(re.findall(r"`([a-z_0-9]+)`", methods.split("- constants", 1)[0])) == set(METHODS)
+    for dtype in DTYPES:
+        assert f"`{dtype}`" in listed, dtype

@@ -110,9 +110,7 @@ def test_weighted_nll_matches_builtin_cross_entropy_in_one_pass(
     service: Any, server: ServerHandle, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     rng = np.random.default_rng(0)
-    handle = service.create_custom_loss(
-        weighted_nll, {"logprobs": 1, "weights": 1}
-    ).result()
+    handle = service.create_custom_loss(weighted_nll, {"logprobs": 1, "weights": 1}).result()
     assert handle.loss_id is not None  # the server said custom_loss_server_side: uploaded
     data = _data(rng, weights=lambda n: rng.uniform(0.0, 1.0, n))
     custom, builtin = _twins(service, seed=11)
@@ -122,7 +120,9 @@ def test_weighted_nll_matches_builtin_cross_entropy_in_one_pass(
     ref = builtin.forward_backward(data, "cross_entropy").result()
     _assert_same(_grads(server, custom.model_id), _grads(server, builtin.model_id))
     assert out.metrics["loss:sum"] == pytest.approx(ref.metrics["loss:sum"], rel=1e-5)
-    assert out.metrics["custom/weighted_nll:sum"] == pytest.approx(out.metrics["loss:sum"], rel=1e-5)
+    assert out.metrics["custom/weighted_nll:sum"] == pytest.approx(
+        out.metrics["loss:sum"], rel=1e-5
+    )
     assert out.metrics["custom/tokens:mean"] == pytest.approx(np.mean([21, 14, 26]))
     for o, r in zip(out.loss_fn_outputs, ref.loss_fn_outputs, strict=True):
         np.testing.assert_allclose(o["logprobs"].to_numpy(), r["logprobs"].to_numpy(), rtol=1e-5)
@@ -134,7 +134,9 @@ def test_importance_sampling_like_matches_builtin(service: Any, server: ServerHa
         is_like, {"logprobs": 1, "logprobs_q": 1, "advantages": 1}
     ).result()
     data = _data(
-        rng, logprobs_q=lambda n: rng.uniform(-6.0, -4.0, n), advantages=lambda n: rng.normal(size=n)
+        rng,
+        logprobs_q=lambda n: rng.uniform(-6.0, -4.0, n),
+        advantages=lambda n: rng.normal(size=n),
     )
     builtin_data = [
         types.Datum(
@@ -161,7 +163,7 @@ def test_dpo_like_matches_the_sdks_client_side_run(
     ranks = {"logprobs": 1, "weights": 1, "reference": 0}
     handle = service.create_custom_loss(dpo_like, ranks).result()
     data = _data(
-        rng, weights=lambda n: (rng.uniform(size=n) > 0.3), reference=lambda n: rng.uniform(-40, -20)
+        rng, weights=lambda n: rng.uniform(size=n) > 0.3, reference=lambda n: rng.uniform(-40, -20)
     )
 
     def client_side(batch: list[Any], logprobs_list: list[Any]) -> Any:
@@ -210,9 +212,7 @@ def test_tinkjax_client_handle_gives_the_same_update(server: ServerHandle, sdk_e
 
 
 def _tinkjax_datum(tinkjax: Any, datum: Any, drop: str | None = None) -> Any:
-    inputs = {
-        k: np.asarray(v.to_numpy()) for k, v in datum.loss_fn_inputs.items() if k != drop
-    }
+    inputs = {k: np.asarray(v.to_numpy()) for k, v in datum.loss_fn_inputs.items() if k != drop}
     return tinkjax.types.Datum(
         model_input=tinkjax.types.ModelInput.from_ints(datum.model_input.to_ints()),
         loss_fn_inputs=inputs,

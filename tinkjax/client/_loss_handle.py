@@ -176,7 +176,9 @@ async def upload_custom_loss(
     created = await session.poll(
         ack.request_id, CreateCustomLossResponse, request_type="CreateCustomLoss", ids=ids
     )
-    return LossHandle(name=name, inputs=tuple(inputs), session_id=session_id, loss_id=created.loss_id)
+    return LossHandle(
+        name=name, inputs=tuple(inputs), session_id=session_id, loss_id=created.loss_id
+    )
 
 
 def check_handle_data(handle: LossHandle, data: Sequence[Datum], session_id: str | None) -> None:

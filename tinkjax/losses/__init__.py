@@ -1,5 +1,6 @@
 """Tinker's built-in losses as pure per-token functions, and their registry."""
 
+from tinkjax.losses._functions import cispo, cross_entropy, dro, gspo, importance_sampling, ppo
 from tinkjax.losses._graph import (
     MAX_CONSTANTS,
     MAX_ELEMENTS,
@@ -9,7 +10,6 @@ from tinkjax.losses._graph import (
     LossGraphError,
     parse_loss_graph,
 )
-from tinkjax.losses._functions import cispo, cross_entropy, dro, gspo, importance_sampling, ppo
 from tinkjax.losses._registry import (
     LOSS_FUNCTIONS,
     LOSS_SUM_METRIC,

@@ -155,7 +155,7 @@ class _Decoder:
             for part in parts:
                 if not (part is None or isinstance(part, _Ref) or type(part) is int):
                     raise self.fail(f"slice bounds must be ints, None or nodes, got {part!r}")
-            return _Slice(parts)  # type: ignore[arg-type]
+            return _Slice(parts)
         if kind == "ellipsis" and inner is True:
             return Ellipsis
         if kind == "float" and inner in ("inf", "-inf", "nan"):
@@ -222,7 +222,9 @@ class LossGraph:
         """
         values = [jnp.asarray(v) for v in (logprobs, *inputs)]
         if len(values) != len(self.inputs):
-            raise LossGraphError(f"loss {self.name!r} takes {len(self.inputs)} inputs, got {len(values)}")
+            raise LossGraphError(
+                f"loss {self.name!r} takes {len(self.inputs)} inputs, got {len(values)}"
+            )
         for (name, rank), value in zip(self.inputs, values, strict=True):
             if np.ndim(value) != rank:
                 raise LossGraphError(
@@ -321,7 +323,9 @@ def parse_loss_graph(
         LossGraphError: naming the node (``graph.nodes['mul_1']``) or field refused.
     """
     if not _NAME.fullmatch(name or ""):
-        raise LossGraphError(f"name: {_short(name)} must be an identifier of at most 128 characters")
+        raise LossGraphError(
+            f"name: {_short(name)} must be an identifier of at most 128 characters"
+        )
     if not 1 <= len(inputs) <= MAX_GRAPH_INPUTS:
         raise LossGraphError(f"inputs: expected 1 to {MAX_GRAPH_INPUTS} inputs, got {len(inputs)}")
     names = [i.name for i in inputs]
@@ -329,7 +333,9 @@ def parse_loss_graph(
         raise LossGraphError("inputs[0]: must be logprobs, of rank 1 ([T]) or 2 ([T, K])")
     for i, item in enumerate(inputs):
         if not _INPUT_NAME.fullmatch(item.name) or names.count(item.name) > 1:
-            raise LossGraphError(f"inputs[{i}].name: {_short(item.name)} is not a distinct lowercase name")
+            raise LossGraphError(
+                f"inputs[{i}].name: {_short(item.name)} is not a distinct lowercase name"
+            )
     nodes = graph.nodes
     if len(nodes) > MAX_NODES:
         raise LossGraphError(f"graph.nodes: {len(nodes)} nodes; the limit is {MAX_NODES}")

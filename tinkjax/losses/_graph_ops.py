@@ -118,7 +118,7 @@ def _extremum(fn: Callable[..., jax.Array], pair: Callable[[Any, Any], jax.Array
     return apply
 
 
-def _clamp(x: Any, min: Any = None, max: Any = None) -> jax.Array:  # noqa: A002 (torch names)
+def _clamp(x: Any, min: Any = None, max: Any = None) -> jax.Array:
     arr = _array(x)
     if min is None and max is None:
         raise ValueError("clamp needs min or max")
@@ -148,7 +148,8 @@ def _cumsum(x: Any, dim: Any, *, dtype: Any = None) -> jax.Array:
     arr = _array(x)
     if not isinstance(dim, int):
         raise TypeError(f"cumsum needs an integer dim, got {dim!r}")
-    out = jnp.cumsum(arr, axis=_check_axis(arr, dim))
+    axis = _check_axis(arr, dim)
+    out = jnp.cumsum(arr, axis=axis if isinstance(axis, int) else None)
     return out if dtype is None else out.astype(dtype)
 
 
@@ -242,7 +243,7 @@ def _masked_fill(x: Any, mask: Any, value: Any) -> jax.Array:
     return jnp.where(_array(mask), jnp.asarray(value, arr.dtype), arr)
 
 
-def _like(fill: float | None) -> OpFn:
+def _like(fill: float) -> OpFn:
     def apply(x: Any, *, dtype: Any = None, **_ignored_layout: Any) -> jax.Array:
         arr = _array(x)
         return jnp.full(arr.shape, fill, dtype or arr.dtype)
@@ -265,12 +266,14 @@ def _new_filled(fill: float) -> OpFn:
 def _arange(*args: Any, dtype: Any = None, **_ignored_layout: Any) -> jax.Array:
     if not 1 <= len(args) <= 3 or not all(_scalar(a) for a in args):
         raise TypeError(f"arange takes 1 to 3 numbers, got {args!r}")
-    start, stop, step = (0, args[0], 1) if len(args) == 1 else (*args[:2], args[2] if len(args) == 3 else 1)
+    start, stop, step = (
+        (0, args[0], 1) if len(args) == 1 else (*args[:2], args[2] if len(args) == 3 else 1)
+    )
     if step == 0 or not all(math.isfinite(float(v)) for v in (start, stop, step)):
         raise ValueError(f"arange{args!r}: bad range")
     if math.ceil((stop - start) / step) > _MAX_ARANGE:  # numpy would build it on the host
         raise ValueError(f"arange{args!r} has more than {_MAX_ARANGE} elements")
-    return jnp.arange(*args, dtype=dtype)
+    return jnp.arange(start, stop, step, dtype=dtype)
 
 
 def _to(x: Any, *args: Any, dtype: Any = None, **_ignored_device: Any) -> jax.Array:
@@ -433,8 +436,8 @@ _SHARED: dict[str, OpFn] = {
     "min": _extremum(jnp.min, jnp.minimum),
     "clamp": _clamp,
     "clip": _clamp,
-    "clamp_min": lambda x, min: _clamp(x, min=min),  # noqa: A006
-    "clamp_max": lambda x, max: _clamp(x, max=max),  # noqa: A006
+    "clamp_min": lambda x, min: _clamp(x, min=min),
+    "clamp_max": lambda x, max: _clamp(x, max=max),
     "logsumexp": _logsumexp,
     "softmax": _softmax(jax.nn.softmax),
     "log_softmax": _softmax(jax.nn.log_softmax),
@@ -519,6 +522,7 @@ METHODS: MappingProxyType[str, OpFn] = MappingProxyType(
         "contiguous": _identity,
         "double": _cast(jnp.float64),
         "expand_as": lambda x, other: jnp.broadcast_to(_array(x), _array(other).shape),
+        "where": lambda x, condition, y: _where(condition, x, y),  # x.where(cond, y)
     }
 )
 

@@ -1,8 +1,8 @@
 """Byte-level decoder models with multi-LoRA: the numerical core of the local backend."""
 
 from tinkjax.models._batching import validate_datum
-from tinkjax.models._custom import custom_metrics, validate_custom_datum
 from tinkjax.models._config import DEFAULT_MODEL, PRESETS, ModelConfig, get_model_config
+from tinkjax.models._custom import custom_metrics, validate_custom_datum
 from tinkjax.models._runtime import ModelRuntime, trace_counts
 from tinkjax.models._tokenizer import EOS_TOKEN_ID, ByteTokenizer
 from tinkjax.models._types import (

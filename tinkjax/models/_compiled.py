@@ -95,9 +95,7 @@ forward_backward_jit = jax.jit(
     donate_argnames=("acc",),
 )
 logprobs_vjp_jit = jax.jit(_counted("logprobs_vjp", logprobs_vjp_core), static_argnames=("config",))
-vjp_backward_jit = jax.jit(
-    _counted("vjp_backward", vjp_backward_core), donate_argnames=("acc",)
-)
+vjp_backward_jit = jax.jit(_counted("vjp_backward", vjp_backward_core), donate_argnames=("acc",))
 optim_jit = jax.jit(_counted("optim_step", optim_core), donate_argnames=("stack", "opt_state"))
 finite_rows_jit = jax.jit(_counted("finite_rows", finite_rows_core))
 commit_jit = jax.jit(_counted("commit", commit_core), donate_argnames=("acc",))

@@ -97,7 +97,9 @@ def validate_custom_datum(
     tokens = _tokens(np.asarray(datum.input_tokens), f"{where}.input_tokens", vocab)
     n = tokens.shape[0] if tokens.ndim == 1 else 0
     if n == 0:
-        raise ValueError(f"{where}.input_tokens: expected a non-empty 1-D array, got {tokens.shape}")
+        raise ValueError(
+            f"{where}.input_tokens: expected a non-empty 1-D array, got {tokens.shape}"
+        )
     if n > max_len:
         raise ValueError(f"{where}.input_tokens: length {n} exceeds max_seq_len {max_len}")
     if "target_tokens" not in datum.loss_fn_inputs:
@@ -141,13 +143,16 @@ def validate_custom_datum(
 
 @functools.lru_cache(maxsize=4096)
 def _check_shapes(
-    graph: LossGraph, lp_shape: tuple[int, ...], shapes: tuple[tuple[int, ...], ...], dtype: np.dtype
+    graph: LossGraph,
+    lp_shape: tuple[int, ...],
+    shapes: tuple[tuple[int, ...], ...],
+    dtype: np.dtype,
 ) -> None:
     """Traces ``graph`` on these shapes (``jax.eval_shape``: no computation, no allocation)."""
     jax.eval_shape(
         graph.evaluate,
-        jax.ShapeDtypeStruct(lp_shape, dtype),
-        [jax.ShapeDtypeStruct(s, dtype) for s in shapes],
+        jax.ShapeDtypeStruct(lp_shape, dtype),  # type: ignore[no-untyped-call]
+        [jax.ShapeDtypeStruct(s, dtype) for s in shapes],  # type: ignore[no-untyped-call]
     )
 
 

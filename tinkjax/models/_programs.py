@@ -30,9 +30,9 @@ __all__ = [
     "forward_backward_core",
     "forward_core",
     "logprobs_vjp_core",
-    "vjp_backward_core",
     "optim_core",
     "sample_core",
+    "vjp_backward_core",
     "zero_slot_core",
 ]
 

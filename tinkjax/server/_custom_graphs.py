@@ -138,9 +138,7 @@ class CustomLosses:
             return len(self._by_id)
 
 
-def custom_item(
-    cfg: Any, model_id: str, data: Sequence[Datum], graph: LossGraph
-) -> Any:
+def custom_item(cfg: Any, model_id: str, data: Sequence[Datum], graph: LossGraph) -> Any:
     """A ``"custom"`` request as a runtime item of datums checked for ``graph`` (400 naming
     the datum, field or node)."""
     from tinkjax.models import DatumArrays, FwdBwdItem, validate_custom_datum
@@ -161,6 +159,4 @@ def custom_item(
         except ValueError as exc:
             raise ApiError(400, str(exc), field=f"data[{i}]") from None
         datums.append(valid)
-    return FwdBwdItem(
-        adapter_id=model_id, datums=datums, loss_fn="custom", custom_loss=graph
-    )
+    return FwdBwdItem(adapter_id=model_id, datums=datums, loss_fn="custom", custom_loss=graph)

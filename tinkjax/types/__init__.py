@@ -1,6 +1,15 @@
 """Wire types of the Tinker protocol as frozen, keyword-only msgspec Structs."""
 
 from ._base import StrictWire, Wire, replace
+from ._custom_loss import (
+    CreateCustomLossRequest,
+    CreateCustomLossResponse,
+    CustomLossGraph,
+    CustomLossInput,
+    CustomLossInputRank,
+    CustomLossNode,
+    CustomLossNodeOp,
+)
 from ._datum import (
     LOSS_INPUT_DTYPES,
     Datum,
@@ -79,15 +88,6 @@ from ._sampling import (
     SamplingParams,
     StopReason,
     TopkLogprobs,
-)
-from ._custom_loss import (
-    CreateCustomLossRequest,
-    CreateCustomLossResponse,
-    CustomLossGraph,
-    CustomLossInput,
-    CustomLossInputRank,
-    CustomLossNode,
-    CustomLossNodeOp,
 )
 from ._session import (
     ClientConfigRequest,

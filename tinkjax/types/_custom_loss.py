@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import msgspec
+
 from ._base import StrictWire, Wire
 
 __all__ = [
@@ -49,8 +51,8 @@ class CustomLossNode(StrictWire, frozen=True, kw_only=True):
     op: CustomLossNodeOp
     name: str
     target: str
-    args: list[Any] = []
-    kwargs: dict[str, Any] = {}
+    args: list[Any] = msgspec.field(default_factory=list)
+    kwargs: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
 class CustomLossGraph(StrictWire, frozen=True, kw_only=True):
