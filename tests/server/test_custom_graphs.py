@@ -40,7 +40,7 @@ def _weighted_nll() -> list[dict[str, Any]]:
         _node("call_function", "mul", "operator.mul", _ref("logprobs"), _ref("weights")),
         _node("call_method", "sum_1", "sum", _ref("mul")),
         _node("call_function", "neg", "operator.neg", _ref("sum_1")),
-        _node("call_function", "getattr_1", "builtins.getattr", _ref("logprobs"), "shape"),
+        _node("call_function", "getattr_1", "getattr", _ref("logprobs"), "shape"),
         _node("call_function", "getitem", "operator.getitem", _ref("getattr_1"), 0),
         _node("call_function", "gt", "operator.gt", _ref("weights"), 0),
         _node("call_method", "float_1", "float", _ref("gt")),

@@ -102,7 +102,8 @@ def is_like(logprobs: Any, logprobs_q: Any, advantages: Any) -> Any:
 def dpo_like(logprobs: Any, weights: Any, reference: Any) -> Any:
     # A per-datum DPO-style term: -log sigmoid(beta * (weighted logprob - reference logprob)).
     margin = (logprobs * weights).sum() - reference
-    loss = -F.logsigmoid(0.5 * margin) + 0.01 * torch.clamp(logprobs, min=-20.0).square().mean()
+    reg = torch.clamp(logprobs, min=-20.0).square().sum() / logprobs.shape[0]
+    loss = -F.logsigmoid(0.5 * margin) + 0.01 * reg
     return loss, {"custom/margin:mean": margin.detach()}
 
 

@@ -11,6 +11,7 @@ client-side forward pass.
 
 from __future__ import annotations
 
+import builtins
 import inspect
 import math
 import re
@@ -125,7 +126,6 @@ def trace_custom_loss(
     inputs = _inputs(fn, input_ranks)
     try:
         import torch.fx
-        from torch.fx.node import _get_qualified_name
     except ImportError as exc:
         raise ImportError(
             "create_custom_loss traces the loss with torch.fx: install torch (pip install torch)"
@@ -141,7 +141,12 @@ def trace_custom_loss(
     for node in traced.graph.nodes:
         target = node.target
         if node.op == "call_function":
-            target = _get_qualified_name(target)
+            # As the official SDK names them: ``torch.exp``, ``operator.mul``, ``getattr``.
+            target = (
+                "getattr"
+                if target is builtins.getattr
+                else f"{getattr(target, '__module__', None) or ''}.{target.__name__}"
+            )
             if target.startswith("_operator."):
                 target = "operator." + target.removeprefix("_operator.")
         nodes.append(

@@ -289,7 +289,7 @@ def _op_fn(node: Any, args: tuple[Any, ...]) -> OpFn:
     """The allow-listed implementation of a ``call_function``/``call_method`` node."""
     where = f"graph.nodes[{node.name!r}]"
     if node.op == "call_function":
-        if node.target == "builtins.getattr":
+        if node.target in ("getattr", "builtins.getattr"):  # the SDK sends "getattr"
             if len(args) != 2 or not isinstance(args[0], _Ref) or args[1] not in GETATTR_NAMES:
                 raise LossGraphError(
                     f"{where}: attribute access getattr{_short(args)} is refused; only "
