@@ -5,6 +5,7 @@ from tinkjax._version import __version__
 from tinkjax.client import (
     APIFuture,
     CheckpointDownload,
+    LossHandle,
     RestClient,
     SamplingClient,
     SamplingRetryConfig,
@@ -89,6 +90,7 @@ __all__ = [
     "FutureTimeoutError",
     "InternalServerError",
     "LoraConfig",
+    "LossHandle",
     "ModelInput",
     "ModelInputChunk",
     "NotFoundError",

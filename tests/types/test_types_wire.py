@@ -24,6 +24,8 @@ STRUCTS = [
 NON_STRUCT_EXPORTS = {
     "LOSS_INPUT_DTYPES",
     "CheckpointType",
+    "CustomLossInputRank",
+    "CustomLossNodeOp",
     "EventType",
     "LossFnOutput",
     "LossFnType",

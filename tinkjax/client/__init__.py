@@ -8,6 +8,7 @@ from ._config import DEFAULT_BASE_URL, ClientConfig, mask_secrets, resolve_confi
 from ._custom_result import CustomForwardBackwardOutput
 from ._download import CheckpointDownload, UnsafeArchiveError, safe_extract
 from ._futures import APIFuture, ClientFuture
+from ._loss_handle import LossHandle
 from ._ratelimit import TenantRateLimiter, limiter_for
 from ._rest import RestClient, apaginate, paginate
 from ._sampling import SamplingClient, SamplingRetryConfig
@@ -29,6 +30,7 @@ __all__ = [
     "ClientFuture",
     "CustomForwardBackwardOutput",
     "ExceptionCapture",
+    "LossHandle",
     "RestClient",
     "RetryHandler",
     "SamplingClient",

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from types import TracebackType
+from typing import Any
 
 import httpx
 
@@ -29,6 +30,7 @@ from ._config import ClientConfig, mask_secrets, resolve_config
 from ._embedded import start_embedded
 from ._futures import APIFuture, ClientFuture
 from ._loop import get_loop, submit, warn_if_in_loop
+from ._loss_handle import LossHandle, trace_custom_loss, upload_custom_loss
 from ._rest import RestClient
 from ._sampling import (
     SamplingClient,
@@ -399,6 +401,32 @@ class ServiceClient:
         return APIFuture(submit(run()))
 
     copy_weights_async = awaiting(copy_weights)
+
+    def create_custom_loss(
+        self, fn: Callable[..., Any], input_ranks: Mapping[str, int]
+    ) -> ClientFuture[LossHandle]:
+        """Upload a per-datum torch loss to run inside the server's backward pass.
+
+        ``fn(logprobs, *inputs) -> (loss, metrics)`` runs once per datum and the losses are
+        summed: ``logprobs`` has the shape of the datum's ``target_tokens``, each further
+        parameter names a ``loss_fn_inputs`` key; ``input_ranks`` gives every parameter's rank
+        (0 scalar, 1 ``[T]``, 2 ``[T, K]``). Metrics are scalar tensors keyed
+        ``custom/<name>:sum`` or ``:mean``. ``fn`` is traced with ``torch.fx`` (torch needed
+        here only) and the server refuses (400, naming the node) any operation outside its
+        allow-list (docs/server.md). Pass the handle to ``forward_backward_custom``: one
+        server pass, no client-side forward.
+
+        Raises:
+            ImportError: torch is not installed.
+            ValueError: a bad signature or ``input_ranks``, or ``fn`` cannot be traced.
+        """
+        self.session.check_open()
+        name = getattr(fn, "__name__", type(fn).__name__)
+        inputs, graph = trace_custom_loss(fn, input_ranks)  # errors now, before any request
+        seq = self.session.next_custom_loss_seq()
+        return ClientFuture(submit(upload_custom_loss(self.session, name, inputs, graph, seq)))
+
+    create_custom_loss_async = awaiting(create_custom_loss)
 
     def create_rest_client(self) -> RestClient:
         """A ``RestClient`` sharing this client's configuration and connections."""

@@ -99,6 +99,7 @@ class SessionContext:
         self._lock = threading.Lock()
         self._model_seq = 0
         self._sampling_seq = 0
+        self._custom_loss_seq = 0
         self.closed = False
         self._heartbeat_task: asyncio.Task[None] | None = None
         self._session_future: concurrent.futures.Future[str] = submit(self._start())
@@ -145,6 +146,13 @@ class SessionContext:
         with self._lock:
             seq = self._model_seq
             self._model_seq += 1
+            return seq
+
+    def next_custom_loss_seq(self) -> int:
+        """The next ``custom_loss_seq_id`` of the session (``create_custom_loss``)."""
+        with self._lock:
+            seq = self._custom_loss_seq
+            self._custom_loss_seq += 1
             return seq
 
     def next_sampling_seq(self) -> int:

@@ -8,7 +8,7 @@ and poisons the client when even that fails).
 from __future__ import annotations
 
 from collections.abc import Coroutine, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack
+from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
 from tinkjax.errors import APIResponseValidationError
 from tinkjax.types import (
@@ -37,6 +37,7 @@ from ._chunking import combine_outputs
 from ._custom_result import CustomForwardBackwardOutput
 from ._futures import APIFuture, ClientFuture
 from ._loop import submit, warn_if_in_loop
+from ._loss_handle import LossHandle, check_handle_data
 from ._queue import ModelQueue
 from ._sampling import (
     SamplingClient,
@@ -138,13 +139,27 @@ class TrainingClient:
 
     forward_backward_async = submitting(forward_backward)
 
+    @overload
+    def forward_backward_custom(
+        self, /, data: Sequence[Datum], loss_fn: LossHandle
+    ) -> APIFuture[ForwardBackwardOutput]: ...
+
+    @overload
     def forward_backward_custom(
         self,
         /,
         data: Sequence[Datum],
         loss_fn: CustomLossSpec | LossSpec,
         **options: Unpack[SpecOptions],
-    ) -> APIFuture[CustomForwardBackwardOutput]:
+    ) -> APIFuture[CustomForwardBackwardOutput]: ...
+
+    def forward_backward_custom(
+        self,
+        /,
+        data: Sequence[Datum],
+        loss_fn: CustomLossSpec | LossSpec | LossHandle,
+        **options: Unpack[SpecOptions],
+    ) -> APIFuture[CustomForwardBackwardOutput] | APIFuture[ForwardBackwardOutput]:
         """A forward/backward step with a loss computed client-side in JAX.
 
         Two server passes (forward-only, then cross-entropy with ``weights = -∂loss/∂logprobs``);
@@ -158,9 +173,19 @@ class TrainingClient:
                 keyword ``options`` (``regularizers``, ``loss_fn_config``, ``track_grad_norms``,
                 ``norm_method``, ``dtype``, ``bucketing``; see :class:`~tinkjax.engine.SpecOptions`).
 
+        A :class:`LossHandle` (from ``ServiceClient.create_custom_loss``) runs on the server
+        instead: one ``forward_backward(data, "custom", {"loss_id": ...})``, whose result is the
+        server's ``ForwardBackwardOutput`` (``loss:sum`` and the loss's metrics).
+
         Raises:
             EngineInputError: a bad spec or bad data (at call time, before any request).
+            ValueError: a handle of another session, or data without the inputs it reads.
         """
+        if isinstance(loss_fn, LossHandle):
+            if options:
+                raise ValueError(f"a LossHandle takes no options, got {sorted(options)}")
+            check_handle_data(loss_fn, data, self.session.session_id_if_ready)
+            return self.forward_backward(data, "custom", {"loss_id": loss_fn.loss_id})
         # Imported on the first custom-loss call: the engine pulls in JAX, which
         # ``import tinkjax`` does not need.
         from ._custom import forward_backward_custom_async_impl

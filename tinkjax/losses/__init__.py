@@ -1,6 +1,15 @@
 """Tinker's built-in losses as pure per-token functions, and their registry."""
 
 from tinkjax.losses._functions import cispo, cross_entropy, dro, gspo, importance_sampling, ppo
+from tinkjax.losses._graph import (
+    MAX_CONSTANTS,
+    MAX_ELEMENTS,
+    MAX_GRAPH_INPUTS,
+    MAX_NODES,
+    LossGraph,
+    LossGraphError,
+    parse_loss_graph,
+)
 from tinkjax.losses._registry import (
     LOSS_FUNCTIONS,
     LOSS_SUM_METRIC,
@@ -15,7 +24,13 @@ from tinkjax.losses._registry import (
 __all__ = [
     "LOSS_FUNCTIONS",
     "LOSS_SUM_METRIC",
+    "MAX_CONSTANTS",
+    "MAX_ELEMENTS",
+    "MAX_GRAPH_INPUTS",
+    "MAX_NODES",
     "LossDefinition",
+    "LossGraph",
+    "LossGraphError",
     "check_loss_inputs",
     "cispo",
     "compute_elementwise_loss",
@@ -25,6 +40,7 @@ __all__ = [
     "gspo",
     "importance_sampling",
     "loss_metrics",
+    "parse_loss_graph",
     "ppo",
     "resolve_loss_config",
 ]

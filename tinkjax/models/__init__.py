@@ -2,6 +2,7 @@
 
 from tinkjax.models._batching import validate_datum
 from tinkjax.models._config import DEFAULT_MODEL, PRESETS, ModelConfig, get_model_config
+from tinkjax.models._custom import custom_metrics, validate_custom_datum
 from tinkjax.models._runtime import ModelRuntime, trace_counts
 from tinkjax.models._tokenizer import EOS_TOKEN_ID, ByteTokenizer
 from tinkjax.models._types import (
@@ -46,7 +47,9 @@ __all__ = [
     "SampledArrays",
     "UnknownAdapterError",
     "ValidDatum",
+    "custom_metrics",
     "get_model_config",
     "trace_counts",
+    "validate_custom_datum",
     "validate_datum",
 ]

@@ -26,8 +26,10 @@ from tinkjax.models._programs import (
     finite_rows_core,
     forward_backward_core,
     forward_core,
+    logprobs_vjp_core,
     optim_core,
     sample_core,
+    vjp_backward_core,
     zero_slot_core,
 )
 from tinkjax.models._transformer import init_base_params
@@ -92,6 +94,8 @@ forward_backward_jit = jax.jit(
     static_argnames=("config", "loss_name"),
     donate_argnames=("acc",),
 )
+logprobs_vjp_jit = jax.jit(_counted("logprobs_vjp", logprobs_vjp_core), static_argnames=("config",))
+vjp_backward_jit = jax.jit(_counted("vjp_backward", vjp_backward_core), donate_argnames=("acc",))
 optim_jit = jax.jit(_counted("optim_step", optim_core), donate_argnames=("stack", "opt_state"))
 finite_rows_jit = jax.jit(_counted("finite_rows", finite_rows_core))
 commit_jit = jax.jit(_counted("commit", commit_core), donate_argnames=("acc",))

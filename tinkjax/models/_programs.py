@@ -10,6 +10,7 @@ and differentiates only those.
 from __future__ import annotations
 
 from collections.abc import Mapping
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -28,8 +29,10 @@ __all__ = [
     "finite_rows_core",
     "forward_backward_core",
     "forward_core",
+    "logprobs_vjp_core",
     "optim_core",
     "sample_core",
+    "vjp_backward_core",
     "zero_slot_core",
 ]
 
@@ -184,6 +187,39 @@ def forward_backward_core(
         for t, (ga, gb) in grads.items()
     }
     return new_acc, logprobs, elementwise
+
+
+def logprobs_vjp_core(
+    config: ModelConfig,
+    base: BaseParams,
+    stack: LoraStack,
+    batch_slots: jax.Array,
+    scale: jax.Array,
+    row_slot: jax.Array,
+    tokens: jax.Array,
+    targets: jax.Array,
+) -> tuple[jax.Array, Any]:
+    """The forward half of a pass whose loss is applied outside (server-side custom losses):
+    ``([B, T, K]`` logprobs, the VJP of the logprobs in the used slots' weights). The VJP is a
+    pytree of the saved activations; :func:`vjp_backward_core` runs the backward half."""
+
+    def logprobs_of(sub: LoraStack) -> jax.Array:
+        logits, _ = forward(config, base, tokens, lora=_batch_lora(sub, scale, row_slot))
+        return target_logprobs(logits, targets)
+
+    return jax.vjp(logprobs_of, _gather(stack, batch_slots))
+
+
+def vjp_backward_core(
+    vjp: Any, cotangent: jax.Array, acc: LoraStack, acc_slots: jax.Array
+) -> LoraStack:
+    """The backward half: ``acc`` (donated) plus the gradient of ``sum(cotangent * logprobs)``
+    (``cotangent [B, T, K]``: the loss's gradient in the logprobs, zero on padding)."""
+    (grads,) = vjp(cotangent)
+    return {
+        t: (acc[t][0].at[acc_slots].add(ga), acc[t][1].at[acc_slots].add(gb))
+        for t, (ga, gb) in grads.items()
+    }
 
 
 def finite_rows_core(tree: LoraStack) -> jax.Array:

@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from tinkjax.losses import LOSS_SUM_METRIC, get_loss_definition, resolve_loss_config
+from tinkjax.losses import LOSS_SUM_METRIC, LossGraph, get_loss_definition, resolve_loss_config
 from tinkjax.models._adapters import TARGETS, seed_key_data, target_shape, trained_targets
 from tinkjax.models._batching import (
     MAX_TOKENS_PER_BATCH,
@@ -41,13 +41,16 @@ from tinkjax.models._compiled import (
     init_base_jit,
     init_lora_jit,
     install_jit,
+    logprobs_vjp_jit,
     optim_jit,
     pad_rank,
     release_compile_memory,
     trace_counts,
+    vjp_backward_jit,
     zero_slot_jit,
 )
 from tinkjax.models._config import ModelConfig, get_model_config
+from tinkjax.models._custom import row_losses, validate_custom_datum
 from tinkjax.models._programs import LoraStack
 from tinkjax.models._runtime_sampling import SamplingMixin, fresh_seed
 from tinkjax.models._runtime_state import StateMixin
@@ -269,15 +272,22 @@ class ModelRuntime(StateMixin, SamplingMixin):
             UnknownAdapterError: an item names an unloaded adapter.
             ValueError: unknown loss or config key, missing input, bad token or shape.
         """
-        groups: dict[str, list[tuple[ValidDatum, int, Mapping[str, float], int, int]]] = {}
+        groups: dict[
+            str | LossGraph, list[tuple[ValidDatum, int, Mapping[str, float], int, int]]
+        ] = {}
         slots: list[int] = []
         for i, item in enumerate(items):
             slot = self._slot(item.adapter_id)
             slots.append(slot)
-            config = self._resolve_config(item.loss_fn, item.loss_fn_config, f"items[{i}]")
+            loss = item.loss_fn if item.custom_loss is None else item.custom_loss
+            config = (
+                self._resolve_config(item.loss_fn, item.loss_fn_config, f"items[{i}]")
+                if item.custom_loss is None
+                else {}
+            )
             for j, datum in enumerate(item.datums):
-                valid = self._valid(datum, f"items[{i}].datums[{j}]", item.loss_fn)
-                groups.setdefault(item.loss_fn, []).append((valid, slot, config, i, j))
+                valid = self._valid(datum, f"items[{i}].datums[{j}]", loss)
+                groups.setdefault(loss, []).append((valid, slot, config, i, j))
         used = list(dict.fromkeys(slots))  # the call's adapters, in first-use order
         position = {slot: n for n, slot in enumerate(used)}
         delta = None if forward_only else self._scratch(bucket_pow2(len(used)))
@@ -346,7 +356,9 @@ class ModelRuntime(StateMixin, SamplingMixin):
             for t, (a, b) in self._acc.items()
         }
 
-    def _valid(self, datum: DatumArrays | ValidDatum, where: str, loss_fn: str) -> ValidDatum:
+    def _valid(
+        self, datum: DatumArrays | ValidDatum, where: str, loss_fn: str | LossGraph
+    ) -> ValidDatum:
         """``datum`` checked against this model; a :class:`ValidDatum` (checked by the caller,
         e.g. the server at its edge) is trusted and only cast to the runtime's dtype."""
         if isinstance(datum, ValidDatum):
@@ -354,6 +366,11 @@ class ModelRuntime(StateMixin, SamplingMixin):
                 return datum
             inputs = {k: v.astype(self._np_dtype) for k, v in datum.inputs.items()}
             return ValidDatum(datum.tokens, datum.targets, inputs, datum.one_dim)
+        if isinstance(loss_fn, LossGraph):
+            return validate_custom_datum(
+                datum, loss_fn, where=where, vocab=self.config.vocab_size,
+                max_len=self.config.max_seq_len, dtype=self._np_dtype,
+            )  # fmt: skip
         return validate_datum(
             datum, where=where, loss_fn=loss_fn, vocab=self.config.vocab_size,
             max_len=self.config.max_seq_len, dtype=self._np_dtype,
@@ -375,7 +392,7 @@ class ModelRuntime(StateMixin, SamplingMixin):
 
     def _run_batch(
         self,
-        loss_fn: str,
+        loss_fn: str | LossGraph,
         rows: Sequence[tuple[ValidDatum, int, Mapping[str, float], int, int]],
         length: int,
         width: int,
@@ -384,11 +401,14 @@ class ModelRuntime(StateMixin, SamplingMixin):
     ) -> tuple[np.ndarray, np.ndarray, LoraStack | None]:
         """One compiled call; with ``delta`` (a scratch accumulator, ``position``: stack slot
         -> its index there) also the backward pass, whose gradients are added to ``delta``."""
-        definition = get_loss_definition(loss_fn)
+        input_keys = (
+            () if isinstance(loss_fn, LossGraph)
+            else tuple(get_loss_definition(loss_fn).input_arguments)
+        )  # fmt: skip
         packed = pack_rows(
             [(d, slot, cfg) for d, slot, cfg, _, _ in rows],
             slot_scale=self._scale,
-            input_keys=tuple(definition.input_arguments),
+            input_keys=input_keys,
             config_keys=tuple(sorted(rows[0][2])),
             length=length,
             width=width,
@@ -400,16 +420,37 @@ class ModelRuntime(StateMixin, SamplingMixin):
             targets=packed.targets, valid=packed.valid, inputs=packed.inputs,
             loss_config=packed.loss_config,
         )  # fmt: skip
+        acc_slots = np.array([position[int(s)] for s in packed.batch_slots], np.int32)
+        if isinstance(loss_fn, LossGraph):
+            return self._run_custom(loss_fn, [r[0] for r in rows], args, delta, acc_slots)
         if delta is None:
             lp, el = forward_jit(config=self.config, loss_name=loss_fn, **args)
         else:
-            acc_slots = np.array([position[int(s)] for s in packed.batch_slots], np.int32)
             delta, lp, el = forward_backward_jit(
                 config=self.config, loss_name=loss_fn, acc=delta, acc_slots=acc_slots, **args
             )
         out = np.asarray(lp), np.asarray(el)
         release_compile_memory()
         return out[0], out[1], delta
+
+    def _run_custom(
+        self,
+        graph: LossGraph,
+        datums: Sequence[ValidDatum],
+        args: dict[str, object],
+        delta: LoraStack | None,
+        acc_slots: np.ndarray,
+    ) -> tuple[np.ndarray, np.ndarray, LoraStack | None]:
+        """A server-side custom loss: one forward (logprobs and the model's VJP), the graph
+        per datum at its own shape, one backward (see :mod:`._custom`)."""
+        keys = ("base", "stack", "batch_slots", "scale", "row_slot", "tokens", "targets")
+        lp_dev, vjp = logprobs_vjp_jit(config=self.config, **{k: args[k] for k in keys})
+        lp = np.asarray(lp_dev)
+        el, cotangent = row_losses(graph, lp, datums)
+        if delta is not None:
+            delta = vjp_backward_jit(vjp, cotangent, delta, acc_slots)
+        release_compile_memory()
+        return lp, el, delta
 
     def optim_step(self, adapter_id: str, params: AdamHyper) -> dict[str, float]:
         """One AdamW step of ``adapter_id`` on its accumulated gradient, then zeroes it.

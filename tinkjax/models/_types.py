@@ -15,6 +15,7 @@ from typing import Literal
 import jax
 import numpy as np
 
+from tinkjax.losses import LossGraph
 from tinkjax.models._config import ModelConfig
 
 __all__ = [
@@ -119,6 +120,9 @@ class FwdBwdItem:
     datums: Sequence[DatumArrays | ValidDatum]
     loss_fn: str
     loss_fn_config: Mapping[str, float] = field(default_factory=dict)
+    custom_loss: LossGraph | None = None
+    """With ``loss_fn="custom"``: the server-side custom loss (datums checked for it with
+    ``validate_custom_datum``)."""
 
 
 @dataclass(frozen=True)

@@ -9,6 +9,7 @@
     ├── models       ModelRegistry: presets, live models, runtimes (worker thread only)
     ├── samplers     SamplerRegistry: sampling sessions and their weights
     ├── tenancy      Tenancy: which tenant owns each session, model, sampler, run, future
+    ├── custom_losses CustomLosses: the sessions' uploaded custom-loss graphs
     └── job builders (each over one JobContext):
         training     TrainingJobs: forward_backward / forward (fused), optim_step
         lifecycle    ModelJobs: create_model, load_weights, unload_model
@@ -26,6 +27,7 @@ import threading
 import time
 from collections.abc import Sequence
 
+from tinkjax.server._custom_graphs import CustomLosses
 from tinkjax.server._futures import FutureTable
 from tinkjax.server._jobs import JobContext
 from tinkjax.server._jobs_checkpoints import CheckpointJobs
@@ -85,7 +87,8 @@ class Backend:
         self.samplers = SamplerRegistry(store, self.models)
         self.tenancy = Tenancy(store, self.models, futures)
         ctx = JobContext(store, self.scheduler, self.models, self.samplers)
-        self.training = TrainingJobs(ctx)
+        self.custom_losses = CustomLosses(futures)
+        self.training = TrainingJobs(ctx, self.custom_losses)
         self.lifecycle = ModelJobs(ctx)
         self.checkpoints = CheckpointJobs(ctx)
         self.sampling = SamplingJobs(ctx)
@@ -115,6 +118,7 @@ class Backend:
         ``load_weights`` re-creates a model) and its samplers' weights. Returns how many models
         are being freed."""
         self.samplers.forget_session(session_id)
+        self.custom_losses.forget_session(session_id)
         n = 0
         for record in self.models.records():
             if record.session_id == session_id and not record.ending:

@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from tinkjax.server._custom_graphs import CustomLosses, custom_item
 from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext
 from tinkjax.server._scheduler import FusedWork, Job
@@ -50,6 +51,7 @@ class TrainingJobs:
     """Builds forward/backward and optimizer-step jobs (over the backend's :class:`JobContext`)."""
 
     ctx: JobContext
+    custom_losses: CustomLosses
 
     def forward_backward(
         self, req: ForwardBackwardRequest | ForwardRequest, digest: str
@@ -62,7 +64,11 @@ class TrainingJobs:
             return repeat
         record = target.record
         cfg = self.ctx.models.config(record.base_model)
-        item = fwdbwd_item(cfg, record.model_id, fb.data, fb.loss_fn, fb.loss_fn_config)
+        if fb.loss_fn == "custom":  # a server-side custom loss of the model's session
+            graph = self.custom_losses.lookup(fb.loss_fn_config, record.session_id)
+            item = custom_item(cfg, record.model_id, fb.data, graph)
+        else:
+            item = fwdbwd_item(cfg, record.model_id, fb.data, fb.loss_fn, fb.loss_fn_config)
         work = FusedWork(record.base_model, item, forward_only, runner=self.run_fused)
         job = self.ctx.job("forward" if forward_only else "forward_backward", target, fused=work)
         return self.ctx.submit(job, target)
@@ -97,6 +103,12 @@ class TrainingJobs:
             )
             for i, result in zip(live, out, strict=True):
                 results[i] = _output(result) if result.refused is None else _refused(result)
+                graph = works[i].item.custom_loss
+                if graph is not None and result.refused is None:
+                    from tinkjax.models import custom_metrics
+
+                    lps = [o["logprobs"] for o in result.outputs]
+                    results[i].metrics.update(custom_metrics(graph, works[i].item.datums, lps))
         return results
 
     def optim_step(self, req: OptimStepRequest, digest: str) -> UntypedAPIFuture:

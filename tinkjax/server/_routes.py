@@ -51,6 +51,7 @@ from tinkjax.server._validate import check_user_metadata
 from tinkjax.types import (
     ClientConfigResponse,
     ClientDynamicConfigResponse,
+    CreateCustomLossRequest,
     CreateModelRequest,
     CreateSamplingSessionRequest,
     CreateSessionRequest,
@@ -376,11 +377,11 @@ def route_table(
     api = "/api/v1"
     unsupported = [
         "retrieve_futures", "join_sampling_session",
-        "create_custom_loss",
     ]  # fmt: skip
     return [
         # session
-        Post(f"{api}/client/config", dict[str, Any], lambda _: ClientConfigResponse()),
+        Post(f"{api}/client/config", dict[str, Any],
+             lambda _: ClientConfigResponse(custom_loss_server_side=True)),
         Post(f"{api}/client/dynamic_config", dict[str, Any],
              lambda _: ClientDynamicConfigResponse()),
         Post(f"{api}/create_session", CreateSessionRequest, h.create_session, tenant=True),
@@ -408,6 +409,7 @@ def route_table(
         Raw(f"{api}/copy_weights", ("POST",), rest.copy_weights),
         Post(f"{api}/unload_model", UnloadModelRequest, lifecycle.unload_model),
         Post(f"{api}/weights_info", WeightsInfoRequest, h.weights_info),
+        Post(f"{api}/create_custom_loss", CreateCustomLossRequest, backend.custom_losses.create),
         # sampling
         Post(f"{api}/create_sampling_session", CreateSamplingSessionRequest,
              backend.sampling.create_sampling_session),

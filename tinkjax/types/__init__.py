@@ -1,6 +1,15 @@
 """Wire types of the Tinker protocol as frozen, keyword-only msgspec Structs."""
 
 from ._base import StrictWire, Wire, replace
+from ._custom_loss import (
+    CreateCustomLossRequest,
+    CreateCustomLossResponse,
+    CustomLossGraph,
+    CustomLossInput,
+    CustomLossInputRank,
+    CustomLossNode,
+    CustomLossNodeOp,
+)
 from ._datum import (
     LOSS_INPUT_DTYPES,
     Datum,
@@ -136,6 +145,8 @@ __all__ = [
     "ClientDynamicConfigResponse",
     "CopyWeightsRequest",
     "CopyWeightsResponse",
+    "CreateCustomLossRequest",
+    "CreateCustomLossResponse",
     "CreateModelRequest",
     "CreateModelResponse",
     "CreateSamplingSessionRequest",
@@ -143,6 +154,11 @@ __all__ = [
     "CreateSessionRequest",
     "CreateSessionResponse",
     "Cursor",
+    "CustomLossGraph",
+    "CustomLossInput",
+    "CustomLossInputRank",
+    "CustomLossNode",
+    "CustomLossNodeOp",
     "Datum",
     "DimuonOptimizerConfig",
     "DimuonParams",
