@@ -94,4 +94,5 @@ def test_result_and_await_in_a_real_jupyter_cell_print_no_warning() -> None:
     assert outputs[0]["text"] == "7\n"
     assert outputs[1]["text"] == "8\n"
     # an asyncio program on another thread of the kernel is a plain running loop: it warns
-    assert outputs[2]["text"].startswith("[9, [") and "blocks it" in outputs[2]["text"]
+    assert outputs[2]["text"].startswith("[9, [")
+    assert "blocks it" in outputs[2]["text"]

@@ -36,12 +36,14 @@ class CheckpointJobs:
             self.ctx.store.checkpoints.get(model_id, f"{kind}/{name}")
         except UnknownCheckpointError:
             return
-        raise ApiError(
-            400,
-            f"path: checkpoint tinker://{model_id}/{kind}/{name} already exists "
-            "(pass overwrite=true to replace it)",
-            field="path",
+        path = f"tinker://{model_id}/{kind}/{name}"
+        hint = (
+            "save_state(name, overwrite=True) replaces it"
+            if kind == "weights"
+            else "save_weights_for_sampler has no overwrite: choose another name, or delete it "
+            f"first with RestClient.delete_checkpoint_from_tinker_path({path!r})"
         )
+        raise ApiError(400, f"path: checkpoint {path} already exists ({hint})", field="path")
 
     def save_weights(self, req: SaveWeightsRequest, digest: str) -> UntypedAPIFuture:
         """``/save_weights``: LoRA weights and Adam state as ``weights/<name>``."""
