@@ -2,13 +2,16 @@
 PY ?= .venv/bin/python
 PROTO_DIR := tinkjax/codec/_pb
 
-.PHONY: test demo lint typecheck proto bench clean
+.PHONY: test demo notebooks lint typecheck proto bench clean
 
 test:            ## create .venv, install everything, run the suite
 	bash scripts/test.sh
 
 demo:            ## the main job on the embedded backend
 	bash scripts/demo.sh
+
+notebooks:       ## re-execute notebooks/*.ipynb in a Jupyter kernel and save them with outputs
+	$(PY) scripts/notebooks.py
 
 lint:
 	$(PY) -m ruff check tinkjax kernels tests bench examples

@@ -50,6 +50,7 @@ from tinkjax.types import Datum, ForwardBackwardOutput, TensorData
 from ._chunking import combine_outputs, split_by_counts
 from ._custom_result import SURROGATE_METRIC, CustomForwardBackwardOutput
 from ._queue import ModelQueue
+from ._term_table import BUILTIN_LOSS_REDUCTION, describe_reduction
 
 __all__ = ["DatumChunks", "EncodedChunks", "forward_backward_custom_async_impl", "plan_passes"]
 
@@ -234,4 +235,15 @@ async def _run(
         loss_fn_outputs=list(combined.loss_fn_outputs),
         metrics=metrics,
         breakdown=result,
+        **_labels(spec),
     )
+
+
+def _labels(spec: CustomLossSpec) -> dict[str, Any]:
+    """The base loss's name and every term's reduction, for ``summary()``."""
+    builtin = isinstance(spec.loss, str)
+    fn = getattr(spec.loss, "fn", None)
+    name = spec.loss if isinstance(spec.loss, str) else getattr(fn, "__name__", None)
+    reductions = {"base": BUILTIN_LOSS_REDUCTION if builtin else "its own"}
+    reductions.update({r.name: describe_reduction(r.fn, r.static) for r in spec.regularizers})
+    return {"base_name": str(name or "base"), "reductions": reductions}

@@ -10,6 +10,8 @@ import dataclasses
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from ._term_table import TermRow, TermTable
+
 if TYPE_CHECKING:
     from tinkjax.engine import CustomLossResult, RegularizerOutput
 
@@ -32,12 +34,37 @@ class CustomForwardBackwardOutput:
             server's value moves to ``surrogate_loss:sum``), plus the loss's own metrics.
         breakdown: the engine's :class:`~tinkjax.engine.CustomLossResult` (values,
             contributions, gradient norms, per-datum gradients).
+        base_name: the base loss's name (``"cross_entropy"``; ``"base"`` when unnamed).
+        reductions: per term (``"base"`` and each regularizer), how it reduces over tokens
+            (``"sum over tokens"``, ``"mean over tokens"``, ...), for :meth:`summary`.
     """
 
     loss_fn_output_type: str
     loss_fn_outputs: list[Any]
     metrics: dict[str, float]
     breakdown: CustomLossResult
+    base_name: str = "base"
+    reductions: Mapping[str, str] = dataclasses.field(default_factory=dict)
+
+    def summary(self) -> TermTable:
+        """The labelled per-term table: each term's reduction, weight, value, contribution and
+        gradient norm w.r.t. the logprobs; ``print(out.summary())``, or display it in a
+        notebook (an HTML table). ``breakdown.summary()`` is the flat ``{name: float}`` view."""
+        b = self.breakdown
+        rows = [
+            TermRow(f"base ({self.base_name})", 1.0, b.base_loss, b.base_loss, b.base_grad_norm,
+                    self.reductions.get("base", "?")),
+            *(
+                TermRow(r.name, r.weight, r.value, r.contribution, r.grad_norm,
+                        self.reductions.get(r.name, "?"))
+                for r in b.regularizers.values()
+            ),
+            TermRow("total", None, None, b.loss_total, b.total_grad_norm, ""),
+        ]  # fmt: skip
+        return TermTable(tuple(rows))
+
+    def _repr_html_(self) -> str:
+        return self.summary()._repr_html_()
 
     @property
     def loss_total(self) -> float:

@@ -4,6 +4,14 @@ Every request coroutine runs there, so synchronous calls work from plain scripts
 notebooks (whose own loop is already running) alike. Calls are scheduled with the caller's
 ``contextvars`` context, so per-call telemetry metadata travels with them.
 
+A blocking call (``future.result()``, ``get_info()``) made inside a running asyncio loop blocks
+that loop until the result arrives: in an ``asyncio.run`` program that stalls every other task,
+so it warns and names the async twin (:func:`warn_if_in_loop`). A Jupyter cell is the exception,
+as in the official SDK: the kernel runs each cell inside its own loop, on the main thread, and
+a cell that blocks is what every cell does; the request itself runs on the client loop's
+thread, so nothing deadlocks and no warning is due. On the client loop's own thread a blocking
+call would wait on itself forever, so it raises.
+
 Each call's future (:class:`CallFuture`) also says what the call is waiting on: code running
 for the call (the future poll loop) records it with :func:`note_waiting_on`, and
 ``APIFuture.result(timeout)`` names it when the timeout passes.
@@ -14,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextvars
+import sys
 import threading
 import warnings
 from collections.abc import Coroutine
@@ -22,6 +31,7 @@ from typing import Any, TypeVar
 __all__ = [
     "CallFuture",
     "get_loop",
+    "in_notebook_cell",
     "in_running_loop",
     "note_waiting_on",
     "on_loop_thread",
@@ -100,6 +110,19 @@ def in_running_loop() -> bool:
     return True
 
 
+def in_notebook_cell() -> bool:
+    """Whether the caller is a Jupyter cell: the main thread of an IPython kernel (its shell
+    is a ``ZMQInteractiveShell``, Colab's included)."""
+    if threading.current_thread() is not threading.main_thread():
+        return False
+    ipython = sys.modules.get("IPython")
+    get_ipython = getattr(ipython, "get_ipython", None)
+    shell = get_ipython() if callable(get_ipython) else None
+    return shell is not None and any(
+        cls.__name__ == "ZMQInteractiveShell" for cls in type(shell).__mro__
+    )
+
+
 def submit(coro: Coroutine[Any, Any, T]) -> CallFuture[T]:
     """Schedule ``coro`` on the client loop in the caller's context; return its future."""
     loop = get_loop()
@@ -131,7 +154,8 @@ def submit(coro: Coroutine[Any, Any, T]) -> CallFuture[T]:
 
 
 def warn_if_in_loop(sync_name: str, async_name: str) -> None:
-    """Refuse to block the client loop; warn when blocking some other running loop.
+    """Refuse to block the client loop; warn when blocking some other running loop, except
+    a Jupyter cell's (see the module docstring).
 
     Raises:
         RuntimeError: called on the client loop's own thread (it would deadlock).
@@ -140,7 +164,7 @@ def warn_if_in_loop(sync_name: str, async_name: str) -> None:
         raise RuntimeError(
             f"{sync_name} blocks and cannot run on the tinkjax client loop; use {async_name}"
         )
-    if in_running_loop():
+    if in_running_loop() and not in_notebook_cell():
         warnings.warn(
             f"{sync_name} was called inside a running event loop and blocks it; "
             f"use {async_name} instead",

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Literal, TypeVar, Unpack, overload
 
-from tinkjax.errors import APIResponseValidationError
+from tinkjax.errors import APIResponseValidationError, ConfigurationError
 from tinkjax.types import (
     AdamParams,
     Datum,
@@ -406,6 +406,13 @@ class TrainingClient:
     ) -> APIFuture[SamplingClient]:
         """A ``SamplingClient`` on saved sampler weights (same as the service's)."""
         self.session.check_open()
+        if model_path is None:  # this one takes no base_model: name what it does take
+            raise ConfigurationError(
+                "TrainingClient.create_sampling_client needs model_path (a tinker:// path of "
+                "saved sampler weights); for these weights use "
+                "save_weights_and_get_sampling_client(), for a base model "
+                "ServiceClient.create_sampling_client(base_model=...)"
+            )
         check_sampling_source(model_path, None)
         return ClientFuture(
             submit(

@@ -42,12 +42,17 @@ class CheckpointJobs:
             self.ctx.store.checkpoints.get(model_id, f"{kind}/{name}")
         except UnknownCheckpointError:
             return
-        hint = "pass overwrite=true to replace it" if can_overwrite else "choose another name"
-        raise ApiError(
-            400,
-            f"path: checkpoint tinker://{model_id}/{kind}/{name} already exists ({hint})",
-            field="path",
-        )
+        path = f"tinker://{model_id}/{kind}/{name}"
+        if kind == "weights":
+            hint = "save_state(name, overwrite=True) replaces it"
+        elif can_overwrite:
+            hint = (
+                "save_weights_for_sampler has no overwrite: choose another name, or delete it "
+                f"first with RestClient.delete_checkpoint_from_tinker_path({path!r})"
+            )
+        else:
+            hint = "choose another name"
+        raise ApiError(400, f"path: checkpoint {path} already exists ({hint})", field="path")
 
     def save_weights(self, req: SaveWeightsRequest, digest: str) -> UntypedAPIFuture:
         """``/save_weights``: LoRA weights and Adam state as ``weights/<name>``."""

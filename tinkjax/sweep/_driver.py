@@ -219,9 +219,11 @@ class _Sweep:
 
 
 def _progress(total: int, done: int, enabled: bool) -> Any:
-    from tqdm.auto import tqdm
+    from tqdm import tqdm
 
-    # disable=None: no bar when the output is not a terminal (logs stay one line per event)
+    # plain tqdm: tqdm.auto warns (TqdmWarning) in a Jupyter kernel without ipywidgets, even
+    # with the bar off. disable=None: no bar when the output is not a terminal (logs stay one
+    # line per event)
     return tqdm(
         total=total, initial=done, desc="sweep", unit="step", disable=None if enabled else True
     )
