@@ -141,9 +141,11 @@ class TrainingClient:
         /,
         data: Sequence[Datum],
         loss_fn: CustomLossSpec | LossSpec,
+        *,
+        loss_type_input: Literal["logprobs"] | None = None,
         **options: Unpack[SpecOptions],
     ) -> APIFuture[CustomForwardBackwardOutput]:
-        """A forward/backward step with a loss computed client-side in JAX.
+        """A forward/backward step with a loss computed client-side (in JAX, or in torch).
 
         Two server passes (forward-only, then cross-entropy with ``weights = -∂loss/∂logprobs``);
         see :mod:`tinkjax.client._custom`. The result is a ``CustomForwardBackwardOutput``.
@@ -155,10 +157,21 @@ class TrainingClient:
                 Tinker-style ``fn(data, logprobs_list) -> (loss, metrics)``), completed by the
                 keyword ``options`` (``regularizers``, ``loss_fn_config``, ``track_grad_norms``,
                 ``norm_method``, ``dtype``, ``bucketing``; see :class:`~tinkjax.engine.SpecOptions`).
+                A Tinker-style function reads ``datum.loss_fn_inputs[key]`` (or ``datum[key]``);
+                one written in torch (the official SDK's style: it refers to ``torch`` or calls
+                ``.to_torch()``; the rule is in ``docs/compat.md``) runs as the official SDK
+                runs it, with torch autograd, and takes no ``options``.
+            loss_type_input: the official SDK's deprecated argument: ``None`` or
+                ``"logprobs"`` (the loss always receives logprobs).
 
         Raises:
             EngineInputError: a bad spec or bad data (at call time, before any request).
+            ValueError: ``loss_type_input`` is something else.
         """
+        if loss_type_input not in (None, "logprobs"):
+            raise ValueError(
+                f"loss_type_input must be None or 'logprobs' (deprecated), got {loss_type_input!r}"
+            )
         # Imported on the first custom-loss call: the engine pulls in JAX, which
         # ``import tinkjax`` does not need.
         from ._custom import forward_backward_custom_async_impl
@@ -218,24 +231,39 @@ class TrainingClient:
 
     save_state_async = submitting(save_state)
 
-    def _load(self, path: str, optimizer: bool) -> APIFuture[LoadWeightsResponse]:
+    def _load(
+        self, path: str, optimizer: bool, weights_access_token: str | None
+    ) -> APIFuture[LoadWeightsResponse]:
         seq = self._queue.reserve(1)[0]
         request = LoadWeightsRequest(
-            path=path, optimizer=optimizer, model_id=self.model_id, seq_id=seq
+            path=path,
+            optimizer=optimizer,
+            model_id=self.model_id,
+            seq_id=seq,
+            weights_access_token=weights_access_token,
         )
         return self._submit(
             self._ordered(seq, "/api/v1/load_weights", request, LoadWeightsResponse, "LoadWeights")
         )
 
-    def load_state(self, path: str) -> APIFuture[LoadWeightsResponse]:
-        """Load the weights of checkpoint ``path`` into this model (optimizer state untouched)."""
-        return self._load(path, False)
+    def load_state(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[LoadWeightsResponse]:
+        """Load the weights of checkpoint ``path`` into this model (optimizer state untouched).
+
+        ``weights_access_token`` is sent with the request, for checkpoints another principal
+        shared with one (the official SDK's parameter).
+        """
+        return self._load(path, False, weights_access_token)
 
     load_state_async = submitting(load_state)
 
-    def load_state_with_optimizer(self, path: str) -> APIFuture[LoadWeightsResponse]:
-        """Load weights and optimizer state of checkpoint ``path`` into this model."""
-        return self._load(path, True)
+    def load_state_with_optimizer(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[LoadWeightsResponse]:
+        """Load weights and optimizer state of checkpoint ``path`` into this model
+        (``weights_access_token`` as in :meth:`load_state`)."""
+        return self._load(path, True, weights_access_token)
 
     load_state_with_optimizer_async = submitting(load_state_with_optimizer)
 
@@ -347,6 +375,8 @@ class TrainingClient:
                 )
             )
         )
+
+    create_sampling_client_async = awaiting(create_sampling_client)
 
     # ------------------------------------------------------------ info
     async def _fetch_info(self) -> GetInfoResponse:
