@@ -1,5 +1,6 @@
 """Wire types of the Tinker protocol as frozen, keyword-only msgspec Structs."""
 
+from ._aliases import LossFnInputs, ModelID, ProvenanceSpans, RequestID, SamplingClientKind
 from ._base import StrictWire, Wire, replace
 from ._datum import (
     LOSS_INPUT_DTYPES,
@@ -172,10 +173,12 @@ __all__ = [
     "LoadWeightsRequest",
     "LoadWeightsResponse",
     "LoraConfig",
+    "LossFnInputs",
     "LossFnOutput",
     "LossFnType",
     "MetadataOnlyResponse",
     "ModelData",
+    "ModelID",
     "ModelInput",
     "ModelInputChunk",
     "OptimParams",
@@ -186,13 +189,16 @@ __all__ = [
     "PromptAltTokens",
     "PromptProvenanceSpan",
     "ProvenanceSpan",
+    "ProvenanceSpans",
     "QueueState",
     "RequestErrorCategory",
     "RequestFailedResponse",
+    "RequestID",
     "SampleRequest",
     "SampleResponse",
     "SampledProvenanceSpan",
     "SampledSequence",
+    "SamplingClientKind",
     "SamplingParams",
     "SamplingSessionFuturesTarget",
     "SaveWeightsExternalRequest",
