@@ -15,9 +15,16 @@ from typing import Any
 import chz
 import tinker
 from tinker_cookbook import renderers
+from tinker_cookbook.preference import train_dpo
+from tinker_cookbook.preference.dpo_datasets import DPODatasetBuilderFromComparisons
+from tinker_cookbook.preference.preference_datasets import ComparisonBuilderFromJsonl
 from tinker_cookbook.supervised import train as sl_train
 from tinker_cookbook.supervised.data import conversation_to_datum
-from tinker_cookbook.supervised.types import SupervisedDataset, SupervisedDatasetBuilder
+from tinker_cookbook.supervised.types import (
+    ChatDatasetBuilderCommonConfig,
+    SupervisedDataset,
+    SupervisedDatasetBuilder,
+)
 from tinker_cookbook.tokenizer_utils import get_tokenizer, register_tokenizer
 
 from tinkjax.models import ByteTokenizer
@@ -86,6 +93,51 @@ def sft_config(base_url: str, log_path: str, *, n_batches: int = 8) -> Any:
     )
 
 
+def write_comparisons(path: Path) -> None:
+    """Preference pairs: the assistant should answer "yes", not "no"."""
+    rows = [
+        {
+            "comparison": {
+                "prompt_conversation": [{"role": "user", "content": q}],
+                "completion_A": [{"role": "assistant", "content": "yes"}],
+                "completion_B": [{"role": "assistant", "content": "no"}],
+            },
+            "label": "A",
+        }
+        for q in QUESTIONS
+    ]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def dpo_config(base_url: str, log_path: str) -> Any:
+    comparisons = Path(log_path).parent / "comparisons.jsonl"
+    write_comparisons(comparisons)
+    return train_dpo.Config(
+        log_path=log_path,
+        model_name=MODEL,
+        recipe_name="tinkjax_compat",
+        renderer_name=RENDERER,
+        dataset_builder=DPODatasetBuilderFromComparisons(
+            comparison_builder=ComparisonBuilderFromJsonl(train_path=str(comparisons)),
+            common_config=ChatDatasetBuilderCommonConfig(
+                model_name_for_tokenizer=MODEL,
+                renderer_name=RENDERER,
+                max_length=64,
+                batch_size=4,
+            ),
+        ),
+        learning_rate=3e-3,
+        lr_schedule="constant",
+        num_epochs=3,
+        dpo_beta=0.5,
+        lora_rank=8,
+        base_url=base_url,
+        save_every=0,
+        eval_every=0,
+        infrequent_eval_every=0,
+    )
+
+
 def metrics(log_path: str | Path) -> list[dict[str, Any]]:
     path = Path(log_path) / "metrics.jsonl"
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
@@ -95,5 +147,7 @@ if __name__ == "__main__":
     kind, base_url, log_path = sys.argv[1:4]
     if kind == "sft":
         asyncio.run(sl_train.main(sft_config(base_url, log_path)))
+    elif kind == "dpo":
+        train_dpo.main(dpo_config(base_url, log_path))
     else:
         raise SystemExit(f"unknown run {kind!r}")
