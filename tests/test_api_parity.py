@@ -189,7 +189,9 @@ def test_tinkjax_has_the_official_public_api(kind: str) -> None:
 
     def covered(key: str) -> bool:
         # "types.Name" in the table covers its fields; "RestClient.x" covers only itself.
-        return key in allowed or any(key.startswith(a + ".") for a in allowed if a.startswith("types."))
+        return key in allowed or any(
+            key.startswith(a + ".") for a in allowed if a.startswith("types.")
+        )
 
     missing = [line for key, lines in sorted(gaps.items()) if not covered(key) for line in lines]
     assert not missing, "not in tinkjax and not excluded in docs/compat.md:\n" + "\n".join(missing)

@@ -128,7 +128,10 @@ def _plain_loss(data: list[Any], logprobs: list[Any]) -> Any:
 
 
 def _to_torch_loss(data: list[Any], logprobs: list[Any]) -> Any:
-    return sum((lp * d.loss_fn_inputs["weights"].to_torch()).sum() for d, lp in zip(data, logprobs)), {}
+    return sum(
+        (lp * d.loss_fn_inputs["weights"].to_torch()).sum()
+        for d, lp in zip(data, logprobs, strict=True)
+    ), {}
 
 
 class _CallableLoss:

@@ -32,7 +32,9 @@ def test_coroutine_awaits_the_future(e2e_service: ServiceClient) -> None:
     sampler = e2e_service.create_sampling_client(base_model=MICRO).result(timeout=60)
 
     async def main() -> Any:
-        task = asyncio.create_task(sampler.sample(PROMPT, 2, SamplingParams(max_tokens=2)).coroutine())
+        task = asyncio.create_task(
+            sampler.sample(PROMPT, 2, SamplingParams(max_tokens=2)).coroutine()
+        )
         return await task
 
     out = asyncio.run(main())
@@ -80,7 +82,8 @@ def test_on_queue_state_change_warns_once_a_minute(
         sampler.on_queue_state_change("paused_capacity", None)
         sampler.on_queue_state_change("paused_rate_limit", "busy")
     paused = [r.getMessage() for r in caplog.records if "Sampling is paused" in r.getMessage()]
-    assert len(paused) == 1 and "capacity" in paused[0]
+    assert len(paused) == 1
+    assert "capacity" in paused[0]
 
 
 def test_load_state_takes_a_weights_access_token(e2e_service: ServiceClient) -> None:

@@ -40,7 +40,10 @@ ANSWER = "blue"
 
 
 def conversations() -> list[list[dict[str, str]]]:
-    return [[{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}] for q in QUESTIONS]
+    return [
+        [{"role": "user", "content": q}, {"role": "assistant", "content": ANSWER}]
+        for q in QUESTIONS
+    ]
 
 
 def renderer() -> Any:

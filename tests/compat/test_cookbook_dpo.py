@@ -17,7 +17,7 @@ pytest.importorskip("tinker_cookbook")
 pytest.importorskip("chz")
 pytest.importorskip("torch")
 
-from .cookbook_runs import metrics  # noqa: E402 - needs the cookbook
+from .cookbook_runs import metrics
 
 SCRIPT = Path(__file__).with_name("cookbook_runs.py")
 

@@ -17,7 +17,7 @@ pytest.importorskip("tinker_cookbook")
 pytest.importorskip("chz")
 pytest.importorskip("torch")
 
-from .cookbook_runs import metrics  # noqa: E402 - needs the cookbook
+from .cookbook_runs import metrics
 
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path(__file__).with_name("cookbook_runs.py")
@@ -65,7 +65,8 @@ def test_supervised_training_resumes_after_a_kill_and_the_loss_falls(
     assert "Resum" in text, text[-3000:]
     rows = metrics(log)
     steps = [r["step"] for r in rows if "train_mean_nll" in r]
-    assert steps == sorted(set(steps)) and steps[-1] == 7, steps  # every step once, to the end
+    assert steps == sorted(set(steps)), steps  # every step once
+    assert steps[-1] == 7, steps  # to the end
     nll = _nll(rows)
     assert max(nll[-2:]) < 0.6 * nll[0], nll
     final = [line for line in checkpoints.read_text().splitlines() if '"final"' in line]

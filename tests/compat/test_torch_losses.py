@@ -57,14 +57,19 @@ def torch_ce(data: list[Any], logprobs: list[Any]) -> tuple[Any, dict[str, float
 
 def torch_logsigmoid(data: list[Any], logprobs: list[Any]) -> tuple[Any, dict[str, float]]:
     sums = torch.stack(
-        [(lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum() for d, lp in zip(data, logprobs)]
+        [
+            (lp * torch.tensor(d.loss_fn_inputs["weights"].data)).sum()
+            for d, lp in zip(data, logprobs, strict=True)
+        ]
     )
     loss = -F.logsigmoid(0.1 * (sums[0] - sums[1:].mean()))
     return loss, {"margin": (sums[0] - sums[1:].mean()).item()}
 
 
 def jax_logsigmoid(data: list[Any], logprobs: list[Any]) -> tuple[Any, dict[str, Any]]:
-    sums = jnp.stack([(lp * d.loss_fn_inputs["weights"]).sum() for d, lp in zip(data, logprobs)])
+    sums = jnp.stack(
+        [(lp * d.loss_fn_inputs["weights"]).sum() for d, lp in zip(data, logprobs, strict=True)]
+    )
     return -jax.nn.log_sigmoid(0.1 * (sums[0] - sums[1:].mean())), {}
 
 
@@ -89,7 +94,8 @@ def test_tensor_data_round_trips_through_torch() -> None:
     t = TensorData.from_torch(torch.arange(6, dtype=torch.float64).reshape(2, 3).requires_grad_())
     assert (t.dtype, t.shape) == ("float32", [2, 3])
     back = t.to_torch()
-    assert back.dtype == torch.float32 and back.shape == (2, 3)
+    assert back.dtype == torch.float32
+    assert back.shape == (2, 3)
     np.testing.assert_array_equal(back.numpy(), np.arange(6).reshape(2, 3))
     back[0, 0] = 99.0  # a writable copy, not a view of the read-only wire array
     assert t.to_numpy()[0, 0] == 0

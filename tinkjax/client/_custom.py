@@ -219,12 +219,13 @@ def _torch_loss_of(spec: Any, options: SpecOptions) -> Callable[..., Any] | None
         return None
     if loss_style(spec) != "torch":
         return None
+    fn: Callable[..., Any] = spec
     if options:
         raise EngineInputError(
             f"loss_fn is written in torch; the engine options {sorted(options)} (regularizers, "
             "norms, dtype, ...) apply to JAX losses only"
         )
-    return spec
+    return fn
 
 
 def forward_backward_custom_async_impl(

@@ -243,7 +243,9 @@ class SamplingClient:
             "paused_rate_limit": "concurrent sampler weights limit hit",
             "paused_capacity": "the backend is running short on capacity, please wait",
         }.get(str(state), "unknown")
-        logger.warning("Sampling is paused for sampler %s. Reason: %s", self.sampling_session_id, reason)
+        logger.warning(
+            "Sampling is paused for sampler %s. Reason: %s", self.sampling_session_id, reason
+        )
 
     def _reserve_seq(self) -> int:
         with self._seq_lock:

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import importlib
 import inspect
 import math
 import types
@@ -50,8 +51,8 @@ def _unwrap(fn: Any) -> Any:
             fn = fn.func
         elif inspect.ismethod(fn):
             fn = fn.__func__
-        elif not inspect.isfunction(fn) and callable(fn) and hasattr(type(fn), "__call__"):
-            fn = type(fn).__call__
+        elif not inspect.isfunction(fn) and inspect.isfunction(vars(type(fn)).get("__call__")):
+            fn = type(fn).__call__  # a callable object: its class's __call__
         else:
             break
     return inspect.unwrap(fn) if inspect.isfunction(fn) else fn
@@ -152,7 +153,8 @@ def run_torch_loss(
         NonFiniteError: the loss or a gradient is NaN or infinite (nothing is sent).
     """
     try:
-        import torch
+        # Typed as Any: torch is optional, and mypy runs where it may be missing.
+        torch: Any = importlib.import_module("torch")
     except ImportError as exc:
         raise ImportError(
             "this forward_backward_custom loss is written in torch (it refers to torch or "

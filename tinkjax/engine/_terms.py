@@ -127,7 +127,8 @@ def eval_term(
 def eval_datum_loss(plan: DatumPlan, lp: Array, batch: LossBatch) -> tuple[Array, Metrics]:
     """A Tinker-style loss: slice the packed arrays back into per-datum arrays (static)."""
     layout = plan.layout
-    lps, data = [], []
+    lps: list[Array] = []
+    data: list[dict[str, Any]] = []
     for off, shape in zip(layout.offsets, layout.shapes, strict=True):
         lps.append(lp[off : off + shape[0]].reshape(shape))
         data.append(
