@@ -30,11 +30,6 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "compat.md"
 
 #: name → branch that adds it. Emptied by the lead when the branch is merged.
 PENDING_ON_OTHER_BRANCHES: dict[str, str] = {
-    # telemetry engineer
-    "ServiceClient.get_telemetry": "s6-obs",
-    "TrainingClient.get_telemetry": "s6-obs",
-    "SamplingClient.get_telemetry": "s6-obs",
-    "RestClient.get_telemetry": "s6-obs",
     # weights engineer: external weights, TTLs, publishing, copies
     "TrainingClient.save_weights_external": "s6-weights",
     "TrainingClient.save_weights_external_async": "s6-weights",
