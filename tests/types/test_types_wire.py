@@ -23,6 +23,12 @@ STRUCTS = [
 # new export must be classified (and, if it is a wire type, get a round-trip strategy).
 NON_STRUCT_EXPORTS = {
     "LOSS_INPUT_DTYPES",
+    # aliases the official SDK exports (tinkjax/types/_aliases.py)
+    "LossFnInputs",
+    "ModelID",
+    "ProvenanceSpans",
+    "RequestID",
+    "SamplingClientKind",
     "CheckpointType",
     "CustomLossInputRank",
     "CustomLossNodeOp",

@@ -22,6 +22,12 @@ or gradient, a failing regularizer, bad input) no backward request is sent: the 
 backward ids are consumed by one-token *forward-only* requests, which accumulate nothing, so the
 model's queue does not stall on a gap; then the error is raised.
 
+A bare callable in the official SDK's signature ``loss_fn(data, logprobs_list) -> (loss,
+metrics)`` is written in JAX or in torch (:func:`~._torch_loss.loss_style` tells which): a JAX
+loss is the engine's :class:`~tinkjax.engine.DatumLoss` (its datums are shaped like ``Datum``,
+``datum.loss_fn_inputs[key]`` an array); a torch loss runs between the two passes as in the
+official SDK (:func:`~._torch_loss.run_torch_loss`), on a worker thread.
+
 Everything goes through the model's :class:`~._queue.ModelQueue` (reservation, chunk limits,
 ordered sending); nothing here knows the wire mode.
 """
@@ -29,6 +35,7 @@ ordered sending); nothing here knows the wire mode.
 from __future__ import annotations
 
 import asyncio
+import math
 from collections.abc import Callable, Coroutine, Sequence
 from typing import Any, Unpack
 
@@ -38,8 +45,11 @@ import numpy.typing as npt
 from tinkjax import events
 from tinkjax.codec import EncodedBatch, WeightedChunk
 from tinkjax.engine import (
+    CustomLossResult,
     CustomLossSpec,
+    DatumLoss,
     LossSpec,
+    PackedLoss,
     SpecOptions,
     as_spec,
     prepare_custom_loss_async,
@@ -51,6 +61,7 @@ from ._chunking import combine_outputs, split_by_counts
 from ._custom_result import SURROGATE_METRIC, CustomForwardBackwardOutput
 from ._queue import ModelQueue
 from ._term_table import BUILTIN_LOSS_REDUCTION, describe_reduction
+from ._torch_loss import loss_style, run_torch_loss
 
 __all__ = ["DatumChunks", "EncodedChunks", "forward_backward_custom_async_impl", "plan_passes"]
 
@@ -149,29 +160,104 @@ def _emitter(model_id: str) -> Callable[[str, dict[str, float], dict[str, Any]],
     return emit
 
 
+class _EngineLoss:
+    """The loss as the engine runs it: prepared while the forward pass runs, then compiled."""
+
+    def __init__(self, spec: CustomLossSpec, model_id: str) -> None:
+        self.spec = spec
+        self.model_id = model_id
+        self.pending: Any = None
+
+    async def prepare(self, datums: list[Datum], shapes: list[tuple[int, ...]]) -> None:
+        inputs = [{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()} for d in datums]
+        self.pending = await prepare_custom_loss_async(
+            inputs, shapes, self.spec, data=datums, emit=_emitter(self.model_id)
+        )
+
+    def abandon(self, exc: BaseException) -> None:
+        self.pending.abandon(exc)
+
+    async def run(self, logprobs: list[npt.NDArray[Any]]) -> CustomLossResult:
+        result: CustomLossResult = await self.pending.run(logprobs)
+        return result
+
+
+class _TorchLoss:
+    """A torch loss in the official SDK's signature, run on a worker thread."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        self.fn = fn
+        self.datums: list[Datum] = []
+
+    async def prepare(self, datums: list[Datum], shapes: list[tuple[int, ...]]) -> None:
+        self.datums = datums
+
+    def abandon(self, exc: BaseException) -> None:
+        pass
+
+    async def run(self, logprobs: list[npt.NDArray[Any]]) -> CustomLossResult:
+        out = await asyncio.to_thread(run_torch_loss, self.fn, self.datums, logprobs)
+        norm = math.sqrt(sum(float(np.vdot(g, g)) for g in out.gradients))
+        return CustomLossResult(
+            loss_total=out.loss_total,
+            base_loss=out.loss_total,
+            base_grad_norm=None,
+            regularizer_total=0.0,
+            regularizers={},
+            total_grad_norm=norm,
+            metrics=out.metrics,
+            gradients=list(out.gradients),
+        )
+
+
+def _torch_loss_of(spec: Any, options: SpecOptions) -> Callable[..., Any] | None:
+    """``spec`` when it is a bare callable written in torch (:func:`loss_style`), else ``None``.
+
+    Raises:
+        EngineInputError: a torch loss given with engine options (those run in JAX).
+    """
+    if isinstance(spec, str | CustomLossSpec | PackedLoss | DatumLoss) or not callable(spec):
+        return None
+    if loss_style(spec) != "torch":
+        return None
+    fn: Callable[..., Any] = spec
+    if options:
+        raise EngineInputError(
+            f"loss_fn is written in torch; the engine options {sorted(options)} (regularizers, "
+            "norms, dtype, ...) apply to JAX losses only"
+        )
+    return fn
+
+
 def forward_backward_custom_async_impl(
     queue: ModelQueue,
     data: Sequence[Datum],
     spec: CustomLossSpec | LossSpec,
     **options: Unpack[SpecOptions],
 ) -> Coroutine[Any, Any, CustomForwardBackwardOutput]:
-    """Forward pass → engine → backward pass with ``weights = −∂C/∂logprobs``.
+    """Forward pass → loss → backward pass with ``weights = −∂C/∂logprobs``.
 
     See :meth:`~tinkjax.client.TrainingClient.forward_backward_custom` for the arguments:
     ``spec`` is a :class:`~tinkjax.engine.CustomLossSpec`, or the base loss of the spec that
-    ``options`` build (:func:`~tinkjax.engine.as_spec`). The spec and the data are checked, the
-    data chunked and the ``2N`` sequence ids reserved *now*, at call time (so a call made after
-    this one, e.g. ``optim_step``, is ordered after both passes, and a bad spec raises here,
-    before any request); the returned coroutine does the rest.
+    ``options`` build (:func:`~tinkjax.engine.as_spec`), or a torch loss in the official
+    signature. The spec and the data are checked, the data chunked and the ``2N`` sequence ids
+    reserved *now*, at call time (so a call made after this one, e.g. ``optim_step``, is
+    ordered after both passes, and a bad spec raises here, before any request); the returned
+    coroutine does the rest.
     """
-    spec = as_spec(spec, **options)
+    torch_fn = _torch_loss_of(spec, options)
+    loss: _EngineLoss | _TorchLoss = (
+        _TorchLoss(torch_fn)
+        if torch_fn is not None
+        else _EngineLoss(as_spec(spec, **options), queue.model_id)
+    )
     datums = [_as_datum(d, i) for i, d in enumerate(data)]
     if not datums:
         raise EngineInputError("data: forward_backward_custom needs at least one datum")
     plan = plan_passes(queue, datums)
     n = len(plan.forward)
     ids = queue.reserve(2 * n)
-    return _run(queue, datums, plan, ids[:n], ids[n:], spec)
+    return _run(queue, datums, plan, ids[:n], ids[n:], loss)
 
 
 async def _run(
@@ -180,7 +266,7 @@ async def _run(
     plan: DatumChunks | EncodedChunks,
     forward_ids: list[int],
     backward_ids: list[int],
-    spec: CustomLossSpec,
+    loss: _EngineLoss | _TorchLoss,
 ) -> CustomForwardBackwardOutput:
     forward_task = asyncio.ensure_future(
         queue.send_fwdbwd(
@@ -194,11 +280,8 @@ async def _run(
     # Let the forward request go out first; the engine then prepares everything but the
     # logprobs (and awaits async regularizers) while the server runs the forward pass.
     await asyncio.sleep(0)
-    inputs = [{k: v.to_numpy() for k, v in d.loss_fn_inputs.items()} for d in datums]
     try:
-        pending = await prepare_custom_loss_async(
-            inputs, plan.shapes, spec, data=datums, emit=_emitter(queue.model_id)
-        )
+        await loss.prepare(datums, plan.shapes)
     except BaseException:
         forward_task.add_done_callback(_retrieve)  # its outcome no longer matters
         await queue.release(backward_ids)
@@ -211,11 +294,11 @@ async def _run(
                 f"forward pass returned {len(outputs)} outputs for {len(datums)} datums"
             )
     except BaseException as exc:
-        pending.abandon(exc)
+        loss.abandon(exc)
         await queue.release(backward_ids)
         raise
     try:
-        result = await pending.run([out["logprobs"].to_numpy() for out in outputs])
+        result = await loss.run([out["logprobs"].to_numpy() for out in outputs])
     except BaseException:
         await queue.release(backward_ids)
         raise
@@ -235,7 +318,14 @@ async def _run(
         loss_fn_outputs=list(combined.loss_fn_outputs),
         metrics=metrics,
         breakdown=result,
-        **_labels(spec),
+        **(
+            _labels(loss.spec)
+            if isinstance(loss, _EngineLoss)
+            else {
+                "base_name": getattr(loss.fn, "__name__", "base"),
+                "reductions": {"base": "its own"},
+            }
+        ),
     )
 
 

@@ -86,6 +86,11 @@ class APIFuture(Generic[T]):
     def __await__(self) -> Generator[Any, None, T]:
         return self.result_async().__await__()
 
+    async def coroutine(self) -> T:
+        """This future as a coroutine, for APIs that take a coroutine rather than an
+        awaitable (``asyncio.create_task(sampler.sample(...).coroutine())``)."""
+        return await self.result_async()
+
     def done(self) -> bool:
         """Whether the result (or an error) is available."""
         return self._future.done()

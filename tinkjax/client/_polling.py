@@ -80,6 +80,7 @@ async def poll_future(
     decode: Decoder | None = None,
     billing_pause_s: float = 3600.0,
     error_timeout: float | None = None,
+    on_queue_state: Callable[[str, str | None], None] | None = None,
 ) -> T:
     """Poll ``request_id`` until it resolves to a ``result_type`` (or fails); ``wire`` says
     what the poll accepts.
@@ -87,6 +88,8 @@ async def poll_future(
     Args:
         error_timeout: seconds of errors in a row after which polling stops (``None``: the
             transport configuration's ``poll_error_timeout``).
+        on_queue_state: called with ``(queue_state, reason)`` each time a ``try_again`` answer
+            reports a new queue state (``SamplingClient.on_queue_state_change``).
 
     Raises:
         RequestFailedError: the request failed server-side (``.category``).
@@ -207,6 +210,8 @@ async def poll_future(
                     _surface_queue_state(
                         request_id, answer, iteration, ids, time.monotonic() - started
                     )
+                    if on_queue_state is not None:
+                        on_queue_state(answer.queue_state, answer.queue_state_reason)
                 if elapsed < _QUICK_ANSWER_S:
                     await sleep(quick.next())
                 else:

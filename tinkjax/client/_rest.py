@@ -174,9 +174,11 @@ class RestClient:
 
     get_training_run_async = awaiting(get_training_run)
 
-    def get_training_run_by_tinker_path(self, tinker_path: str) -> APIFuture[TrainingRun]:
+    def get_training_run_by_tinker_path(
+        self, tinker_path: str, access_scope: AccessScope = "owned"
+    ) -> APIFuture[TrainingRun]:
         """The training run a ``tinker://`` checkpoint path belongs to."""
-        return self.get_training_run(parse_tinker_path(tinker_path).training_run_id)
+        return self.get_training_run(parse_tinker_path(tinker_path).training_run_id, access_scope)
 
     get_training_run_by_tinker_path_async = awaiting(get_training_run_by_tinker_path)
 
@@ -486,11 +488,15 @@ class RestClient:
         return self._call(run())
 
     # ------------------------------------------------------------ sessions, samplers
-    def get_session(self, session_id: str) -> APIFuture[GetSessionResponse]:
+    def get_session(
+        self, session_id: str, access_scope: AccessScope = "owned"
+    ) -> APIFuture[GetSessionResponse]:
         """The training runs and samplers of a session."""
         return self._call(
             self._get(
-                f"/api/v1/sessions/{id_segment(session_id, 'session_id')}", GetSessionResponse
+                f"/api/v1/sessions/{id_segment(session_id, 'session_id')}",
+                GetSessionResponse,
+                {"access_scope": access_scope},
             )
         )
 

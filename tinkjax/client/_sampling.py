@@ -10,8 +10,13 @@ waits through, and the request is resent afterwards.
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import functools
+import json
+import logging
 import threading
+import time
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -38,17 +43,27 @@ from tinkjax.types import (
 )
 
 from ._backoff import Backoff
+from ._config import resolve_config
+from ._embedded import start_embedded
 from ._futures import APIFuture
 from ._loop import submit, warn_if_in_loop
 from ._paths import id_segment
 from ._ratelimit import limiter_for
 from ._session import SessionContext
 from ._tokenizer import load_tokenizer
-from ._transport import decode_response, is_retryable_status
+from ._transport import Transport, decode_response, is_retryable_status
 from ._twins import awaiting
 
 if TYPE_CHECKING:
     from ._telemetry import TelemetryReporter
+
+logger = logging.getLogger("tinkjax.client")
+
+#: Seconds between two "sampling is paused" warnings of one client (the official SDK's).
+QUEUE_STATE_LOG_INTERVAL_S = 60.0
+
+#: What a sampler handle holds: where the sampler lives and what it samples, no credentials.
+_HANDLE_FIELDS = ("base_url", "sampling_session_id", "base_model", "model_path")
 
 __all__ = [
     "SamplingClient",
@@ -114,6 +129,7 @@ class SamplingClient:
         self._seq_lock = threading.Lock()
         self._next_seq = 0
         self._semaphore: asyncio.Semaphore | None = None
+        self._last_queue_state_logged = float("-inf")
 
     def get_telemetry(self) -> TelemetryReporter | None:
         """The session's telemetry reporter (``None`` when telemetry is off)."""
@@ -121,6 +137,115 @@ class SamplingClient:
 
     def __repr__(self) -> str:
         return f"SamplingClient(sampling_session_id={self.sampling_session_id!r})"
+
+    # ------------------------------------------------------------ creation, handles
+    @staticmethod
+    def create(
+        holder: SessionContext,
+        *,
+        model_path: str | None = None,
+        base_model: str | None = None,
+        sampling_session_id: str | None = None,
+        retry_config: SamplingRetryConfig | None = None,
+        record_stability_info: bool = False,
+    ) -> APIFuture[SamplingClient]:
+        """A client on a new sampling session (exactly one of ``model_path`` and
+        ``base_model``) or on an existing one (``sampling_session_id`` alone), in the session
+        ``holder`` (a :class:`~._session.SessionContext`, ``ServiceClient.session``).
+
+        Raises:
+            ConfigurationError: not exactly one source given.
+        """
+        if sampling_session_id is not None:
+            if model_path is not None or base_model is not None:
+                raise ConfigurationError(
+                    "pass sampling_session_id alone, or one of model_path and base_model"
+                )
+            client = SamplingClient(
+                holder,
+                sampling_session_id,
+                retry_config=retry_config,
+                record_stability_info=record_stability_info,
+            )
+
+            async def existing() -> SamplingClient:
+                await client._get_sampler()  # fails now if the sampler does not exist
+                return client
+
+            return APIFuture(submit(existing()))
+        check_sampling_source(model_path, base_model)
+        return APIFuture(
+            submit(
+                create_sampling_client(
+                    holder,
+                    model_path=model_path,
+                    base_model=base_model,
+                    retry_config=retry_config,
+                    record_stability_info=record_stability_info,
+                )
+            )
+        )
+
+    def get_sampler_handle(self) -> str:
+        """A string naming this client's sampler, to pass to other processes (no pickling).
+
+        :meth:`from_sampler_handle` turns it into a new client for the same sampler, any
+        number of times, in any process. The handle carries no credentials: the base URL,
+        the sampling session id and what it samples (base model or weights path).
+        """
+        state = {
+            "base_url": self.session.config.base_url,
+            "sampling_session_id": self.sampling_session_id,
+            "base_model": self._base_model,
+            "model_path": self.model_path,
+        }
+        payload = json.dumps(state, separators=(",", ":"))
+        return base64.urlsafe_b64encode(payload.encode()).decode()
+
+    @staticmethod
+    def from_sampler_handle(handle: str, *, api_key: str | None = None) -> SamplingClient:
+        """A client for the sampler behind ``handle`` (from :meth:`get_sampler_handle`).
+
+        It opens its own session on the handle's service, authenticated with ``api_key`` or
+        this process's credentials resolved as for ``ServiceClient()`` (``TINKER_API_KEY``).
+
+        Raises:
+            ValueError: ``handle`` is not a sampler handle.
+        """
+        try:
+            state = json.loads(base64.urlsafe_b64decode(handle.encode()))
+        except (binascii.Error, ValueError, UnicodeDecodeError, AttributeError) as exc:
+            raise ValueError(f"not a sampler handle: {handle!r:.60}") from exc
+        if not isinstance(state, dict) or sorted(state) != sorted(_HANDLE_FIELDS):
+            raise ValueError(f"not a sampler handle: {handle!r:.60}")
+        if not isinstance(state["sampling_session_id"], str) or not state["sampling_session_id"]:
+            raise ValueError("sampler handle: sampling_session_id must be a non-empty string")
+        config = start_embedded(resolve_config(base_url=state["base_url"], api_key=api_key))
+        session = SessionContext(config, Transport(config))
+        return SamplingClient(
+            session,
+            state["sampling_session_id"],
+            base_model=state["base_model"],
+            model_path=state["model_path"],
+        )
+
+    def on_queue_state_change(self, queue_state: str, queue_state_reason: str | None) -> None:
+        """Called while a sample waits, each time the server reports a new queue state:
+        logs a warning (at most one a minute) when sampling is paused."""
+        state = getattr(queue_state, "value", queue_state)  # the official SDK's enum too
+        if state == "active":
+            return
+        now = time.monotonic()
+        if now - self._last_queue_state_logged < QUEUE_STATE_LOG_INTERVAL_S:
+            return
+        self._last_queue_state_logged = now
+        reason = queue_state_reason or {
+            "paused_rate_limit": "concurrent sampler weights limit hit",
+            "paused_capacity": "the backend is running short on capacity, please wait",
+        }.get(str(state), "unknown")
+        logger.warning(
+            "Sampling is paused for sampler %s. Reason: %s", self.sampling_session_id, reason
+        )
 
     def _reserve_seq(self) -> int:
         with self._seq_lock:
@@ -230,6 +355,7 @@ class SamplingClient:
                         ids=self._ids,
                         timeout=rc.poll_timeout,
                         decode=functools.partial(_decode_sample, seq_ids=seq_ids),
+                        on_queue_state=self.on_queue_state_change,
                     )
                 except RateLimitError as exc:
                     rate_limited += 1

@@ -15,7 +15,7 @@ import concurrent.futures
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Literal, TypeVar
 
 from tinkjax import events
@@ -172,6 +172,7 @@ class SessionContext:
         ids: Mapping[str, str | None] | None = None,
         timeout: float | None = None,
         decode: Decoder | None = None,
+        on_queue_state: Callable[[str, str | None], None] | None = None,
     ) -> T:
         """:func:`~._polling.poll_future` over this session's transport and wire."""
         return await poll_future(
@@ -183,6 +184,7 @@ class SessionContext:
             ids=ids,
             timeout=timeout,
             decode=decode,
+            on_queue_state=on_queue_state,
         )
 
     # ---------------------------------------------------------------- start, heartbeat

@@ -150,6 +150,8 @@ class TrainingClient:
         /,
         data: Sequence[Datum],
         loss_fn: CustomLossSpec | LossSpec,
+        *,
+        loss_type_input: Literal["logprobs"] | None = None,
         **options: Unpack[SpecOptions],
     ) -> APIFuture[CustomForwardBackwardOutput]: ...
 
@@ -158,9 +160,11 @@ class TrainingClient:
         /,
         data: Sequence[Datum],
         loss_fn: CustomLossSpec | LossSpec | LossHandle,
+        *,
+        loss_type_input: Literal["logprobs"] | None = None,
         **options: Unpack[SpecOptions],
     ) -> APIFuture[CustomForwardBackwardOutput] | APIFuture[ForwardBackwardOutput]:
-        """A forward/backward step with a loss computed client-side in JAX.
+        """A forward/backward step with a loss computed client-side (in JAX, or in torch).
 
         Two server passes (forward-only, then cross-entropy with ``weights = -∂loss/∂logprobs``);
         see :mod:`tinkjax.client._custom`. The result is a ``CustomForwardBackwardOutput``.
@@ -172,6 +176,12 @@ class TrainingClient:
                 Tinker-style ``fn(data, logprobs_list) -> (loss, metrics)``), completed by the
                 keyword ``options`` (``regularizers``, ``loss_fn_config``, ``track_grad_norms``,
                 ``norm_method``, ``dtype``, ``bucketing``; see :class:`~tinkjax.engine.SpecOptions`).
+                A Tinker-style function reads ``datum.loss_fn_inputs[key]`` (or ``datum[key]``);
+                one written in torch (the official SDK's style: it refers to ``torch`` or calls
+                ``.to_torch()``; the rule is in ``docs/compat.md``) runs as the official SDK
+                runs it, with torch autograd, and takes no ``options``.
+            loss_type_input: the official SDK's deprecated argument: ``None`` or
+                ``"logprobs"`` (the loss always receives logprobs).
 
         A :class:`LossHandle` (from ``ServiceClient.create_custom_loss``) runs on the server
         instead: one ``forward_backward(data, "custom", {"loss_id": ...})``, whose result is the
@@ -179,8 +189,13 @@ class TrainingClient:
 
         Raises:
             EngineInputError: a bad spec or bad data (at call time, before any request).
-            ValueError: a handle of another session, or data without the inputs it reads.
+            ValueError: a handle of another session, data without the inputs it reads, or a
+                ``loss_type_input`` other than ``None``/``"logprobs"``.
         """
+        if loss_type_input not in (None, "logprobs"):
+            raise ValueError(
+                f"loss_type_input must be None or 'logprobs' (deprecated), got {loss_type_input!r}"
+            )
         if isinstance(loss_fn, LossHandle):
             if options:
                 raise ValueError(f"a LossHandle takes no options, got {sorted(options)}")
@@ -245,24 +260,39 @@ class TrainingClient:
 
     save_state_async = submitting(save_state)
 
-    def _load(self, path: str, optimizer: bool) -> APIFuture[LoadWeightsResponse]:
+    def _load(
+        self, path: str, optimizer: bool, weights_access_token: str | None
+    ) -> APIFuture[LoadWeightsResponse]:
         seq = self._queue.reserve(1)[0]
         request = LoadWeightsRequest(
-            path=path, optimizer=optimizer, model_id=self.model_id, seq_id=seq
+            path=path,
+            optimizer=optimizer,
+            model_id=self.model_id,
+            seq_id=seq,
+            weights_access_token=weights_access_token,
         )
         return self._submit(
             self._ordered(seq, "/api/v1/load_weights", request, LoadWeightsResponse, "LoadWeights")
         )
 
-    def load_state(self, path: str) -> APIFuture[LoadWeightsResponse]:
-        """Load the weights of checkpoint ``path`` into this model (optimizer state untouched)."""
-        return self._load(path, False)
+    def load_state(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[LoadWeightsResponse]:
+        """Load the weights of checkpoint ``path`` into this model (optimizer state untouched).
+
+        ``weights_access_token`` is sent with the request, for checkpoints another principal
+        shared with one (the official SDK's parameter).
+        """
+        return self._load(path, False, weights_access_token)
 
     load_state_async = submitting(load_state)
 
-    def load_state_with_optimizer(self, path: str) -> APIFuture[LoadWeightsResponse]:
-        """Load weights and optimizer state of checkpoint ``path`` into this model."""
-        return self._load(path, True)
+    def load_state_with_optimizer(
+        self, path: str, weights_access_token: str | None = None
+    ) -> APIFuture[LoadWeightsResponse]:
+        """Load weights and optimizer state of checkpoint ``path`` into this model
+        (``weights_access_token`` as in :meth:`load_state`)."""
+        return self._load(path, True, weights_access_token)
 
     load_state_with_optimizer_async = submitting(load_state_with_optimizer)
 
@@ -425,6 +455,8 @@ class TrainingClient:
                 )
             )
         )
+
+    create_sampling_client_async = awaiting(create_sampling_client)
 
     # ------------------------------------------------------------ info
     async def _fetch_info(self) -> GetInfoResponse:

@@ -54,6 +54,29 @@ class DatumPlan:
     layout: DatumLayout
 
 
+class DatumArrays(dict[str, Array]):
+    """Datum ``i``'s ``loss_fn_inputs`` as arrays, shaped like a ``Datum``: a Tinker-style loss
+    reads ``datum.loss_fn_inputs[key]`` (the official SDK's signature) or ``datum[key]``.
+
+    Only the loss inputs come in: the wire types (``model_input``, the tensors' wire form) stay
+    outside ``jit``, so a loss cannot capture one datum's tokens as constants of a program that
+    is reused for the next batch of the same shapes.
+    """
+
+    __slots__ = ()
+
+    @property
+    def loss_fn_inputs(self) -> dict[str, Array]:
+        """The inputs by key (this mapping itself)."""
+        return self
+
+    def __getattr__(self, name: str) -> Any:
+        raise AttributeError(
+            f"a datum inside a JAX loss has only loss_fn_inputs (arrays), not {name!r}: "
+            "wire types stay outside jit; put what the loss needs in loss_fn_inputs"
+        )
+
+
 def _split_output(out: Any, label: str) -> tuple[Array, Metrics]:
     value, metrics = out if isinstance(out, tuple) else (out, {})
     if not isinstance(metrics, Mapping):
@@ -104,10 +127,13 @@ def eval_term(
 def eval_datum_loss(plan: DatumPlan, lp: Array, batch: LossBatch) -> tuple[Array, Metrics]:
     """A Tinker-style loss: slice the packed arrays back into per-datum arrays (static)."""
     layout = plan.layout
-    lps, data = [], []
+    lps: list[Array] = []
+    data: list[dict[str, Any]] = []
     for off, shape in zip(layout.offsets, layout.shapes, strict=True):
         lps.append(lp[off : off + shape[0]].reshape(shape))
-        data.append({key: batch.input(key)[off : off + shape[0]] for key in layout.present})
+        data.append(
+            DatumArrays({key: batch.input(key)[off : off + shape[0]] for key in layout.present})
+        )
     value, metrics = _split_output(plan.fn(data, lps), "base loss")
     return value.astype(lp.dtype), metrics
 

@@ -1,5 +1,6 @@
 """Wire types of the Tinker protocol as frozen, keyword-only msgspec Structs."""
 
+from ._aliases import LossFnInputs, ModelID, ProvenanceSpans, RequestID, SamplingClientKind
 from ._base import StrictWire, Wire, replace
 from ._custom_loss import (
     CreateCustomLossRequest,
@@ -188,10 +189,12 @@ __all__ = [
     "LoadWeightsRequest",
     "LoadWeightsResponse",
     "LoraConfig",
+    "LossFnInputs",
     "LossFnOutput",
     "LossFnType",
     "MetadataOnlyResponse",
     "ModelData",
+    "ModelID",
     "ModelInput",
     "ModelInputChunk",
     "OptimParams",
@@ -202,13 +205,16 @@ __all__ = [
     "PromptAltTokens",
     "PromptProvenanceSpan",
     "ProvenanceSpan",
+    "ProvenanceSpans",
     "QueueState",
     "RequestErrorCategory",
     "RequestFailedResponse",
+    "RequestID",
     "SampleRequest",
     "SampleResponse",
     "SampledProvenanceSpan",
     "SampledSequence",
+    "SamplingClientKind",
     "SamplingParams",
     "SamplingSessionFuturesTarget",
     "SaveWeightsExternalRequest",

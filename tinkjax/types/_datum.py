@@ -37,18 +37,20 @@ LOSS_INPUT_DTYPES: Mapping[str, str] = {
 
 
 class PromptProvenanceSpan(StrictWire, frozen=True, kw_only=True, tag="prompt_tokens"):
-    """A run of positions that came from a sampler's prompt."""
+    """A run of positions that came from a sampler's prompt (``offset``: where the run starts
+    in that sequence's prompt, 0 by default as in the official SDK)."""
 
     sequence_id: str
-    offset: int
+    offset: int = 0
     length: int
 
 
 class SampledProvenanceSpan(StrictWire, frozen=True, kw_only=True, tag="sampled_tokens"):
-    """A run of positions that a sampler generated."""
+    """A run of positions that a sampler generated (``offset``: where the run starts in that
+    sequence's sampled tokens, 0 by default as in the official SDK)."""
 
     sequence_id: str
-    offset: int
+    offset: int = 0
     length: int
 
 

@@ -98,6 +98,12 @@ class ParsedCheckpointTinkerPath(Wire, frozen=True, kw_only=True):
     checkpoint_type: CheckpointType
     checkpoint_id: str
 
+    @classmethod
+    def from_tinker_path(cls, tinker_path: str) -> ParsedCheckpointTinkerPath:
+        """Parse ``tinker_path`` (the official SDK's constructor; same as
+        :func:`parse_tinker_path`, whose ``WireFormatError`` is a ``ValueError``)."""
+        return parse_tinker_path(tinker_path)
+
     @property
     def name(self) -> str:
         """The checkpoint's name (the part after the kind)."""

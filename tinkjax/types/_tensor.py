@@ -20,6 +20,7 @@ from ._base import Wire
 
 if TYPE_CHECKING:
     import jax
+    import torch
 
 __all__ = ["TensorData", "TensorDtype", "numpy_dtype"]
 
@@ -195,6 +196,17 @@ class TensorData(Wire, frozen=True, kw_only=True, eq=False):
 
         return jnp.asarray(self.to_numpy(pad_value))
 
+    def to_torch(self, pad_value: int = 0) -> torch.Tensor:
+        """The dense tensor as a ``torch.Tensor`` (``float32`` or ``int64``; CSR gaps filled
+        with ``pad_value``). torch is optional: it is imported here, on the first call.
+
+        Raises:
+            ImportError: torch is not installed.
+        """
+        import torch
+
+        return torch.from_numpy(np.array(self.to_numpy(pad_value)))  # a writable copy
+
     def tolist(self, pad_value: int = 0) -> list[Any]:
         """The dense tensor as nested Python lists."""
         return list(self.to_numpy(pad_value).tolist())
@@ -216,6 +228,17 @@ class TensorData(Wire, frozen=True, kw_only=True, eq=False):
         if arr.dtype.kind == "V" or str(arr.dtype) == "bfloat16":
             arr = arr.astype(np.float32)
         return cls.from_numpy(arr)
+
+    @classmethod
+    def from_torch(cls, tensor: torch.Tensor) -> TensorData:
+        """A dense tensor from a ``torch.Tensor`` (floats → float32, integers → int64; a
+        tensor that requires grad is detached, one on an accelerator copied to the host)."""
+        import torch
+
+        t = tensor.detach().cpu()
+        if t.dtype.is_floating_point and t.dtype != torch.float64:
+            t = t.to(torch.float32)  # bfloat16/float16 have no NumPy twin NumPy reads as-is
+        return cls.from_numpy(t.contiguous().numpy())
 
     @classmethod
     def from_numpy_sparse(cls, array: npt.ArrayLike, pad_value: int = 0) -> TensorData:
