@@ -1,6 +1,14 @@
 """Tinker's built-in losses as pure per-token functions, and their registry."""
 
-from tinkjax.losses._functions import cispo, cross_entropy, dro, gspo, importance_sampling, ppo
+from tinkjax.losses._functions import (
+    cispo,
+    cross_entropy,
+    dro,
+    gspo,
+    importance_sampling,
+    ppo,
+    stable_reinforce,
+)
 from tinkjax.losses._registry import (
     LOSS_FUNCTIONS,
     LOSS_SUM_METRIC,
@@ -27,4 +35,5 @@ __all__ = [
     "loss_metrics",
     "ppo",
     "resolve_loss_config",
+    "stable_reinforce",
 ]
