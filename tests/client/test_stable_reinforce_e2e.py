@@ -55,20 +55,25 @@ def test_client_stable_reinforce_and_topk(e2e_service: ServiceClient) -> None:
         topk_prompt_logprobs=3,
     ).result(timeout=120)  # fmt: skip
     seqs = res.sequences
-    assert all(s.sequence_id for s in seqs) and seqs[0].sequence_id != seqs[1].sequence_id
+    assert all(s.sequence_id for s in seqs)
+    assert seqs[0].sequence_id != seqs[1].sequence_id
     # top-k: row 0 empty, the others in decreasing order, containing the prompt token whenever
     # its logprob is at least the k-th best
     topk = res.topk_prompt_logprobs
-    assert topk is not None and topk[0] is None and len(topk) == len(PROMPT)
+    assert topk is not None
+    assert topk[0] is None
+    assert len(topk) == len(PROMPT)
     for i, row in enumerate(topk[1:], start=1):
-        assert row is not None and len(row) == 3
+        assert row is not None
+        assert len(row) == 3
         lps = [lp for _, lp in row]
         assert lps == sorted(lps, reverse=True)
         own = res.prompt_logprobs[i]
         if own is not None and own > lps[-1] + 1e-4:
             assert PROMPT[i] in [t for t, _ in row]
     dense = res.topk_prompt_logprobs_np
-    assert dense is not None and dense.token_ids.shape == (len(PROMPT), 3)
+    assert dense is not None
+    assert dense.token_ids.shape == (len(PROMPT), 3)
 
     advs = [1.0, -0.5]
     data = [_datum(s, a) for s, a in zip(seqs, advs, strict=True)]
@@ -79,12 +84,12 @@ def test_client_stable_reinforce_and_topk(e2e_service: ServiceClient) -> None:
         expected += float(np.sum(-np.minimum(np.exp(lp - np.asarray(s.logprobs)), 2.0) * a))
     assert out.metrics["loss:sum"] == pytest.approx(expected, rel=1e-4)
 
+    bad = data[0].with_provenance(
+        data[0].model_input_spans or [],
+        [
+            PromptProvenanceSpan(sequence_id=seqs[0].sequence_id, offset=1, length=14),
+            SampledProvenanceSpan(sequence_id="missing", offset=0, length=5),
+        ],
+    )
     with pytest.raises(BadRequestError, match=r"loss_fn_input_spans\[1\]\.sequence_id"):
-        bad = data[0].with_provenance(
-            data[0].model_input_spans or [],
-            [
-                PromptProvenanceSpan(sequence_id=seqs[0].sequence_id, offset=1, length=14),
-                SampledProvenanceSpan(sequence_id="missing", offset=0, length=5),
-            ],
-        )
         tc.forward_backward([bad], "stable_reinforce").result(timeout=120)

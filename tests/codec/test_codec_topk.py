@@ -34,7 +34,9 @@ def topk(draw: st.DrawFn) -> T.TopkLogprobs:
 
 @settings(max_examples=40, deadline=None)
 @given(topk(), topk())
-def test_topk_accessors_match_the_official_sdk(prompt: T.TopkLogprobs, sample: T.TopkLogprobs) -> None:
+def test_topk_accessors_match_the_official_sdk(
+    prompt: T.TopkLogprobs, sample: T.TopkLogprobs
+) -> None:
     resp = T.SampleResponse(
         sequences=[
             T.SampledSequence(

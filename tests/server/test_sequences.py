@@ -46,7 +46,8 @@ def test_lifetime_is_one_day_after_last_use() -> None:
     assert "expired" in _error(records, "s", "b")
     clock.now = 86000.0 + 86401.0
     assert "expired" in _error(records, "s", "a")
-    assert len(records) == 0 and records.tokens_held() == 0
+    assert len(records) == 0
+    assert records.tokens_held() == 0
 
 
 def test_sessions_are_separate_and_ended_sessions_dropped() -> None:

@@ -118,9 +118,7 @@ def _bad_request(tc: Any, data: list[Any], match: str) -> None:
         tc.forward_backward(data, "stable_reinforce").result()
 
 
-def test_sdk_stable_reinforce_refusals_name_the_field(
-    service: Any, server: ServerHandle
-) -> None:
+def test_sdk_stable_reinforce_refusals_name_the_field(service: Any, server: ServerHandle) -> None:
     tc = service.create_lora_training_client(base_model=MICRO, rank=2, seed=2).result()
     recorded = tc.save_weights_and_get_sampling_client(record_stability_info=True).result()
     plain = tc.save_weights_and_get_sampling_client().result()
@@ -145,14 +143,16 @@ def test_sdk_stable_reinforce_refusals_name_the_field(
         r"loss_fn_input_spans\[1\]\.sequence_id: sequence_id 'nope'",
     )  # fmt: skip
     # a span past the recorded tokens
-    long = types.SampledProvenanceSpan(sequence_id=seq.sequence_id, offset=1, length=len(seq.tokens))
+    long = types.SampledProvenanceSpan(
+        sequence_id=seq.sequence_id, offset=1, length=len(seq.tokens)
+    )
     spans = [types.PromptProvenanceSpan(sequence_id=seq.sequence_id, offset=0, length=15), long]
     _bad_request(
         tc, [good.with_provenance(good.model_input_spans, spans)],
         r"loss_fn_input_spans\[1\]: \[1, 7\) lies beyond the recorded sampled tokens",
     )  # fmt: skip
     # tokens that are not the recorded ones
-    other = [t for t in range(97, 123) if t != seq.tokens[0]][0]
+    other = next(t for t in range(97, 123) if t != seq.tokens[0])
     tampered = _datum(PROMPT, seq, 1.0)
     targets = tampered.loss_fn_inputs["target_tokens"].to_numpy().copy()
     targets[len(PROMPT) - 1] = other
@@ -162,9 +162,7 @@ def test_sdk_stable_reinforce_refusals_name_the_field(
         model_input_spans=tampered.model_input_spans,
         loss_fn_input_spans=tampered.loss_fn_input_spans,
     )
-    _bad_request(
-        tc, [tampered], rf"loss_fn_input_spans\[1\]: token {other} at position 15 is not"
-    )
+    _bad_request(tc, [tampered], rf"loss_fn_input_spans\[1\]: token {other} at position 15 is not")
     # spans that do not tile the targets (the SDK checks tiling client-side, so skip it)
     short = types.Datum(
         model_input=good.model_input, loss_fn_inputs=good.loss_fn_inputs,

@@ -56,12 +56,14 @@ def test_sdk_topk_prompt_logprobs_match_numpy(setup: Any) -> None:
         include_prompt_logprobs=True, topk_prompt_logprobs=K,
     ).result()  # fmt: skip
     topk = res.topk_prompt_logprobs
-    assert topk is not None and len(topk) == len(PROMPT)
+    assert topk is not None
+    assert len(topk) == len(PROMPT)
     assert topk[0] is None  # the first prompt token has no context
     ids, lps = _reference(full_lp, K)
     for i in range(1, len(PROMPT)):
         row = topk[i]
-        assert row is not None and len(row) == K
+        assert row is not None
+        assert len(row) == K
         assert [t for t, _ in row] == ids[i - 1].tolist(), i
         np.testing.assert_allclose([lp for _, lp in row], lps[i - 1], rtol=1e-4, atol=1e-5)
         # the prompt's own token is scored consistently with the full distribution
@@ -110,7 +112,8 @@ def test_topk_json_wire(http: httpx.Client, setup: Any) -> None:
     assert (topk["k"], topk["length"]) == (3, len(PROMPT))
     ids = np.asarray(topk["token_ids"]).reshape(len(PROMPT), 3)
     lps = np.asarray(topk["logprobs"]).reshape(len(PROMPT), 3)
-    assert ids[0].tolist() == [0, 0, 0] and lps[0].tolist() == [-99999.0] * 3
+    assert ids[0].tolist() == [0, 0, 0]
+    assert lps[0].tolist() == [-99999.0] * 3
     assert np.all(np.diff(lps[1:], axis=1) <= 0)  # in decreasing order
     assert np.all((lps[1:] < 0) & (lps[1:] > -50))
     assert done.json().get("prompt_logprobs") is None  # not asked for

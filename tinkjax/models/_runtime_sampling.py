@@ -20,7 +20,6 @@ from tinkjax.models._types import (
     SampleOutput,
 )
 
-
 #: Token id and logprob of a top-k cell with nothing in it (prompt position 0).
 TOPK_EMPTY_ID, TOPK_EMPTY_LOGPROB = 0, -99999.0
 

@@ -64,9 +64,10 @@ def _topk(topk: tuple[np.ndarray, np.ndarray] | None, plan: SamplePlan) -> TopkL
         return None
     ids, lps = topk
     n, k = lps.shape
-    ids = _last_n(ids, plan, TOPK_EMPTY_ID)
-    lps = _last_n(lps, plan, TOPK_EMPTY_LOGPROB)
-    assert ids is not None and lps is not None
+    if plan.last_n is not None:
+        ids, lps = ids.copy(), lps.copy()
+        ids[: max(plan.n_prompt - plan.last_n, 0)] = TOPK_EMPTY_ID
+        lps[: max(plan.n_prompt - plan.last_n, 0)] = TOPK_EMPTY_LOGPROB
     return TopkLogprobs(token_ids=ids, logprobs=lps, k=k, length=n)
 
 

@@ -73,7 +73,7 @@ class SequenceRecord:
 
 
 def _frozen(arr: npt.ArrayLike, dtype: type) -> npt.NDArray[np.generic]:
-    out = np.array(arr, dtype=dtype)
+    out: npt.NDArray[np.generic] = np.array(arr, dtype=dtype)
     out.flags.writeable = False
     return out
 
@@ -108,9 +108,7 @@ class SequenceRecords:
         )
         self._session_tokens: dict[str, int] = collections.defaultdict(int)
         self._total = 0
-        self._forgotten: collections.OrderedDict[tuple[str, str], str] = (
-            collections.OrderedDict()
-        )
+        self._forgotten: collections.OrderedDict[tuple[str, str], str] = collections.OrderedDict()
 
     # ------------------------------------------------------------------ bookkeeping
 
