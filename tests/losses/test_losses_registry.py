@@ -23,6 +23,7 @@ def test_registry_contents() -> None:
         "gspo",
         "importance_sampling",
         "ppo",
+        "stable_reinforce",
     ]
     assert LOSS_FUNCTIONS["cross_entropy"].required_inputs == ("target_tokens", "weights")
     assert LOSS_FUNCTIONS["ppo"].input_arguments["logprobs"] == "sampler_logprobs"
@@ -31,6 +32,11 @@ def test_registry_contents() -> None:
     }  # fmt: skip
     assert LOSS_FUNCTIONS["dro"].required_config == ("beta",)
     assert "sequence_ratio_mask" in LOSS_FUNCTIONS["gspo"].required_inputs
+    stable = LOSS_FUNCTIONS["stable_reinforce"]
+    assert stable.server_filled == ("logprobs", "sampled_mask")
+    assert set(stable.server_filled) <= set(stable.required_inputs)
+    assert dict(stable.config_defaults) == {"clip_high_threshold": 2.0}
+    assert all(not d.server_filled for n, d in LOSS_FUNCTIONS.items() if n != "stable_reinforce")
 
 
 def test_dispatch_matches_direct_calls_under_jit() -> None:
@@ -58,6 +64,11 @@ def test_errors_name_the_problem() -> None:
         compute_elementwise_loss("cross_entropy", LP, {"weights": np.ones(3)}, {"beta": 1.0})
     with pytest.raises(ValueError, match="sequence_ratio_mask"):
         losses.check_loss_inputs("gspo", set(RL))
+    with pytest.raises(ValueError, match="sampled_mask"):
+        losses.check_loss_inputs("stable_reinforce", set(RL))
+    for bad in (0.0, -1.0):
+        with pytest.raises(ValueError, match=r"clip_high_threshold'\]: expected a number > 0"):
+            losses.resolve_loss_config("stable_reinforce", {"clip_high_threshold": bad})
 
 
 def test_loss_metrics_is_a_plain_sum() -> None:

@@ -1,6 +1,14 @@
 """Tinker's built-in losses as pure per-token functions, and their registry."""
 
-from tinkjax.losses._functions import cispo, cross_entropy, dro, gspo, importance_sampling, ppo
+from tinkjax.losses._functions import (
+    cispo,
+    cross_entropy,
+    dro,
+    gspo,
+    importance_sampling,
+    ppo,
+    stable_reinforce,
+)
 from tinkjax.losses._graph import (
     MAX_CONSTANTS,
     MAX_ELEMENTS,
@@ -43,4 +51,5 @@ __all__ = [
     "parse_loss_graph",
     "ppo",
     "resolve_loss_config",
+    "stable_reinforce",
 ]

@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-__all__ = ["cispo", "cross_entropy", "dro", "gspo", "importance_sampling", "ppo"]
+__all__ = [
+    "cispo",
+    "cross_entropy",
+    "dro",
+    "gspo",
+    "importance_sampling",
+    "ppo",
+    "stable_reinforce",
+]
 
 
 def cross_entropy(logprobs: jax.Array, *, weights: ArrayLike) -> jax.Array:
@@ -131,3 +139,36 @@ def gspo(
     clipped = jnp.clip(token_ratio, clip_low_threshold, clip_high_threshold)
     surrogate = jnp.minimum(token_ratio * advantages, clipped * advantages)
     return -surrogate * mask / safe_count[seg]
+
+
+def stable_reinforce(
+    logprobs: jax.Array,
+    *,
+    sampler_logprobs: ArrayLike,
+    advantages: ArrayLike,
+    sampled_mask: ArrayLike,
+    clip_high_threshold: ArrayLike = 2.0,
+) -> jax.Array:
+    """REINFORCE with a truncated importance weight against the sampler's recorded logprobs.
+
+    With ``m`` = ``sampled_mask`` (1 on tokens the sampler produced, 0 elsewhere) and
+    ``w = min(exp(lp - q), C)`` (``C`` = ``clip_high_threshold``)::
+
+        loss_t = -sg(w_t) * exp(lp_t - sg(lp_t)) * A_t * m_t   # value -w A m, d = -w A m d lp
+
+    Below the cap this is ``importance_sampling`` (value ``-r A``, gradient ``-r A d lp``);
+    above it the weight stays at ``C`` instead of growing without bound, so stale or
+    low-precision samples cannot blow up a step. The log-ratio is capped before ``exp`` so no
+    ratio overflows. On the server ``q`` and ``m`` come from what was recorded when the tokens
+    were sampled (``record_stability_info=True``), never from the request.
+
+    Args:
+        logprobs: ``[...]`` learner target logprobs.
+        sampler_logprobs, advantages, sampled_mask: ``[...]`` float, same shape.
+        clip_high_threshold: ratio cap ``C`` (> 0).
+    """
+    log_cap = jnp.log(jnp.asarray(clip_high_threshold, logprobs.dtype))
+    log_ratio = jnp.minimum(logprobs - sampler_logprobs, log_cap)
+    weight = jax.lax.stop_gradient(jnp.exp(log_ratio))
+    unit = jnp.exp(logprobs - jax.lax.stop_gradient(logprobs))
+    return -weight * unit * advantages * sampled_mask

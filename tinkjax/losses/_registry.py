@@ -17,7 +17,15 @@ import jax
 import jax.numpy as jnp
 from jax.typing import ArrayLike
 
-from tinkjax.losses._functions import cispo, cross_entropy, dro, gspo, importance_sampling, ppo
+from tinkjax.losses._functions import (
+    cispo,
+    cross_entropy,
+    dro,
+    gspo,
+    importance_sampling,
+    ppo,
+    stable_reinforce,
+)
 
 __all__ = [
     "LOSS_FUNCTIONS",
@@ -53,6 +61,9 @@ class LossDefinition:
         config_defaults: optional ``loss_fn_config`` keys and their defaults.
         required_config: ``loss_fn_config`` keys without a default.
         uses_segments: whether ``fn`` takes ``segment_ids`` / ``num_segments``.
+        server_filled: wire inputs the server computes itself (from the provenance spans and
+            what it recorded at sampling time) in place of whatever the request sends.
+        positive_config: ``loss_fn_config`` keys whose (number) values must be > 0.
     """
 
     name: str
@@ -62,6 +73,8 @@ class LossDefinition:
     config_defaults: Mapping[str, float] = field(default_factory=lambda: _frozen({}))
     required_config: tuple[str, ...] = ()
     uses_segments: bool = False
+    server_filled: tuple[str, ...] = ()
+    positive_config: tuple[str, ...] = ()
 
     @property
     def config_keys(self) -> frozenset[str]:
@@ -118,6 +131,15 @@ LOSS_FUNCTIONS: Mapping[str, LossDefinition] = MappingProxyType(
                 _frozen(_CLIP_DEFAULTS),
                 uses_segments=True,
             ),
+            LossDefinition(
+                "stable_reinforce",
+                stable_reinforce,
+                (*_RL_INPUTS, "sampled_mask"),
+                _frozen({**_RL_ARGS, "sampled_mask": "sampled_mask"}),
+                _frozen({"clip_high_threshold": 2.0}),
+                server_filled=("logprobs", "sampled_mask"),
+                positive_config=("clip_high_threshold",),
+            ),
         )
     }
 )
@@ -136,8 +158,9 @@ def resolve_loss_config(name: str, config: Mapping[str, ArrayLike] | None) -> di
     """``loss_fn_config`` merged over the defaults, after checking every key.
 
     Raises:
-        ValueError: unknown loss, unknown config key, or a required key (``dro``'s ``beta``)
-            missing.
+        ValueError: unknown loss, unknown config key, a required key (``dro``'s ``beta``)
+            missing, or a key that must be positive (``stable_reinforce``'s
+            ``clip_high_threshold``) that is not.
     """
     definition = get_loss_definition(name)
     given = dict(config or {})
@@ -150,6 +173,12 @@ def resolve_loss_config(name: str, config: Mapping[str, ArrayLike] | None) -> di
     missing = [k for k in definition.required_config if k not in given]
     if missing:
         raise ValueError(f"loss_fn_config: loss {name!r} requires {missing}")
+    for key in definition.positive_config:
+        value = given.get(key)
+        if isinstance(value, int | float) and not value > 0:
+            raise ValueError(
+                f"loss_fn_config[{key!r}]: expected a number > 0 for loss {name!r}, got {value!r}"
+            )
     return {**definition.config_defaults, **given}
 
 

@@ -6,17 +6,42 @@ import os
 from typing import TYPE_CHECKING, Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from tinkjax.models._batching import bucket_length, bucket_pow2, bucket_rows
 from tinkjax.models._compiled import release_compile_memory, sample_jit
 from tinkjax.models._config import ModelConfig
+from tinkjax.models._transformer import forward, merge_lora
 from tinkjax.models._types import (
     NonFiniteResultError,
     SampledArrays,
     SampleJob,
     SampleOutput,
 )
+
+#: Token id and logprob of a top-k cell with nothing in it (prompt position 0).
+TOPK_EMPTY_ID, TOPK_EMPTY_LOGPROB = 0, -99999.0
+
+
+def _prompt_topk_core(
+    config: ModelConfig,
+    k: int,
+    base: dict[str, jax.Array],
+    lora: dict[str, tuple[jax.Array, jax.Array]] | None,
+    scale: jax.Array,
+    prompt: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """``(ids [Tp, k] int32, logprobs [Tp, k] float32)``: row ``t`` is the top ``k`` of
+    ``log_softmax`` of the logits at position ``t`` (the distribution of token ``t + 1``)."""
+    weights = base if lora is None else merge_lora(base, lora, scale[0])
+    logits, _ = forward(config, weights, prompt[None, :])
+    logprobs = jax.nn.log_softmax(logits[0].astype(jnp.float32), axis=-1)
+    values, ids = jax.lax.top_k(logprobs, k)
+    return ids.astype(jnp.int32), values
+
+
+_prompt_topk_jit = jax.jit(_prompt_topk_core, static_argnames=("config", "k"))
 
 
 def fresh_seed() -> int:
@@ -113,8 +138,42 @@ class SamplingMixin:
         if request.include_prompt_logprobs:
             prompt_logprobs = np.full((n_prompt,), np.nan, np.float32)
             prompt_logprobs[1:] = np.asarray(prompt_lp, np.float32)[: n_prompt - 1]
+        prompt_topk = None
+        if request.topk_prompt_logprobs > 0:
+            prompt_topk = self._prompt_topk(request, padded, n_prompt)
         release_compile_memory()
-        return SampleOutput(sequences=sequences, prompt_logprobs=prompt_logprobs)
+        return SampleOutput(
+            sequences=sequences, prompt_logprobs=prompt_logprobs, prompt_topk=prompt_topk
+        )
+
+    def _prompt_topk(
+        self, request: SampleJob, padded: np.ndarray, n_prompt: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The prompt's top-k ids and logprobs, ``[n_prompt, k]`` (see ``SampleOutput``).
+
+        One more prefill of the prompt (its own small program, so the sampling program is
+        unchanged); ``k`` is compiled in rounded up to a power of two and cut back here."""
+        k = request.topk_prompt_logprobs
+        snap = request.snapshot
+        ids, lps = _prompt_topk_jit(
+            config=self.config,
+            k=min(bucket_pow2(k), self.config.vocab_size),
+            base=self._base,
+            lora=None if snap is None else dict(snap.weights),
+            scale=np.asarray([1.0 if snap is None else snap.scale], self._np_dtype),
+            prompt=padded,
+        )
+        ids = np.asarray(ids)[: n_prompt - 1, :k]
+        lps = np.asarray(lps, np.float32)[: n_prompt - 1, :k]
+        if not np.isfinite(lps).all():
+            raise NonFiniteResultError(
+                "sample refused, a non-finite result: the prompt's top-k logprobs are not "
+                "finite (the weights sampled from hold NaN or infinite values)"
+            )
+        out_ids = np.full((n_prompt, k), TOPK_EMPTY_ID, np.int32)
+        out_lps = np.full((n_prompt, k), TOPK_EMPTY_LOGPROB, np.float32)
+        out_ids[1:], out_lps[1:] = ids, lps
+        return out_ids, out_lps
 
     def _check_sample(self, request: SampleJob) -> tuple[np.ndarray, int]:
         vocab, max_len = self.config.vocab_size, self.config.max_seq_len
@@ -131,6 +190,10 @@ class SamplingMixin:
             raise ValueError(f"row_offset: {request.row_offset} outside [0, 2**31)")
         if request.num_samples < 1:
             raise ValueError(f"num_samples: expected >= 1, got {request.num_samples}")
+        if not 0 <= request.topk_prompt_logprobs <= vocab:
+            raise ValueError(
+                f"topk_prompt_logprobs: {request.topk_prompt_logprobs} outside [0, {vocab}]"
+            )
         if request.max_tokens < 0 or n_prompt + request.max_tokens > max_len:
             raise ValueError(
                 f"max_tokens: {request.max_tokens} with a {n_prompt}-token prompt exceeds "

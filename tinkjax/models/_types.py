@@ -219,6 +219,8 @@ class SampleJob:
         stop_token_seqs: stop when the generated tokens end with one of these (the caller
             encodes stop strings to bytes and adds EOS when Tinker's default stop applies).
         include_prompt_logprobs: also return ``log p(prompt[i] | prompt[:i])``.
+        topk_prompt_logprobs: also return, at every prompt position, the ``k`` most likely
+            tokens and their logprobs (``0``: none).
         row_offset: index of the first sample within a larger request sampled in pieces
             (sample ``i`` here is sample ``row_offset + i`` there: same seed, same tokens).
         checked_for: the model config a caller has already validated the job against (the
@@ -236,6 +238,7 @@ class SampleJob:
     seed: int | None = None
     stop_token_seqs: Sequence[Sequence[int]] = ()
     include_prompt_logprobs: bool = False
+    topk_prompt_logprobs: int = 0
     row_offset: int = 0
     checked_for: ModelConfig | None = field(default=None, compare=False, repr=False)
 
@@ -252,7 +255,11 @@ class SampledArrays:
 
 @dataclass(frozen=True)
 class SampleOutput:
-    """Completions in request order, and ``[P]`` float32 prompt logprobs (NaN at 0) if asked."""
+    """Completions in request order, ``[P]`` float32 prompt logprobs (NaN at 0) if asked, and
+    the prompt's top-k ``(ids [P, k] int32, logprobs [P, k] float32)`` if asked: row ``i`` ranks
+    ``log p(. | prompt[:i])`` in decreasing order; row 0 (no context) holds id 0, logprob
+    ``-99999.0``."""
 
     sequences: list[SampledArrays]
     prompt_logprobs: np.ndarray | None
+    prompt_topk: tuple[np.ndarray, np.ndarray] | None = None

@@ -115,10 +115,11 @@ class Backend:
     def end_session(self, session_id: str) -> int:
         """Free what an ended session holds in memory: its training models (their adapters
         are removed once their queued requests ran; saved checkpoints stay and a later
-        ``load_weights`` re-creates a model) and its samplers' weights. Returns how many models
-        are being freed."""
+        ``load_weights`` re-creates a model), its samplers' weights and its recorded sequences.
+        Returns how many models are being freed."""
         self.samplers.forget_session(session_id)
         self.custom_losses.forget_session(session_id)
+        self.sampling.ctx.sequences.forget_session(session_id)
         n = 0
         for record in self.models.records():
             if record.session_id == session_id and not record.ending:

@@ -9,12 +9,13 @@ seq id is fresh), registers what the client must see at once, and queues a
 from __future__ import annotations
 
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from tinkjax.server._models_registry import ModelRecord, ModelRegistry
 from tinkjax.server._samplers import SamplerRegistry
 from tinkjax.server._scheduler import Job, Scheduler
+from tinkjax.server._sequences import SequenceRecords
 from tinkjax.server._store import Store
 from tinkjax.server._validate import check_int
 from tinkjax.types import UntypedAPIFuture
@@ -62,6 +63,7 @@ class JobContext:
     scheduler: Scheduler
     models: ModelRegistry
     samplers: SamplerRegistry
+    sequences: SequenceRecords = field(default_factory=SequenceRecords)
 
     def ordered(self, model_id: Any, seq_id: Any, digest: str) -> Ordered:
         """Common checks of an ordered request: the model, the seq id, a duplicate's id."""

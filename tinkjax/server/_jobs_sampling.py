@@ -20,13 +20,15 @@ from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext, new_request_id
 from tinkjax.server._samplers import SamplerRecord
 from tinkjax.server._scheduler import Job, Resume
-from tinkjax.server._validate import check_int, sample_plan
+from tinkjax.server._sequences import session_of_sampler
+from tinkjax.server._validate import SamplePlan, check_int, sample_plan
 from tinkjax.types import (
     CreateSamplingSessionRequest,
     CreateSamplingSessionResponse,
     SampledSequence,
     SampleRequest,
     SampleResponse,
+    TopkLogprobs,
     UntypedAPIFuture,
 )
 
@@ -39,6 +41,34 @@ __all__ = ["SAMPLE_ROWS_PER_TURN", "SamplingJobs"]
 #: Sampling is one decode loop over every row, so a piece costs about its share of the
 #: request; the pieces repeat the prompt's prefill (small next to the decode).
 SAMPLE_ROWS_PER_TURN = 16
+
+#: Token id and logprob of an empty top-k cell (the official SDK reads a row starting with
+#: them as "not computed", ``None``).
+TOPK_EMPTY_ID, TOPK_EMPTY_LOGPROB = 0, -99999.0
+
+
+def _last_n(values: np.ndarray | None, plan: SamplePlan, fill: float) -> np.ndarray | None:
+    """``values`` (rows per prompt position) with the rows before the last ``last_n`` set to
+    ``fill`` (``prompt_logprobs_last_n``)."""
+    if values is None or plan.last_n is None:
+        return values
+    out = values.copy()
+    out[: max(plan.n_prompt - plan.last_n, 0)] = fill
+    return out
+
+
+def _topk(topk: tuple[np.ndarray, np.ndarray] | None, plan: SamplePlan) -> TopkLogprobs | None:
+    """The runtime's ``[n_prompt, k]`` top-k ids and logprobs on the wire: row 0 (no context)
+    and rows before ``prompt_logprobs_last_n`` hold the empty-cell sentinels."""
+    if topk is None:
+        return None
+    ids, lps = topk
+    n, k = lps.shape
+    if plan.last_n is not None:
+        ids, lps = ids.copy(), lps.copy()
+        ids[: max(plan.n_prompt - plan.last_n, 0)] = TOPK_EMPTY_ID
+        lps[: max(plan.n_prompt - plan.last_n, 0)] = TOPK_EMPTY_LOGPROB
+    return TopkLogprobs(token_ids=ids, logprobs=lps, k=k, length=n)
 
 
 @dataclass(frozen=True)
@@ -79,8 +109,20 @@ class SamplingJobs:
         plan = sample_plan(req, models.config(sampler.base_model))
         request_id = new_request_id()
         base = sampler.sampler_id or sampler.base_model
-        seq = req.seq_id if req.seq_id is not None else request_id[:8]
-        sequence_ids = [f"{base}:{seq}:{i}" for i in range(req.num_samples)]
+        seq = req.seq_id if req.seq_id is not None else "-"
+        # unique per submission: a retried request (same seq_id) names new sequences
+        sequence_ids = [f"{base}:{seq}:{request_id[:12]}:{i}" for i in range(req.num_samples)]
+        record_session = None
+        if req.record_stability_info:
+            record_session = session_of_sampler(sampler.sampler_id)
+            if record_session is None:
+                raise ApiError(
+                    400,
+                    "record_stability_info: recorded sequences belong to a session; sample "
+                    "through a sampling_session_id (a sampling client of a session)",
+                    field="record_stability_info",
+                )
+        records = self.ctx.sequences
 
         job = plan.job
         if job.seed is None and job.num_samples > SAMPLE_ROWS_PER_TURN:
@@ -88,6 +130,7 @@ class SamplingJobs:
             job = dataclasses.replace(job, seed=int.from_bytes(os.urandom(4), "little"))
         sequences: list[SampledSequence] = []
         prompt_lp: list[np.ndarray | None] = [None]
+        prompt_topk: list[tuple[np.ndarray, np.ndarray] | None] = [None]
         snapshot: list[AdapterSnapshot | None] = [None]
 
         def piece(start: int) -> SampleResponse | Resume:
@@ -100,6 +143,7 @@ class SamplingJobs:
             part = dataclasses.replace(
                 job, snapshot=snapshot[0], num_samples=n, row_offset=start,
                 include_prompt_logprobs=job.include_prompt_logprobs and start == 0,
+                topk_prompt_logprobs=job.topk_prompt_logprobs if start == 0 else 0,
             )  # fmt: skip
             try:
                 out = models.runtime(sampler.base_model).sample(part)
@@ -107,19 +151,26 @@ class SamplingJobs:
                 raise ApiError(400, str(exc), field="sampling_session_id") from None
             if start == 0:
                 prompt_lp[0] = out.prompt_logprobs
+                prompt_topk[0] = out.prompt_topk
             for i, s in enumerate(out.sequences):
                 seq_id = sequence_ids[start + i]
                 sequences.append(SampledSequence(
                     stop_reason=s.stop_reason, tokens_np=s.tokens, logprobs_np=s.logprobs,
                     sequence_id=seq_id,
                 ))  # fmt: skip
+            if record_session is not None:
+                records.record(
+                    record_session, job.prompt,
+                    [(sequence_ids[start + i], s.tokens, s.logprobs)
+                     for i, s in enumerate(out.sequences)],
+                )  # fmt: skip
             if start + n < job.num_samples:
                 return Resume(lambda: piece(start + n))
-            lp = prompt_lp[0]
-            if lp is not None and plan.last_n is not None:
-                lp = lp.copy()
-                lp[: max(plan.n_prompt - plan.last_n, 0)] = np.nan
-            return SampleResponse(sequences=sequences, prompt_logprobs_np=lp)
+            return SampleResponse(
+                sequences=sequences,
+                prompt_logprobs_np=_last_n(prompt_lp[0], plan, np.nan),
+                topk_prompt_logprobs_np=_topk(prompt_topk[0], plan),
+            )
 
         run = functools.partial(piece, 0)
         self.ctx.scheduler.submit(Job(request_id, "sample", run=run, lane=sampler.lane))

@@ -10,7 +10,7 @@ from tinkjax.server._custom_graphs import CustomLosses, custom_item
 from tinkjax.server._errors import ApiError
 from tinkjax.server._jobs import JobContext
 from tinkjax.server._scheduler import FusedWork, Job
-from tinkjax.server._validate import adam_hyper, fwdbwd_item
+from tinkjax.server._validate import adam_hyper, fwdbwd_item, server_filled_inputs
 from tinkjax.types import (
     ForwardBackwardOutput,
     ForwardBackwardRequest,
@@ -68,7 +68,11 @@ class TrainingJobs:
             graph = self.custom_losses.lookup(fb.loss_fn_config, record.session_id)
             item = custom_item(cfg, record.model_id, fb.data, graph)
         else:
-            item = fwdbwd_item(cfg, record.model_id, fb.data, fb.loss_fn, fb.loss_fn_config)
+            data = fb.data
+            if filled := server_filled_inputs(fb.loss_fn):
+                # stable_reinforce: the sampler logprobs and mask come from the recorded sequences
+                data = self.ctx.sequences.fill(record.session_id, data, filled)
+            item = fwdbwd_item(cfg, record.model_id, data, fb.loss_fn, fb.loss_fn_config)
         work = FusedWork(record.base_model, item, forward_only, runner=self.run_fused)
         job = self.ctx.job("forward" if forward_only else "forward_backward", target, fused=work)
         return self.ctx.submit(job, target)

@@ -32,6 +32,7 @@ __all__ = [
     "MAX_METADATA_BYTES",
     "MAX_METADATA_ITEM_BYTES",
     "MAX_NUM_SAMPLES",
+    "MAX_TOPK_LOGPROBS",
     "MAX_TTL_S",
     "SamplePlan",
     "adam_hyper",
@@ -43,6 +44,7 @@ __all__ = [
     "check_user_metadata",
     "fwdbwd_item",
     "sample_plan",
+    "server_filled_inputs",
     "stop_sequences",
 ]
 
@@ -50,6 +52,8 @@ __all__ = [
 DEFAULT_MAX_TOKENS = 64
 #: Most samples one request may ask for.
 MAX_NUM_SAMPLES = 1024
+#: Largest ``topk_prompt_logprobs`` accepted (also at most the vocabulary size).
+MAX_TOPK_LOGPROBS = 256
 #: Longest checkpoint ``ttl_seconds`` accepted (about ten years).
 MAX_TTL_S = 10 * 366 * 86400
 #: Largest ``user_metadata`` entry (its key and value, JSON-encoded) accepted.
@@ -147,6 +151,15 @@ def adam_hyper(params: AdamParams | None) -> AdamHyper:
         raise ApiError(400, str(exc), field=field) from None
 
 
+def server_filled_inputs(loss_fn: Any) -> tuple[str, ...]:
+    """The wire inputs of built-in loss ``loss_fn`` the server fills from recorded sequences
+    (none for other losses, or a name that is not a loss: ``fwdbwd_item`` refuses it)."""
+    from tinkjax.losses import LOSS_FUNCTIONS
+
+    definition = LOSS_FUNCTIONS.get(loss_fn) if isinstance(loss_fn, str) else None
+    return () if definition is None else definition.server_filled
+
+
 def fwdbwd_item(
     cfg: ModelConfig,
     model_id: str,
@@ -220,7 +233,8 @@ class SamplePlan:
     Attributes:
         job: the sampling job; ``snapshot`` is filled in on the worker.
         n_prompt: prompt length.
-        last_n: ``prompt_logprobs_last_n`` (earlier prompt logprobs are answered NaN).
+        last_n: ``prompt_logprobs_last_n`` (earlier prompt logprobs are answered NaN, and
+            earlier top-k rows the empty-cell sentinels).
     """
 
     job: SampleJob
@@ -228,8 +242,16 @@ class SamplePlan:
     last_n: int | None
 
 
+def _topk_prompt(req: SampleRequest, vocab: int) -> int:
+    """``topk_prompt_logprobs``: an int in ``[0, min(vocab, MAX_TOPK_LOGPROBS)]``."""
+    return check_int(
+        req.topk_prompt_logprobs, "topk_prompt_logprobs", low=0,
+        high=min(vocab, MAX_TOPK_LOGPROBS),
+    )  # fmt: skip
+
+
 def _unsupported(req: SampleRequest) -> None:
-    for name in ("topk_prompt_logprobs", "topk_sample_logprobs", "prompt_alt_tokens_k"):
+    for name in ("topk_sample_logprobs", "prompt_alt_tokens_k"):
         value = check_int(getattr(req, name), name, low=0)
         if value:
             raise ApiError(
@@ -295,6 +317,7 @@ def sample_plan(req: SampleRequest, cfg: ModelConfig) -> SamplePlan:
         check_int(params.seed, "sampling_params.seed", low=0, high=2**64 - 1)
     stops = stop_sequences(params.stop, cfg.vocab_size, EOS_TOKEN_ID)
     _unsupported(req)
+    topk = _topk_prompt(req, cfg.vocab_size)
     last_n = req.prompt_logprobs_last_n
     if last_n is not None:
         check_int(last_n, "prompt_logprobs_last_n", low=0)
@@ -303,6 +326,7 @@ def sample_plan(req: SampleRequest, cfg: ModelConfig) -> SamplePlan:
         max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
         seed=params.seed, stop_token_seqs=stops,
         include_prompt_logprobs=bool(req.prompt_logprobs) or last_n is not None,
+        topk_prompt_logprobs=topk,
         checked_for=cfg,  # every field checked above: the runtime does not check it again
     )  # fmt: skip
     return SamplePlan(job=job, n_prompt=n_prompt, last_n=last_n)

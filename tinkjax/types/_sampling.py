@@ -29,6 +29,9 @@ __all__ = [
 
 StopReason = Literal["length", "stop"]
 
+#: The logprob of an empty top-k cell (with token id 0).
+TOPK_EMPTY_LOGPROB = -99999.0
+
 
 def _frozen_array(value: Any, dtype: Any, field: str, ndim: int = 1) -> npt.NDArray[Any]:
     try:
@@ -128,6 +131,21 @@ class TopkLogprobs(Wire, frozen=True, kw_only=True, eq=False):
 
     __hash__ = None  # type: ignore[assignment]
 
+    def to_lists(self) -> list[list[tuple[int, float]] | None]:
+        """Per position, up to ``k`` ``(token_id, logprob)`` pairs, or ``None`` where nothing
+        was computed: trailing empty cells (id 0, logprob ``TOPK_EMPTY_LOGPROB``) are
+        dropped and a row starting with one is ``None`` (the official SDK's reading)."""
+        out: list[list[tuple[int, float]] | None] = []
+        for ids, lps in zip(self.token_ids.tolist(), self.logprobs.tolist(), strict=True):
+            n = len(ids)
+            while n and ids[n - 1] == 0 and lps[n - 1] == TOPK_EMPTY_LOGPROB:
+                n -= 1
+            if not ids or (ids[0] == 0 and lps[0] == TOPK_EMPTY_LOGPROB):
+                out.append(None)
+            else:
+                out.append(list(zip(ids[:n], lps[:n], strict=True)))
+        return out
+
 
 class PromptAltTokens(Wire, frozen=True, kw_only=True):
     """``[len(prompt) - 1, k]`` alternative tokens and their logprobs."""
@@ -173,6 +191,12 @@ class SampledSequence(Wire, frozen=True, kw_only=True, eq=False):
     def logprobs(self) -> list[float] | None:
         """Logprobs of the generated tokens as a Python list."""
         return None if self.logprobs_np is None else [float(x) for x in self.logprobs_np]
+
+    @property
+    def topk_logprobs(self) -> list[list[tuple[int, float]] | None] | None:
+        """Top-k ``(token_id, logprob)`` pairs at each generated position (``None`` when not
+        requested)."""
+        return None if self.topk_logprobs_np is None else self.topk_logprobs_np.to_lists()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SampledSequence):
@@ -222,6 +246,15 @@ class SampleResponse(Wire, frozen=True, kw_only=True, eq=False):
         if self.prompt_logprobs_np is None:
             return None
         return [None if np.isnan(x) else float(x) for x in self.prompt_logprobs_np]
+
+    @property
+    def topk_prompt_logprobs(self) -> list[list[tuple[int, float]] | None] | None:
+        """Per prompt position, the ``topk_prompt_logprobs`` most likely ``(token_id,
+        logprob)`` pairs, or ``None`` where not computed (position 0, and before
+        ``prompt_logprobs_last_n``); ``None`` when not requested."""
+        if self.topk_prompt_logprobs_np is None:
+            return None
+        return self.topk_prompt_logprobs_np.to_lists()
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, SampleResponse):
