@@ -29,31 +29,7 @@ tinker = pytest.importorskip("tinker")
 DOC = Path(__file__).resolve().parents[1] / "docs" / "compat.md"
 
 #: name → branch that adds it. Emptied by the lead when the branch is merged.
-PENDING_ON_OTHER_BRANCHES: dict[str, str] = {
-    # weights engineer: external weights, TTLs, publishing, copies
-    "TrainingClient.save_weights_external": "s6-weights",
-    "TrainingClient.save_weights_external_async": "s6-weights",
-    "RestClient.get_external_weights_urls": "s6-weights",
-    "RestClient.get_external_weights_urls_async": "s6-weights",
-    "RestClient.set_checkpoint_ttl_from_tinker_path": "s6-weights",
-    "RestClient.set_checkpoint_ttl_from_tinker_path_async": "s6-weights",
-    "RestClient.publish_checkpoint_from_tinker_path": "s6-weights",
-    "RestClient.publish_checkpoint_from_tinker_path_async": "s6-weights",
-    "RestClient.unpublish_checkpoint_from_tinker_path": "s6-weights",
-    "RestClient.unpublish_checkpoint_from_tinker_path_async": "s6-weights",
-    "RestClient.copy_weights": "s6-weights",
-    "RestClient.copy_weights_async": "s6-weights",
-    "ServiceClient.copy_weights": "s6-weights",
-    "types.SaveWeightsExternalResponseInternal": "s6-weights",
-    # graph engineer: server-side custom losses
-    "ServiceClient.create_custom_loss": "s6-graph",
-    "types.CreateCustomLossRequest": "s6-graph",
-    "types.CreateCustomLossResponse": "s6-graph",
-    "types.CustomLossGraph": "s6-graph",
-    "types.CustomLossInput": "s6-graph",
-    "types.CustomLossInputRank": "s6-graph",
-    "types.CustomLossNode": "s6-graph",
-}
+PENDING_ON_OTHER_BRANCHES: dict[str, str] = {}
 
 CLIENTS = [
     (tinker.ServiceClient, tinkjax.client.ServiceClient),

@@ -15,7 +15,7 @@ from tinkjax.server._validate import check_int, check_ttl, check_user_metadata
 from tinkjax.server._weights import peft_files, state_files
 from tinkjax.types import (
     SaveWeightsExternalRequest,
-    SaveWeightsExternalResponse,
+    SaveWeightsExternalResponseInternal,
     SaveWeightsForSamplerRequest,
     SaveWeightsForSamplerResponseInternal,
     SaveWeightsRequest,
@@ -148,7 +148,7 @@ class CheckpointJobs:
         recipients = parse_recipients(req.age_encryption_recipients)
         record, store, models = target.record, self.ctx.store, self.ctx.models
 
-        def run() -> SaveWeightsExternalResponse:
+        def run() -> SaveWeightsExternalResponseInternal:
             self._check_free(record.model_id, "external_weights", name, False, can_overwrite=False)
             tensors, config = models.runtime(record.base_model).export_peft(record.model_id)
             files = peft_files(tensors, config)
@@ -161,7 +161,7 @@ class CheckpointJobs:
                 record.model_id, "external_weights", name, files, meta=meta,
                 ttl_seconds=req.ttl_seconds,
             )  # fmt: skip
-            return SaveWeightsExternalResponse(
+            return SaveWeightsExternalResponseInternal(
                 path=ck.tinker_path, size_bytes=ck.size_bytes, type="save_weights_external"
             )
 

@@ -20,6 +20,7 @@ __all__ = [
     "ModelData",
     "SaveWeightsExternalRequest",
     "SaveWeightsExternalResponse",
+    "SaveWeightsExternalResponseInternal",
     "SaveWeightsForSamplerRequest",
     "SaveWeightsForSamplerResponse",
     "SaveWeightsForSamplerResponseInternal",
@@ -148,6 +149,14 @@ class SaveWeightsExternalRequest(StrictWire, frozen=True, kw_only=True):
     ttl_seconds: int | None = None
     age_encryption_recipients: list[str] | None = None
     type: Literal["save_weights_external"] = "save_weights_external"
+
+
+class SaveWeightsExternalResponseInternal(Wire, frozen=True, kw_only=True):
+    """What the ``save_weights_external`` future answers."""
+
+    path: str | None = None
+    size_bytes: int | None = None
+    type: Literal["save_weights_external"] | None = None
 
 
 class SaveWeightsExternalResponse(Wire, frozen=True, kw_only=True):
