@@ -9,6 +9,7 @@ logprobs a forward pass returns.
 from tinkjax.kernels._logprobs import target_logprobs, target_logprobs_reference
 from tinkjax.kernels._lora import (
     lora_delta,
+    lora_delta_grouped,
     lora_delta_reference,
     lora_linear,
     lora_linear_reference,
@@ -19,6 +20,7 @@ __all__ = [
     "filter_logits",
     "filter_logits_reference",
     "lora_delta",
+    "lora_delta_grouped",
     "lora_delta_reference",
     "lora_linear",
     "lora_linear_reference",

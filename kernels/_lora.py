@@ -16,7 +16,13 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-__all__ = ["lora_delta", "lora_delta_reference", "lora_linear", "lora_linear_reference"]
+__all__ = [
+    "lora_delta",
+    "lora_delta_grouped",
+    "lora_delta_reference",
+    "lora_linear",
+    "lora_linear_reference",
+]
 
 
 def _check(x: jax.Array, a: jax.Array, b: jax.Array, slot: jax.Array, scale: jax.Array) -> None:
@@ -125,6 +131,36 @@ def _delta_bwd(
 
 
 _delta.defvjp(_delta_fwd, _delta_bwd)
+
+
+def lora_delta_grouped(
+    x: jax.Array, a: jax.Array, b: jax.Array, slot: jax.Array, scale: jax.Array
+) -> jax.Array:
+    """``lora_delta`` as a grouped GEMM: rows sorted by slot, then ``jax.lax.ragged_dot`` for
+    the ``x @ a`` and ``h @ b`` products with one group per slot (its rows' tokens), the
+    Punica / S-LoRA layout. Gradients are JAX's own rules for ``ragged_dot`` (exact).
+
+    Same arguments and result as :func:`lora_delta`; rows may come in any slot order (they are
+    sorted, stably, and put back), and a slot with no rows is an empty group. Where it pays
+    depends on the backend's ``ragged_dot``: see ``bench/lora_bench.py`` (on XLA:CPU it is
+    lowered densely, every group over every row, and costs more than the gathered path).
+    """
+    _check(x, a, b, slot, scale)
+    n_slots, d_in, _ = a.shape
+    per_row = 1
+    for size in x.shape[1:-1]:
+        per_row *= size
+    slot = slot.astype(jnp.int32)
+    order = jnp.argsort(slot, stable=True)
+    sizes = jnp.zeros((n_slots,), jnp.int32).at[slot].add(per_row)
+    rows = x[order].reshape(-1, d_in)
+    h = jax.lax.ragged_dot(rows, a, sizes)
+    row_scale = jnp.repeat(scale[slot[order]], per_row, total_repeat_length=rows.shape[0])
+    out = jax.lax.ragged_dot(h, b, sizes) * row_scale[:, None].astype(h.dtype)
+    unsorted = jnp.zeros_like(out.reshape(x.shape[0], -1)).at[order].set(
+        out.reshape(x.shape[0], -1)
+    )
+    return unsorted.reshape(*x.shape[:-1], b.shape[-1]).astype(x.dtype)
 
 
 def lora_linear(

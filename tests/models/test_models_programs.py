@@ -1,5 +1,6 @@
-"""The jitted cores against themselves: backward micro-batching and the merged-weight sampler
-change only float rounding (float64, micro model)."""
+"""The jitted cores against themselves: the chunk size and the merged-weight sampler change only
+float rounding (float64, micro model); fusing adapters into one call changes nothing; a call's
+rows change no program."""
 
 from __future__ import annotations
 
@@ -11,77 +12,158 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinkjax.losses import get_loss_definition
-from tinkjax.models import DatumArrays, ModelRuntime, SampleJob
-from tinkjax.models import _programs as programs
-from tinkjax.models._batching import pack_rows, validate_datum
+from tinkjax.models import DatumArrays, FwdBwdItem, ModelRuntime, SampleJob, trace_counts
+from tinkjax.models import _batching
 
 from .helpers import nonzero_b
 
 
-def _packed(rt: ModelRuntime, adapters: list[str], loss: str, cfg: dict[str, float]) -> Any:
-    rng = np.random.default_rng(7)
-    rows = []
-    for i in range(6):  # 6 datums -> 8 rows, two of them padding
-        n = int(rng.integers(5, 32))
-        toks = rng.integers(0, 256, size=n + 1)
-        datum = DatumArrays(toks[:-1], {
-            "target_tokens": toks[1:], "weights": rng.normal(size=n),
-            "logprobs": -rng.uniform(3, 7, size=n), "advantages": rng.normal(size=n),
-        })  # fmt: skip
-        valid = validate_datum(
-            datum, where="d", loss_fn=loss, vocab=rt.config.vocab_size,
-            max_len=rt.config.max_seq_len, dtype=rt._np_dtype,
-        )  # fmt: skip
-        rows.append((valid, rt._slots[adapters[i % len(adapters)]], cfg))
-    definition = get_loss_definition(loss)
-    return pack_rows(
-        rows, slot_scale=rt._scale, input_keys=tuple(definition.input_arguments),
-        config_keys=tuple(sorted(cfg)), length=32, width=1, dtype=rt._np_dtype,
-    )  # fmt: skip
+def _datums(seed: int, n: int) -> list[DatumArrays]:
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(n):
+        k = int(rng.integers(5, 32))
+        toks = rng.integers(0, 256, size=k + 1)
+        out.append(DatumArrays(toks[:-1], {
+            "target_tokens": toks[1:], "weights": rng.normal(size=k),
+            "logprobs": -rng.uniform(3, 7, size=k), "advantages": rng.normal(size=k),
+        }))  # fmt: skip
+    return out
 
 
-def _run_core(rt: ModelRuntime, loss: str, packed: Any, chunk_tokens: int) -> Any:
-    old = programs.FB_CHUNK_TOKENS
-    programs.FB_CHUNK_TOKENS = chunk_tokens
-    try:
-        # A fresh function per call, so jit traces it under this chunk size.
-        def core(*args: Any, **kwargs: Any) -> Any:
-            return programs.forward_backward_core(*args, **kwargs)
+def _run(rt: ModelRuntime, items: list[FwdBwdItem]) -> tuple[list[Any], dict[str, Any]]:
+    """Outputs of one ``forward_backward`` call and each item's adapter's gradient (the
+    adapters' accumulators are cleared after)."""
+    results = rt.forward_backward(items, forward_only=False)
+    grads = {}
+    for item in items:
+        grads[item.adapter_id] = rt.accumulated_gradients(item.adapter_id)
+    rt._acc = jax.tree.map(jnp.zeros_like, rt._acc)
+    return [r.outputs for r in results], grads
 
-        acc = jax.tree.map(jnp.zeros_like, rt._acc)
-        return jax.jit(core, static_argnames=("config", "loss_name"))(
-            config=rt.config, loss_name=loss, base=rt._base, stack=rt._stack, acc=acc,
-            batch_slots=packed.batch_slots, acc_slots=packed.batch_slots, scale=packed.scale,
-            row_slot=packed.row_slot, tokens=packed.tokens, targets=packed.targets, valid=packed.valid,
-            inputs=packed.inputs, loss_config=packed.loss_config,
-        )  # fmt: skip
-    finally:
-        programs.FB_CHUNK_TOKENS = old
+
+def _assert_same(got: Any, want: Any, **tol: float) -> None:
+    for u, v in zip(jax.tree.leaves(got), jax.tree.leaves(want), strict=True):
+        if tol:
+            np.testing.assert_allclose(np.asarray(u), np.asarray(v), **tol)
+        else:
+            np.testing.assert_array_equal(np.asarray(u), np.asarray(v))
 
 
 @pytest.mark.parametrize(
-    ("loss", "cfg", "n_adapters"),
-    [("cross_entropy", {}, 1), ("ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2}, 2)],
+    ("loss", "cfg"),
+    [("cross_entropy", None), ("ppo", {"clip_low_threshold": 0.8, "clip_high_threshold": 1.2})],
 )
-def test_backward_micro_batches_match_one_batch(
-    runtime64: ModelRuntime, loss: str, cfg: dict[str, float], n_adapters: int
+def test_chunk_size_changes_only_rounding(
+    runtime64: ModelRuntime,
+    monkeypatch: pytest.MonkeyPatch,
+    loss: str,
+    cfg: dict[str, float] | None,
 ) -> None:
+    """One chunk holding every row of an adapter, or chunks of one or two rows: the same
+    outputs and gradients to float64 rounding (two adapters, rows interleaved)."""
     with jax.enable_x64(True):
         rt = runtime64
-        names = [f"chunk-{loss}-{i}" for i in range(n_adapters)]
+        names = [f"chunk-{loss}-{i}" for i in range(2)]
         for i, name in enumerate(names):
             nonzero_b(rt, name, 20 + i)
-        packed = _packed(rt, names, loss, cfg)
-        assert programs.chunk_rows(8, 32) == 8  # 256 tokens: one micro-batch
-        assert programs.chunk_rows(8, 32 * 3) == 2
-        whole = _run_core(rt, loss, packed, chunk_tokens=1 << 20)
-        split = _run_core(rt, loss, packed, chunk_tokens=64)  # 4 micro-batches of 2 rows
-        assert any(np.any(np.asarray(x)) for x in jax.tree.leaves(whole[0]))
-        for u, v in zip(jax.tree.leaves(split), jax.tree.leaves(whole), strict=True):
-            np.testing.assert_allclose(np.asarray(u), np.asarray(v), rtol=1e-11, atol=1e-13)
+        data = _datums(7, 6)
+        items = [FwdBwdItem(names[i % 2], [d], loss, cfg) for i, d in enumerate(data)]
+        assert _batching.chunk_shape(32, 1) == (64, 8)
+        whole = _run(rt, items)
+        monkeypatch.setattr(_batching, "FB_CHUNK_TOKENS", 64)  # 2 rows of 32 per chunk
+        assert _batching.chunk_shape(32, 1) == (256, 2)
+        split = _run(rt, items)
+        assert any(np.any(g) for g in jax.tree.leaves(whole[1]))
+        _assert_same(split, whole, rtol=1e-11, atol=1e-13)
         for name in names:
             rt.remove_adapter(name)
+
+
+def test_fused_call_equals_separate_calls(runtime: ModelRuntime) -> None:
+    """Items of three adapters in one call (rows interleaved, uneven counts) give every
+    adapter exactly the outputs and gradient of its items run alone: each chunk holds one
+    adapter's rows, summed in the same order whoever shares the call."""
+    rt = runtime
+    names = [f"fuse-{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        nonzero_b(rt, name, 40 + i)
+    data = _datums(9, 11)
+    items = [FwdBwdItem(names[i % 3 if i < 9 else 0], [d], "cross_entropy") for i, d in enumerate(data)]
+    fused_out, fused_grads = _run(rt, items)
+    for name in names:
+        mine = [i for i, item in enumerate(items) if item.adapter_id == name]
+        alone_out, alone_grads = _run(rt, [items[i] for i in mine])
+        _assert_same(alone_out, [fused_out[i] for i in mine])
+        _assert_same(alone_grads[name], fused_grads[name])
+    for name in names:
+        rt.remove_adapter(name)
+
+
+def test_rows_and_adapters_of_a_call_change_no_program(runtime: ModelRuntime) -> None:
+    """A call's rows never change a shape (a fixed chunk count per length bucket); its
+    adapter count does only across powers of two."""
+    rt = runtime
+    names = [f"rows-{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        rt.create_adapter(name, rank=4, seed=i)
+    rng = np.random.default_rng(3)
+    data = _datums(11, 40)
+    rt.forward_backward([FwdBwdItem(names[0], data[:1], "cross_entropy")], forward_only=False)
+    rt.forward_backward([FwdBwdItem(names[0], data[:1], "cross_entropy")], forward_only=True)
+    before = trace_counts()
+    for _ in range(5):  # 1-40 rows of one adapter
+        n = int(rng.integers(1, 40))
+        item = FwdBwdItem(names[0], data[:n], "cross_entropy")
+        rt.forward_backward([item], forward_only=bool(rng.integers(2)))
+    assert trace_counts() == before
+    for n_rows in (3, 17, 40):  # three or four adapters: adapter bucket 4, one program
+        items = [
+            FwdBwdItem(names[i % 4 if n_rows != 3 else i], [d], "cross_entropy")
+            for i, d in enumerate(data[:n_rows])
+        ]
+        rt.forward_backward(items, forward_only=False)
+    after = trace_counts()  # (0 when an earlier test of this runtime compiled bucket 4)
+    assert after.get("forward_backward", 0) - before.get("forward_backward", 0) <= 1
+    rt._acc = jax.tree.map(jnp.zeros_like, rt._acc)
+    for name in names:
+        rt.remove_adapter(name)
+
+
+def test_warmup_compiles_every_training_program_ahead() -> None:
+    """With ``warmup``, creating adapters compiles (on the warm-up thread) every training
+    program of the stack: calls of any rows and up to the loaded adapters, forward or
+    backward, and optimizer steps, then compile nothing."""
+    from tinkjax.models import AdamHyper
+
+    # adapter_slots=4: a stack shape no other test's runtime has, so nothing is compiled yet
+    rt = ModelRuntime(
+        "tinkjax/bytelm-micro", max_lora_rank=8, adapter_slots=4,
+        warmup=[("cross_entropy", 20)],
+    )  # fmt: skip
+    names = [f"warm-{i}" for i in range(3)]
+    for i, name in enumerate(names):
+        rt.create_adapter(name, rank=4, seed=i)
+    assert rt.wait_warmup(timeout=600)
+    assert rt.warmup_pending() == 0
+    kinds = [key[0] for key in rt.warmup_keys()]
+    assert kinds.count("forward_backward") == 3  # adapter buckets 4, 2, 1
+    before = trace_counts()
+    data = _datums(5, 12)
+    for n_adapters, n_rows in ((3, 12), (1, 5), (2, 7), (3, 3)):
+        items = [FwdBwdItem(names[i % n_adapters], [d], "cross_entropy") for i, d in enumerate(data[:n_rows])]
+        rt.forward_backward(items, forward_only=False)
+        rt.forward_backward(items[:1], forward_only=True)
+    for name in names:
+        rt.optim_step(name, AdamHyper(learning_rate=1e-3))
+    assert trace_counts() == before
+
+
+def test_warmup_refuses_a_bad_shape() -> None:
+    with pytest.raises(ValueError, match="unknown loss"):
+        ModelRuntime("tinkjax/bytelm-micro", warmup=[("mse", 20)])
+    with pytest.raises(ValueError, match=r"warmup\[0\]: length 0"):
+        ModelRuntime("tinkjax/bytelm-micro", warmup=[("cross_entropy", 0)])
 
 
 def test_sampling_with_an_adapter_matches_training_logprobs(
@@ -95,8 +177,6 @@ def test_sampling_with_an_adapter_matches_training_logprobs(
         rt = runtime64
         nonzero_b(rt, "merge", 31)
         toks = random_tokens(40, 24)
-        from tinkjax.models import FwdBwdItem
-
         (res,) = rt.forward_backward(
             [FwdBwdItem("merge", [ce_datum(toks)], "cross_entropy")], forward_only=True
         )

@@ -22,9 +22,7 @@ from tinkjax.models._config import ModelConfig
 from tinkjax.models._transformer import BaseParams, KVCache, LoraBatch, forward, merge_lora
 
 __all__ = [
-    "FB_CHUNK_TOKENS",
     "LoraStack",
-    "chunk_rows",
     "commit_core",
     "finite_rows_core",
     "forward_backward_core",
@@ -43,10 +41,6 @@ def _batch_lora(sub: LoraStack, scale: jax.Array, row_slot: jax.Array) -> LoraBa
     """``[k, L_t, ...]`` slot-major weights -> the layer-major ``LoraBatch`` of ``forward``."""
     weights = {t: (jnp.moveaxis(a, 0, 1), jnp.moveaxis(b, 0, 1)) for t, (a, b) in sub.items()}
     return LoraBatch(weights, scale, row_slot)
-
-
-def _gather(stack: LoraStack, batch_slots: jax.Array) -> LoraStack:
-    return {t: (a[batch_slots], b[batch_slots]) for t, (a, b) in stack.items()}
 
 
 def _objective(
@@ -78,21 +72,22 @@ def _objective(
     return jnp.sum(elementwise), (logprobs, elementwise)
 
 
-FB_CHUNK_TOKENS = 256
-"""Padded tokens (rows x length x K) per backward micro-batch of ``forward_backward_core``.
-
-Sized so the backward pass's temporary buffer stays well under 32 MiB on the default model:
-glibc serves such blocks from its heap and reuses them, while a larger block is a fresh
-``mmap`` every call whose page faults cost more than the matmuls on a 2-core CPU."""
+def _gather(stack: LoraStack, batch_slots: jax.Array) -> LoraStack:
+    return {t: (a[batch_slots], b[batch_slots]) for t, (a, b) in stack.items()}
 
 
-def chunk_rows(rows: int, tokens_per_row: int) -> int:
-    """Rows per backward micro-batch: the largest divisor of ``rows`` holding at most
-    ``FB_CHUNK_TOKENS`` tokens (at least one row)."""
-    per = max(1, min(rows, FB_CHUNK_TOKENS // max(tokens_per_row, 1)))
-    while rows % per:
-        per -= 1
-    return per
+def _chunk_lora(stack: LoraStack, slot: jax.Array) -> LoraStack:
+    """The ``[1, L_t, ...]`` weights of stack slot ``slot`` (one adapter: the merged matmul)."""
+    take = jax.lax.dynamic_index_in_dim
+    return {
+        t: (take(a, slot, keepdims=True), take(b, slot, keepdims=True))
+        for t, (a, b) in stack.items()
+    }
+
+
+def _chunk(tree: Any, i: jax.Array) -> Any:
+    """Entry ``i`` of every leaf's leading (chunk) axis."""
+    return jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, i, keepdims=False), tree)
 
 
 def forward_core(
@@ -100,21 +95,31 @@ def forward_core(
     loss_name: str,
     base: BaseParams,
     stack: LoraStack,
-    batch_slots: jax.Array,
-    scale: jax.Array,
-    row_slot: jax.Array,
+    chunk_slot: jax.Array,
+    n_live: jax.Array,
+    chunk_scale: jax.Array,
     tokens: jax.Array,
     targets: jax.Array,
     valid: jax.Array,
     inputs: Mapping[str, jax.Array],
     loss_config: Mapping[str, jax.Array],
 ) -> tuple[jax.Array, jax.Array]:
-    """Forward only: ``([B, T, K]`` logprobs, per-token losses)."""
-    _, aux = _objective(
-        _gather(stack, batch_slots), config, loss_name, base, scale, row_slot, tokens, targets,
-        valid, inputs, loss_config,
-    )  # fmt: skip
-    return aux
+    """Forward only, chunk by chunk (as ``forward_backward_core``): ``([C, P, T, K]``
+    logprobs, per-token losses; zero past the live chunks)."""
+    put = jax.lax.dynamic_update_index_in_dim
+    per_chunk = (chunk_slot, chunk_scale, tokens, targets, valid, inputs, loss_config)
+
+    def body(i: jax.Array, out: tuple[jax.Array, jax.Array]) -> tuple[jax.Array, jax.Array]:
+        slot, scale, c_tokens, c_targets, c_valid, c_inputs, c_config = _chunk(per_chunk, i)
+        _, (lp, el) = _objective(
+            _chunk_lora(stack, slot), config, loss_name, base, scale.reshape(1),
+            jnp.zeros(c_tokens.shape[:1], jnp.int32), c_tokens, c_targets, c_valid, c_inputs,
+            c_config,
+        )  # fmt: skip
+        return put(out[0], lp, i, 0), put(out[1], el, i, 0)
+
+    zeros = jnp.zeros(targets.shape, chunk_scale.dtype)
+    return jax.lax.fori_loop(0, n_live, body, (zeros, zeros))  # type: ignore[no-any-return]
 
 
 def forward_backward_core(
@@ -123,69 +128,65 @@ def forward_backward_core(
     base: BaseParams,
     stack: LoraStack,
     acc: LoraStack,
-    batch_slots: jax.Array,
-    acc_slots: jax.Array,
-    scale: jax.Array,
-    row_slot: jax.Array,
+    chunk_slot: jax.Array,
+    chunk_acc: jax.Array,
+    n_live: jax.Array,
+    chunk_scale: jax.Array,
     tokens: jax.Array,
     targets: jax.Array,
     valid: jax.Array,
     inputs: Mapping[str, jax.Array],
     loss_config: Mapping[str, jax.Array],
 ) -> tuple[LoraStack, jax.Array, jax.Array]:
-    """Forward and backward; adds each used slot's gradient into ``acc`` (donated).
+    """Forward and backward, one chunk of one adapter's rows at a time; adds each chunk's
+    gradient into ``acc`` (donated) at the chunk's index.
+
+    Every chunk runs one adapter through the merged-weight LoRA matmul (``lora_linear`` with
+    one slot), so a call's cost per row does not depend on how many adapters share it (the
+    grouped-GEMM idea of Punica / S-LoRA, with chunks as the groups). The loop runs over the
+    ``n_live`` live chunks only (a traced trip count), so a call's fixed chunk count costs
+    nothing past them. The chunks also bound the backward pass's temporary buffer to
+    ``FB_CHUNK_TOKENS``' worth.
 
     Args:
-        acc: where the gradients go: ``[n, ...]`` per target (a scratch accumulator of the
-            call's slots, committed to the adapters' accumulator only if it is finite).
-        batch_slots: ``[k]`` stack slots used (padding entries repeat a used slot; their
-            gradient is zero, so adding it twice changes nothing).
-        acc_slots: ``[k]`` the index in ``acc`` of each of ``batch_slots``.
-        scale: ``[k]`` ``alpha / rank`` of those slots.
-        row_slot: ``[B]`` index into ``batch_slots`` of every row.
-        tokens: ``[B, T]`` int32; targets ``[B, T, K]`` int32; valid ``[B, T, K]`` bool.
-        inputs: wire key -> ``[B, T, K]`` float loss inputs.
-        loss_config: config key -> ``[B]`` float (per row, so items with different configs
-            share one batch).
+        acc: where the gradients go: ``[k, ...]`` per target (a scratch accumulator of the
+            call's adapters, committed to the adapters' accumulator only if it is finite).
+        chunk_slot: ``[C]`` stack slot of each chunk's adapter.
+        chunk_acc: ``[C]`` the index in ``acc`` of each chunk's adapter.
+        n_live: int32 scalar, how many chunks (the first ones) hold rows.
+        chunk_scale: ``[C]`` ``alpha / rank`` of each chunk's adapter.
+        tokens: ``[C, P, T]`` int32; targets ``[C, P, T, K]`` int32; valid ``[C, P, T, K]``.
+        inputs: wire key -> ``[C, P, T, K]`` float loss inputs.
+        loss_config: config key -> ``[C, P]`` float (per row, so items with different configs
+            share one call).
 
     Returns:
-        ``(acc, [B, T, K]`` logprobs, per-token losses).
+        ``(acc, [C, P, T, K]`` logprobs, per-token losses; zero past the live chunks).
     """
     grad_fn = jax.grad(_objective, has_aux=True)
-    sub = _gather(stack, batch_slots)
-    rows = tokens.shape[0]
-    per = chunk_rows(rows, tokens.shape[1] * targets.shape[2])
-    if per == rows:
-        grads, (logprobs, elementwise) = grad_fn(
-            sub, config, loss_name, base, scale, row_slot, tokens, targets, valid, inputs,
-            loss_config,
+    take, put = jax.lax.dynamic_index_in_dim, jax.lax.dynamic_update_index_in_dim
+    per_chunk = (chunk_slot, chunk_acc, chunk_scale, tokens, targets, valid, inputs, loss_config)
+    Carry = tuple[LoraStack, jax.Array, jax.Array]
+
+    def body(i: jax.Array, carry: Carry) -> Carry:
+        total, lp_out, el_out = carry
+        slot, index, scale, c_tokens, c_targets, c_valid, c_inputs, c_config = _chunk(per_chunk, i)
+        grads, (lp, el) = grad_fn(
+            _chunk_lora(stack, slot), config, loss_name, base, scale.reshape(1),
+            jnp.zeros(c_tokens.shape[:1], jnp.int32), c_tokens, c_targets, c_valid, c_inputs,
+            c_config,
         )  # fmt: skip
-    else:
-        # Micro-batches of ``per`` rows under a scan: the backward pass's activations (its
-        # temporary buffer) stay below FB_CHUNK_TOKENS' worth whatever the batch size.
-        def split(x: jax.Array) -> jax.Array:
-            return x.reshape(rows // per, per, *x.shape[1:])
+        total = {
+            t: tuple(  # type: ignore[misc]
+                put(x, take(x, index, keepdims=False) + g[0], index, 0)
+                for x, g in zip(total[t], grads[t], strict=True)
+            )
+            for t in total
+        }
+        return total, put(lp_out, lp, i, 0), put(el_out, el, i, 0)
 
-        def body(
-            total: LoraStack, chunk: tuple[jax.Array, ...]
-        ) -> tuple[LoraStack, tuple[jax.Array, jax.Array]]:
-            c_slot, c_tokens, c_targets, c_valid, c_inputs, c_config = chunk
-            g, aux = grad_fn(
-                sub, config, loss_name, base, scale, c_slot, c_tokens, c_targets, c_valid,
-                c_inputs, c_config,
-            )  # fmt: skip
-            return jax.tree.map(jnp.add, total, g), aux
-
-        chunks = jax.tree.map(split, (row_slot, tokens, targets, valid, inputs, loss_config))
-        grads, (logprobs, elementwise) = jax.lax.scan(
-            body, jax.tree.map(jnp.zeros_like, sub), chunks
-        )
-        logprobs = logprobs.reshape(rows, *logprobs.shape[2:])
-        elementwise = elementwise.reshape(rows, *elementwise.shape[2:])
-    new_acc = {
-        t: (acc[t][0].at[acc_slots].add(ga), acc[t][1].at[acc_slots].add(gb))
-        for t, (ga, gb) in grads.items()
-    }
+    zeros = jnp.zeros(targets.shape, chunk_scale.dtype)
+    new_acc, logprobs, elementwise = jax.lax.fori_loop(0, n_live, body, (acc, zeros, zeros))
     return new_acc, logprobs, elementwise
 
 

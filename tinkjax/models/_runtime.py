@@ -17,7 +17,7 @@ and their trace counts in ``_compiled``.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping, Sequence
+from collections.abc import Hashable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -27,10 +27,14 @@ import optax
 from tinkjax.losses import LOSS_SUM_METRIC, LossGraph, get_loss_definition, resolve_loss_config
 from tinkjax.models._adapters import TARGETS, seed_key_data, target_shape, trained_targets
 from tinkjax.models._batching import (
-    MAX_TOKENS_PER_BATCH,
+    PackedBatch,
     bucket_length,
     bucket_pow2,
+    bucket_rows,
+    chunk_shape,
+    empty_batch,
     pack_rows,
+    plan_chunks,
     validate_datum,
 )
 from tinkjax.models._compiled import (
@@ -56,6 +60,7 @@ from tinkjax.models._runtime_sampling import SamplingMixin, fresh_seed
 from tinkjax.models._runtime_state import StateMixin
 from tinkjax.models._tokenizer import ByteTokenizer
 from tinkjax.models._types import (
+    ADAM_KEYS,
     LORA_ALPHA,
     AdamHyper,
     AdapterInfo,
@@ -66,6 +71,7 @@ from tinkjax.models._types import (
     UnknownAdapterError,
     ValidDatum,
 )
+from tinkjax.models._warmup import Warmup
 
 __all__ = ["ModelRuntime", "trace_counts"]
 
@@ -88,6 +94,9 @@ class ModelRuntime(StateMixin, SamplingMixin):
         max_lora_rank: the largest rank ``create_adapter`` accepts.
         adapter_slots: initial capacity of the adapter stack (it doubles when full; each
             growth recompiles the programs once).
+        warmup: ``(loss_fn, sequence length)`` pairs whose training programs are compiled
+            ahead, on a background thread, whenever the adapter stack changes shape (see
+            :meth:`warmup_keys`); empty (the default): each compiles on its first call.
     """
 
     def __init__(
@@ -97,6 +106,7 @@ class ModelRuntime(StateMixin, SamplingMixin):
         dtype: jnp.dtype = jnp.float32,
         max_lora_rank: int = 64,
         adapter_slots: int = 8,
+        warmup: Sequence[tuple[str, int]] = (),
     ) -> None:
         self.config: ModelConfig = get_model_config(base_model)
         self.base_model = base_model
@@ -118,6 +128,13 @@ class ModelRuntime(StateMixin, SamplingMixin):
         self._slots: dict[str, int] = {}
         self._infos: dict[str, AdapterInfo] = {}
         self._opt: dict[str, optax.OptState] = {}
+        for i, (loss_fn, length) in enumerate(warmup):
+            get_loss_definition(loss_fn)
+            if isinstance(length, bool) or not isinstance(length, int) or length < 1:
+                raise ValueError(f"warmup[{i}]: length {length!r} is not a positive int")
+        self.warmup_shapes = tuple((loss_fn, bucket_length(n)) for loss_fn, n in warmup)
+        self._x64 = bool(jax.config.jax_enable_x64)  # type: ignore[attr-defined]
+        self._warmup = Warmup(self._warm)
 
     @property
     def base_params(self) -> dict[str, jax.Array]:
@@ -249,6 +266,92 @@ class ModelRuntime(StateMixin, SamplingMixin):
             )
         self._opt[adapter_id] = fresh
         release_compile_memory()
+        if self.warmup_shapes:
+            self._warmup.request(self.warmup_keys())
+
+    # ----------------------------------------------------------------- warm-up
+
+    def _key(
+        self, kind: str, loss_fn: str = "", length: int = 0, width: int = 0, adapters: int = 0
+    ) -> tuple[str, str, int, int, int, int, int]:
+        """The shape key of a training program for the current stack (slots ``S``, rank ``R``)."""
+        return (kind, loss_fn, self._scale.shape[0], self._rank, length, width, adapters)
+
+    def warmup_keys(self) -> list[tuple[str, str, int, int, int, int, int]]:
+        """The programs the warm-up compiles for the current stack, most needed first: the
+        optimizer step, then per ``warmup_shapes`` entry (``K = 1``) forward/backward for
+        every power of two of adapters up to the loaded adapters' bucket (largest first:
+        a sweep's calls carry all its runs), and forward."""
+        if not self._stack:
+            return []
+        keys = [self._key("optim_step")]
+        top = bucket_pow2(max(len(self._slots), 1))
+        counts = [1 << j for j in range(top.bit_length() - 1, -1, -1)]
+        for n, k in enumerate(counts):
+            for loss_fn, length in self.warmup_shapes:
+                keys.append(self._key("forward_backward", loss_fn, length, 1, k))
+                if n == 0:
+                    keys.append(self._key("forward", loss_fn, length, 1))
+        return keys
+
+    def warmup_pending(self) -> int:
+        """Programs queued for, or being compiled by, the warm-up."""
+        return self._warmup.pending()
+
+    def wait_warmup(self, timeout: float | None = None) -> bool:
+        """Waits until the warm-up has compiled what it was asked; ``False`` on timeout."""
+        return self._warmup.wait(timeout)
+
+    def _warm(self, key: Hashable) -> None:
+        """Compiles the program of ``key`` by running it once on zero arrays of its shapes
+        (on the warm-up thread: nothing of the runtime's state is read but the base weights,
+        nothing written)."""
+        kind, loss_fn, n_slots, rank, length, width, adapters = key  # type: ignore[misc]
+        with jax.enable_x64(self._x64):
+            stack: LoraStack = {}
+            for t in TARGETS:
+                n_l, d_in, d_out = target_shape(self.config, t)
+                stack[t] = (
+                    jnp.zeros((n_slots, n_l, d_in, rank), self.dtype),
+                    jnp.zeros((n_slots, n_l, rank, d_out), self.dtype),
+                )
+            if kind == "optim_step":
+                params = {t: (a[0], b[0]) for t, (a, b) in stack.items()}
+                hyper = {k: np.asarray(0.0, self._np_dtype) for k in ADAM_KEYS}
+                acc = jax.tree.map(jnp.zeros_like, stack)
+                state = optax.adamw(1e-4).init(params)
+                out = optim_jit(stack, acc, state, np.int32(0), hyper)
+                jax.block_until_ready((out, zero_slot_jit(acc, np.int32(0))))
+                return
+            definition = get_loss_definition(loss_fn)
+            config = self._resolve_config(loss_fn, None, "warmup")
+            packed = empty_batch(
+                length=length, width=width, adapters=max(adapters, 1),
+                input_keys=tuple(definition.input_arguments), config=config,
+                config_keys=tuple(sorted(config)), dtype=self._np_dtype,
+            )  # fmt: skip
+            args = dict(
+                base=self._base, stack=stack, chunk_slot=packed.chunk_slot,
+                n_live=packed.n_live, chunk_scale=packed.chunk_scale,
+                tokens=packed.tokens, targets=packed.targets, valid=packed.valid,
+                inputs=packed.inputs, loss_config=packed.loss_config,
+            )  # fmt: skip
+            if kind == "forward":
+                jax.block_until_ready(forward_jit(config=self.config, loss_name=loss_fn, **args))
+                return
+            delta = {
+                t: (jnp.zeros((adapters, *a.shape[1:]), a.dtype),
+                    jnp.zeros((adapters, *b.shape[1:]), b.dtype))
+                for t, (a, b) in stack.items()
+            }  # fmt: skip
+            delta, *outputs = forward_backward_jit(
+                config=self.config, loss_name=loss_fn, acc=delta, chunk_acc=packed.chunk_acc,
+                **args,
+            )  # fmt: skip
+            none = np.zeros((adapters,), bool)
+            ok = finite_rows_jit(delta)
+            acc = commit_jit(stack, delta, np.zeros((adapters,), np.int32), none)
+            jax.block_until_ready((outputs, ok, acc))
 
     # ----------------------------------------------------------------- training
 
@@ -299,15 +402,21 @@ class ModelRuntime(StateMixin, SamplingMixin):
         for loss_fn, rows in groups.items():
             length = bucket_length(max(r[0].tokens.shape[0] for r in rows))
             width = bucket_pow2(max(r[0].targets.shape[1] for r in rows))
-            fit = MAX_TOKENS_PER_BATCH // (length * width)
-            per_call = 1 << (max(fit, 1).bit_length() - 1)
-            for start in range(0, len(rows), per_call):
-                chunk = rows[start : start + per_call]
-                lp, el, delta = self._run_batch(loss_fn, chunk, length, width, delta, position)
-                for r, (row, _, _, i, j) in enumerate(chunk):
+            n_chunks, per = chunk_shape(length, width)
+            chunks = plan_chunks([r[1] for r in rows], per)
+            for start in range(0, len(chunks), n_chunks):
+                call = chunks[start : start + n_chunks]
+                members = sorted(r for chunk in call for r in chunk)
+                local = {r: n for n, r in enumerate(members)}
+                call_rows = [rows[r] for r in members]
+                call_chunks = [[local[r] for r in chunk] for chunk in call]
+                lp, el, delta, positions = self._run_batch(
+                    loss_fn, call_rows, call_chunks, length, width, delta, used
+                )
+                for (row, _, _, i, j), (c, q) in zip(call_rows, positions, strict=True):
                     n, kk = row.targets.shape
                     shape = (n,) if row.one_dim else (n, kk)
-                    lp_r, el_r = lp[r, :n, :kk], el[r, :n, :kk]
+                    lp_r, el_r = lp[c, q, :n, :kk], el[c, q, :n, :kk]
                     outputs[i][j] = {
                         "logprobs": lp_r.reshape(shape).astype(np.float32),
                         "elementwise_loss": el_r.reshape(shape).astype(np.float32),
@@ -394,19 +503,24 @@ class ModelRuntime(StateMixin, SamplingMixin):
         self,
         loss_fn: str | LossGraph,
         rows: Sequence[tuple[ValidDatum, int, Mapping[str, float], int, int]],
+        chunks: Sequence[Sequence[int]],
         length: int,
         width: int,
         delta: LoraStack | None,
-        position: Mapping[int, int],
-    ) -> tuple[np.ndarray, np.ndarray, LoraStack | None]:
-        """One compiled call; with ``delta`` (a scratch accumulator, ``position``: stack slot
-        -> its index there) also the backward pass, whose gradients are added to ``delta``."""
+        used: Sequence[int],
+    ) -> tuple[np.ndarray, np.ndarray, LoraStack | None, list[tuple[int, int]]]:
+        """One compiled call over ``chunks`` of ``rows``; with ``delta`` (a scratch accumulator
+        of the adapters in ``used``, in that order) also the backward pass, whose gradients are
+        added to ``delta``. Returns the ``[C, P, T, K]`` outputs and each row's position."""
         input_keys = (
             () if isinstance(loss_fn, LossGraph)
             else tuple(get_loss_definition(loss_fn).input_arguments)
         )  # fmt: skip
+        k = bucket_pow2(len(used))
         packed = pack_rows(
             [(d, slot, cfg) for d, slot, cfg, _, _ in rows],
+            chunks,
+            batch_slots=list(used) + [used[0]] * (k - len(used)),
             slot_scale=self._scale,
             input_keys=input_keys,
             config_keys=tuple(sorted(rows[0][2])),
@@ -414,43 +528,71 @@ class ModelRuntime(StateMixin, SamplingMixin):
             width=width,
             dtype=self._np_dtype,
         )
+        if isinstance(loss_fn, LossGraph):
+            lp_c, el_c, delta = self._run_custom(loss_fn, [r[0] for r in rows], packed, delta)
+            return lp_c, el_c, delta, packed.positions
+        lp, el, delta = self._call(loss_fn, packed, delta)
+        out = np.asarray(lp), np.asarray(el)
+        release_compile_memory()
+        return out[0], out[1], delta, packed.positions
+
+    def _call(
+        self, loss_fn: str, packed: PackedBatch, delta: LoraStack | None
+    ) -> tuple[jax.Array, jax.Array, LoraStack | None]:
         args = dict(
-            base=self._base, stack=self._stack, batch_slots=packed.batch_slots,
-            scale=packed.scale, row_slot=packed.row_slot, tokens=packed.tokens,
+            base=self._base, stack=self._stack, chunk_slot=packed.chunk_slot,
+            n_live=packed.n_live, chunk_scale=packed.chunk_scale, tokens=packed.tokens,
             targets=packed.targets, valid=packed.valid, inputs=packed.inputs,
             loss_config=packed.loss_config,
         )  # fmt: skip
-        acc_slots = np.array([position[int(s)] for s in packed.batch_slots], np.int32)
-        if isinstance(loss_fn, LossGraph):
-            return self._run_custom(loss_fn, [r[0] for r in rows], args, delta, acc_slots)
+        length, width = packed.targets.shape[2:]
         if delta is None:
+            self._warmup.claim(self._key("forward", loss_fn, length, width))
             lp, el = forward_jit(config=self.config, loss_name=loss_fn, **args)
-        else:
-            delta, lp, el = forward_backward_jit(
-                config=self.config, loss_name=loss_fn, acc=delta, acc_slots=acc_slots, **args
-            )
-        out = np.asarray(lp), np.asarray(el)
-        release_compile_memory()
-        return out[0], out[1], delta
+            return lp, el, None
+        adapters = len(packed.batch_slots)
+        self._warmup.claim(self._key("forward_backward", loss_fn, length, width, adapters))
+        delta, lp, el = forward_backward_jit(
+            config=self.config, loss_name=loss_fn, acc=delta, chunk_acc=packed.chunk_acc, **args
+        )
+        return lp, el, delta
 
     def _run_custom(
         self,
         graph: LossGraph,
         datums: Sequence[ValidDatum],
-        args: dict[str, object],
+        packed: PackedBatch,
         delta: LoraStack | None,
-        acc_slots: np.ndarray,
     ) -> tuple[np.ndarray, np.ndarray, LoraStack | None]:
         """A server-side custom loss: one forward (logprobs and the model's VJP), the graph
-        per datum at its own shape, one backward (see :mod:`._custom`)."""
-        keys = ("base", "stack", "batch_slots", "scale", "row_slot", "tokens", "targets")
-        lp_dev, vjp = logprobs_vjp_jit(config=self.config, **{k: args[k] for k in keys})
+        per datum at its own shape, one backward (see :mod:`._custom`). The call's rows are
+        taken out of its chunks into a row batch (``bucket_rows``) and the outputs put back."""
+        n_rows = bucket_rows(len(datums))
+        where = tuple(np.array(packed.positions, np.int64).T)  # (chunks, rows)
+        tokens = np.zeros((n_rows, packed.tokens.shape[2]), np.int32)
+        targets = np.zeros((n_rows, *packed.targets.shape[2:]), np.int32)
+        row_slot = np.zeros((n_rows,), np.int32)
+        tokens[: len(datums)] = packed.tokens[where]
+        targets[: len(datums)] = packed.targets[where]
+        row_slot[: len(datums)] = packed.chunk_acc[where[0]]
+        scale = self._scale[packed.batch_slots].astype(self._np_dtype)
+        lp_dev, vjp = logprobs_vjp_jit(
+            config=self.config, base=self._base, stack=self._stack,
+            batch_slots=packed.batch_slots, scale=scale, row_slot=row_slot, tokens=tokens,
+            targets=targets,
+        )  # fmt: skip
         lp = np.asarray(lp_dev)
         el, cotangent = row_losses(graph, lp, datums)
         if delta is not None:
+            first = {int(s): n for n, s in reversed(list(enumerate(packed.batch_slots)))}
+            acc_slots = np.array([first[int(s)] for s in packed.batch_slots], np.int32)
             delta = vjp_backward_jit(vjp, cotangent, delta, acc_slots)
+        lp_out = np.zeros(packed.targets.shape, lp.dtype)
+        el_out = np.zeros(packed.targets.shape, el.dtype)
+        lp_out[where] = lp[: len(datums)]
+        el_out[where] = el[: len(datums)]
         release_compile_memory()
-        return lp, el, delta
+        return lp_out, el_out, delta
 
     def optim_step(self, adapter_id: str, params: AdamHyper) -> dict[str, float]:
         """One AdamW step of ``adapter_id`` on its accumulated gradient, then zeroes it.
@@ -466,6 +608,7 @@ class ModelRuntime(StateMixin, SamplingMixin):
         slot = self._slot(adapter_id)
         # AdamHyper checked its values when it was built.
         hyper = {key: np.asarray(value, self._np_dtype) for key, value in params.as_dict().items()}
+        self._warmup.claim(self._key("optim_step"))
         self._stack, self._opt[adapter_id], stats = optim_jit(
             self._stack, self._acc, self._opt[adapter_id], np.int32(slot), hyper
         )

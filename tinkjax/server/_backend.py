@@ -60,6 +60,8 @@ class Backend:
         max_live_models: the most training models held at once (``None``: no limit).
         session_timeout_s: a session whose last heartbeat and last model request are older
             than this has ended (``None``: only a finish request ends one).
+        warmup: training shapes compiled ahead (``ModelRegistry(warmup=)``; ``None``: from
+            ``$TINKJAX_WARMUP``, off when unset).
     """
 
     def __init__(
@@ -72,6 +74,7 @@ class Backend:
         models: Sequence[str] | None = None,
         max_live_models: int | None = DEFAULT_MAX_LIVE_MODELS,
         session_timeout_s: float | None = DEFAULT_SESSION_TIMEOUT_S,
+        warmup: Sequence[tuple[str, int]] | None = None,
     ) -> None:
         if session_timeout_s is not None and session_timeout_s <= 0:
             raise ValueError(f"session_timeout_s: expected > 0 or None, got {session_timeout_s}")
@@ -82,8 +85,9 @@ class Backend:
             futures, seq_gap_timeout_s=seq_gap_timeout_s, seq_window=seq_window
         )
         self.models = ModelRegistry(
-            store, self.scheduler, models=models, max_live_models=max_live_models
-        )
+            store, self.scheduler, models=models, max_live_models=max_live_models,
+            warmup=warmup,
+        )  # fmt: skip
         self.samplers = SamplerRegistry(store, self.models)
         self.tenancy = Tenancy(store, self.models, futures)
         ctx = JobContext(store, self.scheduler, self.models, self.samplers)

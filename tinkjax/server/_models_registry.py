@@ -37,6 +37,7 @@ __all__ = [
     "unknown_model",
     "unknown_session",
     "warmup",
+    "warmup_shapes",
 ]
 
 
@@ -131,6 +132,30 @@ def warmup() -> None:
     import tinkjax.models  # noqa: F401
 
 
+def warmup_shapes(text: str | None = None) -> list[tuple[str, int]]:
+    """The warm-up shapes of ``text`` (default ``$TINKJAX_WARMUP``): comma-separated
+    ``loss_fn:length`` pairs, e.g. ``cross_entropy:64,importance_sampling:256``; unset, empty
+    or ``off``: none.
+
+    Raises:
+        ValueError: a malformed pair, naming it.
+    """
+    import os
+
+    text = os.environ.get("TINKJAX_WARMUP", "") if text is None else text
+    if text.strip().lower() in ("", "off"):
+        return []
+    shapes = []
+    for part in text.split(","):
+        loss_fn, _, length = part.strip().partition(":")
+        if not loss_fn or not length.isdigit() or int(length) < 1:
+            raise ValueError(
+                f"TINKJAX_WARMUP: {part.strip()!r} is not loss_fn:length (e.g. cross_entropy:64)"
+            )
+        shapes.append((loss_fn, int(length)))
+    return shapes
+
+
 class ModelRegistry:
     """Served base models, live training models and one runtime per base model.
 
@@ -140,6 +165,9 @@ class ModelRegistry:
         models: base models served (``None``: every preset).
         max_live_models: the most training models held at once; creating or loading one more
             is answered 429 naming the limit (``None``: no limit).
+        warmup: ``(loss_fn, sequence length)`` pairs whose training programs each runtime
+            compiles ahead on a background thread (``ModelRuntime(warmup=)``); ``None``: from
+            ``$TINKJAX_WARMUP`` (:func:`warmup_shapes`), off when unset.
     """
 
     def __init__(
@@ -149,7 +177,9 @@ class ModelRegistry:
         *,
         models: Sequence[str] | None = None,
         max_live_models: int | None = DEFAULT_MAX_LIVE_MODELS,
+        warmup: Sequence[tuple[str, int]] | None = None,
     ) -> None:
+        self.warmup = tuple(warmup_shapes() if warmup is None else warmup)
         if max_live_models is not None and max_live_models < 1:
             raise ValueError(f"max_live_models: expected >= 1 or None, got {max_live_models}")
         self.store = store
@@ -206,7 +236,7 @@ class ModelRegistry:
         if rt is None:
             from tinkjax.models import ModelRuntime
 
-            rt = ModelRuntime(base_model)
+            rt = ModelRuntime(base_model, warmup=self.warmup)
             self._runtimes[base_model] = rt
         return rt
 
