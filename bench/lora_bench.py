@@ -29,7 +29,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-
 from tinkjax.kernels import lora_delta_grouped, lora_linear
 
 ROWS, TOKENS, RANK, CHUNK_ROWS = 8, 64, 8, 4

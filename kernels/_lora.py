@@ -9,6 +9,12 @@ of row ``n`` uses ``slot[n]``: the local backend batches whole sequences, so gat
 multiplies by the merged weight ``w + scale * a @ b`` (one ``[d_in, d_out]`` matmul instead of
 three, the merge costing ``d_in * r * d_out`` once per call), which is exact in real arithmetic
 and differs from the unmerged sum only by float rounding.
+
+``lora_delta_grouped`` computes the same update as a grouped GEMM (``jax.lax.ragged_dot``, rows
+sorted by slot). The local backend's training programs use neither multi-slot path: they run
+each chunk of one adapter's rows through the single-adapter merged matmul
+(``tinkjax.models._programs.forward_backward_core``), which ``bench/lora_bench.py`` measures
+fastest per job on CPU.
 """
 
 from __future__ import annotations
@@ -157,8 +163,8 @@ def lora_delta_grouped(
     h = jax.lax.ragged_dot(rows, a, sizes)
     row_scale = jnp.repeat(scale[slot[order]], per_row, total_repeat_length=rows.shape[0])
     out = jax.lax.ragged_dot(h, b, sizes) * row_scale[:, None].astype(h.dtype)
-    unsorted = jnp.zeros_like(out.reshape(x.shape[0], -1)).at[order].set(
-        out.reshape(x.shape[0], -1)
+    unsorted = (
+        jnp.zeros_like(out.reshape(x.shape[0], -1)).at[order].set(out.reshape(x.shape[0], -1))
     )
     return unsorted.reshape(*x.shape[:-1], b.shape[-1]).astype(x.dtype)
 

@@ -12,8 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tinkjax.models import DatumArrays, FwdBwdItem, ModelRuntime, SampleJob, trace_counts
-from tinkjax.models import _batching
+from tinkjax.models import DatumArrays, FwdBwdItem, ModelRuntime, SampleJob, _batching, trace_counts
 
 from .helpers import nonzero_b
 
@@ -89,7 +88,9 @@ def test_fused_call_equals_separate_calls(runtime: ModelRuntime) -> None:
     for i, name in enumerate(names):
         nonzero_b(rt, name, 40 + i)
     data = _datums(9, 11)
-    items = [FwdBwdItem(names[i % 3 if i < 9 else 0], [d], "cross_entropy") for i, d in enumerate(data)]
+    items = [
+        FwdBwdItem(names[i % 3 if i < 9 else 0], [d], "cross_entropy") for i, d in enumerate(data)
+    ]
     fused_out, fused_grads = _run(rt, items)
     for name in names:
         mine = [i for i, item in enumerate(items) if item.adapter_id == name]
@@ -151,7 +152,10 @@ def test_warmup_compiles_every_training_program_ahead() -> None:
     before = trace_counts()
     data = _datums(5, 12)
     for n_adapters, n_rows in ((3, 12), (1, 5), (2, 7), (3, 3)):
-        items = [FwdBwdItem(names[i % n_adapters], [d], "cross_entropy") for i, d in enumerate(data[:n_rows])]
+        items = [
+            FwdBwdItem(names[i % n_adapters], [d], "cross_entropy")
+            for i, d in enumerate(data[:n_rows])
+        ]
         rt.forward_backward(items, forward_only=False)
         rt.forward_backward(items[:1], forward_only=True)
     for name in names:

@@ -177,7 +177,7 @@ def forward_backward_core(
             c_config,
         )  # fmt: skip
         total = {
-            t: tuple(  # type: ignore[misc]
+            t: tuple(
                 put(x, take(x, index, keepdims=False) + g[0], index, 0)
                 for x, g in zip(total[t], grads[t], strict=True)
             )

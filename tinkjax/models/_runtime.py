@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Hashable, Mapping, Sequence
+from typing import cast
 
 import jax
 import jax.numpy as jnp
@@ -74,6 +75,9 @@ from tinkjax.models._types import (
 from tinkjax.models._warmup import Warmup
 
 __all__ = ["ModelRuntime", "trace_counts"]
+
+#: A training program's shapes: ``(kind, loss_fn, slots S, rank R, length, width K, adapters)``.
+ShapeKey = tuple[str, str, int, int, int, int, int]
 
 
 def _non_finite_outputs(outputs: Sequence[Mapping[str, np.ndarray]], total: float) -> str:
@@ -273,11 +277,11 @@ class ModelRuntime(StateMixin, SamplingMixin):
 
     def _key(
         self, kind: str, loss_fn: str = "", length: int = 0, width: int = 0, adapters: int = 0
-    ) -> tuple[str, str, int, int, int, int, int]:
+    ) -> ShapeKey:
         """The shape key of a training program for the current stack (slots ``S``, rank ``R``)."""
         return (kind, loss_fn, self._scale.shape[0], self._rank, length, width, adapters)
 
-    def warmup_keys(self) -> list[tuple[str, str, int, int, int, int, int]]:
+    def warmup_keys(self) -> list[ShapeKey]:
         """The programs the warm-up compiles for the current stack, most needed first: the
         optimizer step, then per ``warmup_shapes`` entry (``K = 1``) forward/backward for
         every power of two of adapters up to the loaded adapters' bucket (largest first:
@@ -306,7 +310,7 @@ class ModelRuntime(StateMixin, SamplingMixin):
         """Compiles the program of ``key`` by running it once on zero arrays of its shapes
         (on the warm-up thread: nothing of the runtime's state is read but the base weights,
         nothing written)."""
-        kind, loss_fn, n_slots, rank, length, width, adapters = key  # type: ignore[misc]
+        kind, loss_fn, n_slots, rank, length, width, adapters = cast(ShapeKey, key)
         with jax.enable_x64(self._x64):
             stack: LoraStack = {}
             for t in TARGETS:
@@ -320,8 +324,8 @@ class ModelRuntime(StateMixin, SamplingMixin):
                 hyper = {k: np.asarray(0.0, self._np_dtype) for k in ADAM_KEYS}
                 acc = jax.tree.map(jnp.zeros_like, stack)
                 state = optax.adamw(1e-4).init(params)
-                out = optim_jit(stack, acc, state, np.int32(0), hyper)
-                jax.block_until_ready((out, zero_slot_jit(acc, np.int32(0))))
+                optim_jit(stack, acc, state, np.int32(0), hyper)  # compiles before it returns
+                zero_slot_jit(acc, np.int32(0))
                 return
             definition = get_loss_definition(loss_fn)
             config = self._resolve_config(loss_fn, None, "warmup")
@@ -337,21 +341,19 @@ class ModelRuntime(StateMixin, SamplingMixin):
                 inputs=packed.inputs, loss_config=packed.loss_config,
             )  # fmt: skip
             if kind == "forward":
-                jax.block_until_ready(forward_jit(config=self.config, loss_name=loss_fn, **args))
+                forward_jit(config=self.config, loss_name=loss_fn, **args)
                 return
             delta = {
                 t: (jnp.zeros((adapters, *a.shape[1:]), a.dtype),
                     jnp.zeros((adapters, *b.shape[1:]), b.dtype))
                 for t, (a, b) in stack.items()
             }  # fmt: skip
-            delta, *outputs = forward_backward_jit(
+            delta, _, _ = forward_backward_jit(
                 config=self.config, loss_name=loss_fn, acc=delta, chunk_acc=packed.chunk_acc,
                 **args,
             )  # fmt: skip
-            none = np.zeros((adapters,), bool)
-            ok = finite_rows_jit(delta)
-            acc = commit_jit(stack, delta, np.zeros((adapters,), np.int32), none)
-            jax.block_until_ready((outputs, ok, acc))
+            finite_rows_jit(delta)
+            commit_jit(stack, delta, np.zeros((adapters,), np.int32), np.zeros(adapters, np.bool_))
 
     # ----------------------------------------------------------------- training
 
@@ -362,7 +364,7 @@ class ModelRuntime(StateMixin, SamplingMixin):
         loss gradient is added to its adapter's accumulator (until ``optim_step``).
 
         Items may target different adapters and losses: rows with the same loss share one
-        compiled call (mixed adapters via per-row slots). Everything is validated before any
+        compiled call (in chunks of one adapter's rows each). Everything is validated before any
         computation, so a bad item changes no state.
 
         An item whose outputs, loss or gradient are not all finite is refused: its result has
