@@ -3,7 +3,9 @@
 from tinkjax.models._batching import validate_datum
 from tinkjax.models._config import DEFAULT_MODEL, PRESETS, ModelConfig, get_model_config
 from tinkjax.models._custom import custom_metrics, validate_custom_datum
+from tinkjax.models._hf import HFTokenizer, load_hf_config, load_hf_params
 from tinkjax.models._runtime import ModelRuntime, trace_counts
+from tinkjax.models._sharding import make_mesh, parse_mesh
 from tinkjax.models._tokenizer import EOS_TOKEN_ID, ByteTokenizer
 from tinkjax.models._types import (
     ADAM_KEYS,
@@ -39,6 +41,7 @@ __all__ = [
     "DatumArrays",
     "FwdBwdItem",
     "FwdBwdResult",
+    "HFTokenizer",
     "ModelConfig",
     "ModelRuntime",
     "NonFiniteResultError",
@@ -49,6 +52,10 @@ __all__ = [
     "ValidDatum",
     "custom_metrics",
     "get_model_config",
+    "load_hf_config",
+    "load_hf_params",
+    "make_mesh",
+    "parse_mesh",
     "trace_counts",
     "validate_custom_datum",
     "validate_datum",

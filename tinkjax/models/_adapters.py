@@ -60,9 +60,9 @@ TARGETS: Mapping[str, LoraTarget] = MappingProxyType(
 
 def target_shape(config: ModelConfig, name: str) -> tuple[int, int, int]:
     """``(L_t, d_in, d_out)`` of target ``name`` (``L_t`` = 1 for ``lm_head``)."""
-    d, f = config.d_model, config.d_ff
+    d, f, qd, kvd = config.d_model, config.d_ff, config.q_dim, config.kv_dim
     dims = {
-        "q": (d, d), "k": (d, d), "v": (d, d), "o": (d, d),
+        "q": (d, qd), "k": (d, kvd), "v": (d, kvd), "o": (qd, d),
         "gate": (d, f), "up": (d, f), "down": (f, d), "lm_head": (d, config.vocab_size),
     }  # fmt: skip
     n_layers = 1 if name == "lm_head" else config.n_layers

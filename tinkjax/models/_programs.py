@@ -371,7 +371,7 @@ def sample_core(
     # The adapter is fixed for the whole call: fold it into the base weights once, so prefill
     # and every decode step run the plain model.
     weights = base if lora is None else merge_lora(base, lora, scale[0])
-    shape = (config.n_layers, 1, cache_len, config.n_heads, config.head_dim)
+    shape = (config.n_layers, 1, cache_len, config.kv_heads, config.head_dim)
     empty = KVCache(jnp.zeros(shape, base["embed"].dtype), jnp.zeros(shape, base["embed"].dtype))
     logits, cache = forward(config, weights, prompt[None, :], cache=empty, start=0)
     assert cache is not None

@@ -43,7 +43,6 @@ from tinkjax.models._compiled import (
     finite_rows_jit,
     forward_backward_jit,
     forward_jit,
-    init_base_jit,
     init_lora_jit,
     install_jit,
     logprobs_vjp_jit,
@@ -56,9 +55,11 @@ from tinkjax.models._compiled import (
 )
 from tinkjax.models._config import ModelConfig, get_model_config
 from tinkjax.models._custom import row_losses, validate_custom_datum
+from tinkjax.models._hf import HFTokenizer
 from tinkjax.models._programs import LoraStack
 from tinkjax.models._runtime_sampling import SamplingMixin, fresh_seed
 from tinkjax.models._runtime_state import StateMixin
+from tinkjax.models._sharding import base_params_of, shard_rows
 from tinkjax.models._tokenizer import ByteTokenizer
 from tinkjax.models._types import (
     ADAM_KEYS,
@@ -93,8 +94,14 @@ class ModelRuntime(StateMixin, SamplingMixin):
     """One base model (a preset from ``PRESETS``) and any number of LoRA adapters.
 
     Args:
-        base_model: preset name, e.g. ``"tinkjax/bytelm-1m"``.
+        base_model: preset name, e.g. ``"tinkjax/bytelm-1m"``, or the name a Hugging Face
+            model is served under (with ``config``).
+        config: the model's configuration (default: the preset ``base_model``); one from
+            :func:`tinkjax.models.load_hf_config` reads its weights and tokenizer from its
+            folder.
         dtype: parameter and activation dtype (``jnp.float64`` needs x64 enabled).
+        mesh: shard the base weights and batches over this device mesh
+            (:mod:`tinkjax.models.sharding`); ``None``: one device.
         max_lora_rank: the largest rank ``create_adapter`` accepts.
         adapter_slots: initial capacity of the adapter stack (it doubles when full; each
             growth recompiles the programs once).
@@ -107,14 +114,19 @@ class ModelRuntime(StateMixin, SamplingMixin):
         self,
         base_model: str,
         *,
+        config: ModelConfig | None = None,
         dtype: jnp.dtype = jnp.float32,
         max_lora_rank: int = 64,
         adapter_slots: int = 8,
         warmup: Sequence[tuple[str, int]] = (),
+        mesh: jax.sharding.Mesh | None = None,
     ) -> None:
-        self.config: ModelConfig = get_model_config(base_model)
+        self.config: ModelConfig = config if config is not None else get_model_config(base_model)
         self.base_model = base_model
-        self.tokenizer = ByteTokenizer()
+        self.mesh = mesh
+        self.tokenizer: ByteTokenizer | HFTokenizer = (
+            HFTokenizer(self.config.source) if self.config.source else ByteTokenizer()
+        )
         self.dtype = jnp.dtype(dtype)
         if self.dtype == jnp.float64 and not jax.config.jax_enable_x64:  # type: ignore[attr-defined]
             raise ValueError("dtype: float64 needs x64 (use `with jax.enable_x64(True):`)")
@@ -123,7 +135,7 @@ class ModelRuntime(StateMixin, SamplingMixin):
             raise ValueError(f"adapter_slots: expected >= 1, got {adapter_slots}")
         self._initial_slots = adapter_slots
         self._np_dtype = np.dtype(self.dtype.name)
-        self._base = init_base_jit(self.config, self.dtype)
+        self._base = base_params_of(self.config, self.dtype, mesh)
         release_compile_memory()
         self._rank = 0  # R, the stack's padded rank (0: no stack yet)
         self._stack: LoraStack = {}
@@ -548,6 +560,8 @@ class ModelRuntime(StateMixin, SamplingMixin):
             loss_config=packed.loss_config,
         )  # fmt: skip
         length, width = packed.targets.shape[2:]
+        if self.mesh is not None:
+            args = shard_rows(args, self.mesh, packed.tokens.shape[:2])
         if delta is None:
             self._warmup.claim(self._key("forward", loss_fn, length, width))
             lp, el = forward_jit(config=self.config, loss_name=loss_fn, **args)

@@ -12,6 +12,7 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from tinkjax.kernels import lora_linear
 from tinkjax.models._config import ModelConfig
@@ -19,11 +20,21 @@ from tinkjax.models._config import ModelConfig
 __all__ = ["BaseParams", "KVCache", "LoraBatch", "forward", "init_base_params", "merge_lora"]
 
 BaseParams = dict[str, jax.Array]
-"""Flat base weights: ``embed [V, d]``, ``final_norm [d]``, ``lm_head [d, V]`` and the
-per-layer ``attn_norm [L, d]``, ``q/k/v/o [L, d, d]``, ``mlp_norm [L, d]``,
-``gate/up [L, d, f]``, ``down [L, f, d]``."""
+"""Flat base weights: ``embed [V, d]``, ``final_norm [d]``, ``lm_head [d, V]`` (absent when
+the embeddings are tied) and the per-layer ``attn_norm [L, d]``, ``q [L, d, H hd]``,
+``k/v [L, d, Hkv hd]``, ``o [L, H hd, d]``, ``mlp_norm [L, d]``, ``gate/up [L, d, f]``,
+``down [L, f, d]``; with ``qkv_bias`` also ``q_bias [L, H hd]``, ``k_bias/v_bias [L, Hkv hd]``;
+with ``qk_norm`` also ``q_norm/k_norm [L, hd]``."""
 
 LAYER_KEYS = ("attn_norm", "q", "k", "v", "o", "mlp_norm", "gate", "up", "down")
+BIAS_KEYS = ("q_bias", "k_bias", "v_bias")
+QK_NORM_KEYS = ("q_norm", "k_norm")
+
+
+def layer_keys(config: ModelConfig) -> tuple[str, ...]:
+    """The per-layer (``[L, ...]``) base weights of ``config``."""
+    extra = (BIAS_KEYS if config.qkv_bias else ()) + (QK_NORM_KEYS if config.qk_norm else ())
+    return LAYER_KEYS + extra
 
 
 class LoraBatch(NamedTuple):
@@ -54,6 +65,7 @@ def init_base_params(config: ModelConfig, dtype: jnp.dtype) -> BaseParams:
     scaled by ``1/sqrt(2 L)`` so the random network's activations stay O(1).
     """
     d, f, n_l, v = config.d_model, config.d_ff, config.n_layers, config.vocab_size
+    qd, kvd = config.q_dim, config.kv_dim
     keys = iter(jax.random.split(jax.random.key(config.seed), 16))
     resid = (2.0 * n_l) ** -0.5
 
@@ -62,13 +74,13 @@ def init_base_params(config: ModelConfig, dtype: jnp.dtype) -> BaseParams:
         out: jax.Array = w.astype(dtype)
         return out
 
-    return {
+    params = {
         "embed": normal((v, d), 1),
         "attn_norm": jnp.ones((n_l, d), dtype),
-        "q": normal((n_l, d, d), d),
-        "k": normal((n_l, d, d), d),
-        "v": normal((n_l, d, d), d),
-        "o": normal((n_l, d, d), d, resid),
+        "q": normal((n_l, d, qd), d),
+        "k": normal((n_l, d, kvd), d),
+        "v": normal((n_l, d, kvd), d),
+        "o": normal((n_l, qd, d), qd, resid),
         "mlp_norm": jnp.ones((n_l, d), dtype),
         "gate": normal((n_l, d, f), d),
         "up": normal((n_l, d, f), d),
@@ -76,6 +88,21 @@ def init_base_params(config: ModelConfig, dtype: jnp.dtype) -> BaseParams:
         "final_norm": jnp.ones((d,), dtype),
         "lm_head": normal((d, v), d),
     }
+    if config.tie_embeddings:
+        del params["lm_head"]
+    if config.qkv_bias:
+        params |= {
+            f"{t}_bias": jnp.zeros((n_l, w), dtype)
+            for t, w in zip("qkv", (qd, kvd, kvd), strict=True)
+        }
+    if config.qk_norm:
+        params |= {k: jnp.ones((n_l, config.head_dim), dtype) for k in QK_NORM_KEYS}
+    return params
+
+
+def head_weight(params: BaseParams) -> jax.Array:
+    """The unembedding ``[d, V]``: ``lm_head``, or the transposed embedding when tied."""
+    return params["lm_head"] if "lm_head" in params else params["embed"].T
 
 
 def merge_lora(
@@ -86,9 +113,8 @@ def merge_lora(
     merged = dict(params)
     for name, (a, b) in lora.items():
         delta = jnp.einsum("ldr,lro->ldo", a, b) * scale
-        merged[name] = params[name] + (delta[0] if name == "lm_head" else delta).astype(
-            params[name].dtype
-        )
+        base = head_weight(params) if name == "lm_head" else params[name]
+        merged[name] = base + (delta[0] if name == "lm_head" else delta).astype(base.dtype)
     return merged
 
 
@@ -98,13 +124,37 @@ def _rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
 
 
 def _rope_tables(
-    positions: jax.Array, head_dim: int, theta: float, dtype: jnp.dtype
+    positions: jax.Array,
+    head_dim: int,
+    theta: float,
+    dtype: jnp.dtype,
+    scaling: tuple[float, float, float, float] | None = None,
 ) -> tuple[jax.Array, jax.Array]:
     """``cos, sin [1, T, 1, hd/2]`` of the rotary embedding at ``positions [T]``."""
-    half = head_dim // 2
-    freqs = theta ** (-jnp.arange(half, dtype=dtype) / half)  # [hd/2]
+    freqs = jnp.asarray(rope_frequencies(head_dim, theta, scaling), dtype)  # [hd/2]
     angles = positions.astype(dtype)[:, None] * freqs[None, :]  # [T, hd/2]
     return jnp.cos(angles)[None, :, None, :], jnp.sin(angles)[None, :, None, :]
+
+
+def rope_frequencies(
+    head_dim: int, theta: float, scaling: tuple[float, float, float, float] | None = None
+) -> np.ndarray:
+    """RoPE inverse frequencies ``theta^(-2i/hd)``, ``i < hd/2`` (float64, at trace time),
+    with Llama 3's scaling when given: wavelengths longer than ``original / low_freq_factor``
+    are divided by ``factor``, shorter than ``original / high_freq_factor`` kept, and those in
+    between interpolated linearly in ``original / wavelength``."""
+    half = head_dim // 2
+    inv = theta ** (-np.arange(half, dtype=np.float64) / half)
+    if scaling is None:
+        return inv
+    factor, low, high, original = scaling
+    wavelen = 2 * np.pi / inv
+    smooth = (original / wavelen - low) / (high - low)
+    mid = (1 - smooth) * inv / factor + smooth * inv
+    out: np.ndarray = np.where(
+        wavelen > original / low, inv / factor, np.where(wavelen < original / high, inv, mid)
+    )
+    return out
 
 
 def _apply_rope(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
@@ -199,27 +249,37 @@ def forward(
         ``([B, T, V]`` logits, the updated cache or ``None``).
     """
     bsz, seq = tokens.shape
-    n_h, hd = config.n_heads, config.head_dim
+    n_h, n_kv, hd = config.n_heads, config.kv_heads, config.head_dim
+    group = n_h // n_kv
     positions = jnp.asarray(start, jnp.int32) + jnp.arange(seq, dtype=jnp.int32)  # [T]
     h = params["embed"][tokens]  # [B, T, d]
     lora_layers = (
         {k: ab for k, ab in lora.weights.items() if k != "lm_head"} if lora is not None else {}
     )
     # RoPE tables and the causal mask are shared by every layer.
-    cos, sin = _rope_tables(positions, hd, config.rope_theta, h.dtype)
+    cos, sin = _rope_tables(positions, hd, config.rope_theta, h.dtype, config.rope_scaling)
     key_pos = positions if cache is None else jnp.arange(cache.k.shape[2], dtype=jnp.int32)
     visible = key_pos[None, :] <= positions[:, None]  # [T, Tk]
     new_k, new_v = (None, None) if cache is None else (cache.k, cache.v)
+    keys_of_layer = layer_keys(config)
 
     # The layers are unrolled (a Python loop, not ``lax.scan``): with a handful of layers this
     # avoids the scan's stacked residual buffers and per-layer slicing copies.
     for layer in range(config.n_layers):
-        p = {k: params[k][layer] for k in LAYER_KEYS}
+        p = {k: params[k][layer] for k in keys_of_layer}
         lw = {t: (a[layer], b[layer]) for t, (a, b) in lora_layers.items()}
         x = _rms_norm(h, p["attn_norm"], config.norm_eps)
-        q = _project(x, p["q"], "q", lw, lora).reshape(bsz, seq, n_h, hd)
-        k = _project(x, p["k"], "k", lw, lora).reshape(bsz, seq, n_h, hd)
-        v = _project(x, p["v"], "v", lw, lora).reshape(bsz, seq, n_h, hd)
+        q = _project(x, p["q"], "q", lw, lora)
+        k = _project(x, p["k"], "k", lw, lora)
+        v = _project(x, p["v"], "v", lw, lora)
+        if config.qkv_bias:
+            q, k, v = (y + p[f"{t}_bias"][None, None, :] for y, t in ((q, "q"), (k, "k"), (v, "v")))
+        q = q.reshape(bsz, seq, n_h, hd)
+        k = k.reshape(bsz, seq, n_kv, hd)
+        v = v.reshape(bsz, seq, n_kv, hd)
+        if config.qk_norm:
+            q = _rms_norm(q, p["q_norm"], config.norm_eps)
+            k = _rms_norm(k, p["k_norm"], config.norm_eps)
         q = _apply_rope(q, cos, sin)
         k = _apply_rope(k, cos, sin)
         if new_k is None or new_v is None:
@@ -230,9 +290,7 @@ def forward(
             new_k = jax.lax.dynamic_update_slice(new_k, k[None].astype(new_k.dtype), at)
             new_v = jax.lax.dynamic_update_slice(new_v, v[None].astype(new_v.dtype), at)
             keys, values = new_k[layer], new_v[layer]
-        scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys) / jnp.sqrt(jnp.asarray(hd, q.dtype))
-        probs = _masked_softmax(scores, visible[None, None])
-        attn = jnp.einsum("bhqk,bkhd->bqhd", probs, values)
+        attn = _attention(q, keys, values, visible, group)
         h = h + _project(attn.reshape(bsz, seq, n_h * hd), p["o"], "o", lw, lora)
         x = _rms_norm(h, p["mlp_norm"], config.norm_eps)
         gate = _project(x, p["gate"], "gate", lw, lora)
@@ -245,5 +303,25 @@ def forward(
         if (lora is not None and "lm_head" in lora.weights)
         else {}
     )
-    logits = _project(x, params["lm_head"], "lm_head", head, lora)
+    logits = _project(x, head_weight(params), "lm_head", head, lora)
     return logits, new_cache
+
+
+def _attention(
+    q: jax.Array, keys: jax.Array, values: jax.Array, visible: jax.Array, group: int
+) -> jax.Array:
+    """Causal attention of ``q [B, T, H, hd]`` over ``keys/values [B, Tk, Hkv, hd]``; query
+    head ``h`` reads key/value head ``h // group`` (grouped-query attention, as Hugging Face's
+    ``repeat_kv``). Returns ``[B, T, H, hd]``."""
+    hd = q.shape[-1]
+    root = jnp.sqrt(jnp.asarray(hd, q.dtype))
+    if group == 1:
+        scores = jnp.einsum("bqhd,bkhd->bhqk", q, keys) / root
+        probs = _masked_softmax(scores, visible[None, None])
+        return jnp.einsum("bhqk,bkhd->bqhd", probs, values)
+    bsz, seq, n_h, _ = q.shape
+    grouped = q.reshape(bsz, seq, n_h // group, group, hd)
+    scores = jnp.einsum("bqngd,bknd->bngqk", grouped, keys) / root
+    probs = _masked_softmax(scores, visible[None, None, None])
+    out = jnp.einsum("bngqk,bknd->bqngd", probs, values)
+    return out.reshape(bsz, seq, n_h, hd)

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from typing import Any
 
 from tinkjax.server._custom_graphs import CustomLosses
 from tinkjax.server._futures import FutureTable
@@ -34,7 +34,12 @@ from tinkjax.server._jobs_checkpoints import CheckpointJobs
 from tinkjax.server._jobs_models import ModelJobs
 from tinkjax.server._jobs_sampling import SamplingJobs
 from tinkjax.server._jobs_training import TrainingJobs
-from tinkjax.server._models_registry import DEFAULT_MAX_LIVE_MODELS, ModelRegistry, warmup
+from tinkjax.server._models_registry import (
+    DEFAULT_MAX_LIVE_MODELS,
+    ModelRegistry,
+    ServedModels,
+    warmup,
+)
 from tinkjax.server._samplers import SamplerRegistry
 from tinkjax.server._scheduler import DEFAULT_SEQ_WINDOW, Scheduler
 from tinkjax.server._store import Store, UnknownSessionError
@@ -56,7 +61,8 @@ class Backend:
         futures: where job results go.
         seq_gap_timeout_s: how long a request waits for a missing ``seq_id``.
         seq_window: how far ahead of a model's expected ``seq_id`` a submission may be.
-        models: base models served (``None``: every preset).
+        models: base models served (``None``: every preset; see ``ModelRegistry``).
+        mesh: device mesh of Hugging Face models (see ``ModelRegistry``).
         max_live_models: the most training models held at once (``None``: no limit).
         session_timeout_s: a session whose last heartbeat and last model request are older
             than this has ended (``None``: only a finish request ends one).
@@ -71,10 +77,11 @@ class Backend:
         *,
         seq_gap_timeout_s: float,
         seq_window: int = DEFAULT_SEQ_WINDOW,
-        models: Sequence[str] | None = None,
+        models: ServedModels | None = None,
         max_live_models: int | None = DEFAULT_MAX_LIVE_MODELS,
         session_timeout_s: float | None = DEFAULT_SESSION_TIMEOUT_S,
         warmup: Sequence[tuple[str, int]] | None = None,
+        mesh: Any = "auto",
     ) -> None:
         if session_timeout_s is not None and session_timeout_s <= 0:
             raise ValueError(f"session_timeout_s: expected > 0 or None, got {session_timeout_s}")
@@ -86,7 +93,7 @@ class Backend:
         )
         self.models = ModelRegistry(
             store, self.scheduler, models=models, max_live_models=max_live_models,
-            warmup=warmup,
+            warmup=warmup, mesh=mesh,
         )  # fmt: skip
         self.samplers = SamplerRegistry(store, self.models)
         self.tenancy = Tenancy(store, self.models, futures)

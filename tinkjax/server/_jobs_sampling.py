@@ -106,7 +106,8 @@ class SamplingJobs:
         samplers = self.ctx.samplers
         sampler = samplers.for_request(req)
         models = self.ctx.models
-        plan = sample_plan(req, models.config(sampler.base_model))
+        cfg = models.config(sampler.base_model)
+        plan = sample_plan(req, cfg, models.tokenizer(sampler.base_model) if cfg.source else None)
         request_id = new_request_id()
         base = sampler.sampler_id or sampler.base_model
         seq = req.seq_id if req.seq_id is not None else "-"

@@ -8,16 +8,19 @@ import socket
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tinkjax._net import is_loopback_host
 from tinkjax.server._auth import ARCHIVE_LINK_TTL_S
 from tinkjax.server._conn import DEFAULT_HEADER_TIMEOUT_S, DEFAULT_IDLE_TIMEOUT_S
 from tinkjax.server._faults import FaultConfig, FaultMiddleware
 from tinkjax.server._scheduler import DEFAULT_SEQ_WINDOW
+
+if TYPE_CHECKING:
+    from tinkjax.server._models_registry import ServedModels
 
 __all__ = ["ServerHandle", "is_loopback_host", "start"]
 
@@ -146,7 +149,8 @@ def start(
     seq_gap_timeout_s: float = 60.0,
     seq_window: int = DEFAULT_SEQ_WINDOW,
     long_poll_s: float = 25.0,
-    models: Sequence[str] | None = None,
+    models: ServedModels | None = None,
+    mesh: Any = "auto",
     log_level: str = "warning",
     max_live_models: int | None = 128,
     session_timeout_s: float | None = 600.0,
@@ -169,7 +173,11 @@ def start(
         seq_window: a ``seq_id`` more than this far ahead of the model's expected one is
             refused (400).
         long_poll_s: how long ``retrieve_future`` holds a poll before answering 408.
-        models: base models served (``None``: every preset of ``tinkjax.models.PRESETS``).
+        models: base models served (``None``: every preset of ``tinkjax.models.PRESETS``):
+            preset names, and Hugging Face models from local folders as ``"NAME=PATH"``
+            strings or a mapping ``{NAME: PATH}`` (``PATH`` ``None``: the preset ``NAME``).
+        mesh: how Hugging Face models are sharded: ``"auto"`` (every local device, FSDP),
+            ``"data=2,fsdp=4,tp=1"``-style sizes, a ``jax.sharding.Mesh``, or ``"none"``.
         log_level: uvicorn's log level.
         max_live_models: the most training models held in memory at once; one more
             ``create_model`` / ``load_weights`` is answered 429 naming the limit (``None``: none).
@@ -227,6 +235,7 @@ def start(
     backend = Backend(
         store, FutureTable(), seq_gap_timeout_s=seq_gap_timeout_s, seq_window=seq_window,
         models=models, max_live_models=max_live_models, session_timeout_s=session_timeout_s,
+        mesh=mesh,
     )  # fmt: skip
     faults = faults if faults is not None else FaultConfig()
     inner: Any = build_app(

@@ -121,6 +121,52 @@ class ModelRecord:
         )  # fmt: skip
 
 
+ServedModels = Sequence[str] | Mapping[str, "str | Path | None"]
+"""What a server serves: preset names, ``"NAME=PATH"`` strings, or ``NAME -> PATH | None``."""
+
+
+def served_models(
+    models: ServedModels | None,
+) -> tuple[tuple[str, ...] | None, dict[str, ModelConfig]]:
+    """``(names served or None for every preset, NAME -> config of each Hugging Face model)``.
+
+    Raises:
+        ValueError: a malformed entry, a name given twice, an unknown preset, or a folder
+            that is not a supported Hugging Face model (naming the entry).
+    """
+    if models is None:
+        return None, {}
+    from tinkjax.models import PRESETS, load_hf_config
+
+    pairs: list[tuple[str, str | Path | None]] = []
+    if isinstance(models, Mapping):
+        pairs = list(models.items())
+    else:
+        for entry in models:
+            if not isinstance(entry, str) or not entry:
+                raise ValueError(f"models: expected NAME or NAME=PATH, got {entry!r}")
+            name, sep, folder = entry.partition("=")
+            pairs.append((name, folder if sep else None))
+    names: list[str] = []
+    local: dict[str, ModelConfig] = {}
+    for name, path in pairs:
+        if not name or name in names:
+            raise ValueError(f"models: model name {name!r} is empty or given twice")
+        if path is None:
+            if name not in PRESETS:
+                raise ValueError(
+                    f"models: {name!r} is not a preset ({sorted(PRESETS)}); serve a Hugging "
+                    "Face folder as NAME=PATH"
+                )
+        else:
+            try:
+                local[name] = load_hf_config(path)
+            except ValueError as e:
+                raise ValueError(f"models: {name}={path}: {e}") from None
+        names.append(name)
+    return tuple(names), local
+
+
 def warmup() -> None:
     """Import the model stack on the worker thread while the server starts answering, and
     turn on JAX's persistent compilation cache (``$TINKJAX_JAX_CACHE``, default
@@ -162,7 +208,12 @@ class ModelRegistry:
     Args:
         store: durable sessions, runs and checkpoints.
         scheduler: the model orders (an id is taken while its order exists).
-        models: base models served (``None``: every preset).
+        models: base models served (``None``: every preset): preset names, and Hugging Face
+            models as ``"NAME=PATH"`` strings or a mapping ``NAME -> PATH`` (a local folder,
+            read by :func:`tinkjax.models.load_hf_config`; ``None``: the preset ``NAME``).
+        mesh: device mesh of the Hugging Face models' runtimes: a ``jax.sharding.Mesh``
+            (:func:`tinkjax.models.make_mesh`), ``"auto"`` (every local device on ``fsdp``),
+            a spec such as ``"data=2,fsdp=4"``, or ``None``/``"none"``: one device.
         max_live_models: the most training models held at once; creating or loading one more
             is answered 429 naming the limit (``None``: no limit).
         warmup: ``(loss_fn, sequence length)`` pairs whose training programs each runtime
@@ -175,9 +226,10 @@ class ModelRegistry:
         store: Store,
         scheduler: Scheduler,
         *,
-        models: Sequence[str] | None = None,
+        models: ServedModels | None = None,
         max_live_models: int | None = DEFAULT_MAX_LIVE_MODELS,
         warmup: Sequence[tuple[str, int]] | None = None,
+        mesh: Any = "auto",
     ) -> None:
         self.warmup = tuple(warmup_shapes() if warmup is None else warmup)
         if max_live_models is not None and max_live_models < 1:
@@ -185,7 +237,10 @@ class ModelRegistry:
         self.store = store
         self.scheduler = scheduler
         self.max_live_models = max_live_models
-        self.allowed_models = None if models is None else tuple(models)
+        self.mesh = mesh
+        names, self._local = served_models(models)
+        self.allowed_models = names
+        self._tokenizers: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._models: dict[str, ModelRecord] = {}
         self._runtimes: dict[str, ModelRuntime] = {}
@@ -198,7 +253,20 @@ class ModelRegistry:
         from tinkjax.models import PRESETS
 
         names = self.allowed_models if self.allowed_models is not None else tuple(PRESETS)
-        return {n: PRESETS[n] for n in names if n in PRESETS}
+        return {n: PRESETS[n] for n in names if n in PRESETS} | self._local
+
+    def tokenizer(self, base_model: str) -> Any:
+        """The tokenizer of a served ``base_model`` (any thread)."""
+        with self._lock:
+            tok = self._tokenizers.get(base_model)
+        if tok is None:
+            from tinkjax.models import ByteTokenizer, HFTokenizer
+
+            cfg = self.config(base_model)
+            tok = HFTokenizer(cfg.source) if cfg.source else ByteTokenizer()
+            with self._lock:
+                tok = self._tokenizers.setdefault(base_model, tok)
+        return tok
 
     def capabilities(self) -> list[SupportedModel]:
         """``get_server_capabilities`` entries."""
@@ -236,9 +304,28 @@ class ModelRegistry:
         if rt is None:
             from tinkjax.models import ModelRuntime
 
-            rt = ModelRuntime(base_model, warmup=self.warmup)
+            cfg = self.config(base_model)
+            rt = ModelRuntime(
+                base_model, config=cfg, warmup=self.warmup,
+                mesh=self._mesh() if cfg.source else None,
+            )  # fmt: skip
             self._runtimes[base_model] = rt
         return rt
+
+    def _mesh(self) -> Any:
+        """The mesh of Hugging Face models: ``mesh`` as given, or with ``"auto"`` every local
+        device on ``fsdp`` (none with one device). Byte presets always run on one device."""
+        if self.mesh == "auto":
+            import jax
+
+            from tinkjax.models import make_mesh
+
+            self.mesh = make_mesh() if len(jax.devices()) > 1 else None
+        elif isinstance(self.mesh, str):
+            from tinkjax.models import parse_mesh
+
+            self.mesh = None if self.mesh == "none" else parse_mesh(self.mesh)
+        return self.mesh
 
     # ----------------------------------------------------------------- training models
 
@@ -277,10 +364,13 @@ class ModelRegistry:
     def get_info(self, model_id: Any) -> GetInfoResponse:
         """``/get_info``."""
         record = self.get(model_id)
+        cfg = self.config(record.base_model)
         return GetInfoResponse(
             model_id=record.model_id,
             model_data=ModelData(
-                arch="bytelm", model_name=record.base_model, tokenizer_id=self.tokenizer_id(),
+                arch=cfg.arch, model_name=record.base_model,
+                # A Hugging Face model's own folder; the byte models' written one.
+                tokenizer_id=cfg.source or self.tokenizer_id(),
             ),
             is_lora=True, lora_rank=record.rank, model_name=record.base_model, type="get_info",
         )  # fmt: skip

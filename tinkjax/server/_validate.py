@@ -14,7 +14,7 @@ answering while the worker thread imports the model stack (``_models_registry.wa
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -203,11 +203,14 @@ def fwdbwd_item(
     return FwdBwdItem(adapter_id=model_id, datums=datums, loss_fn=loss_fn, loss_fn_config=config)
 
 
-def stop_sequences(stop: Any, vocab: int, eos: int) -> list[list[int]]:
-    """Tinker's ``stop``: ``None`` → end-of-text; str / [str] → their UTF-8 bytes; [int] →
-    single-token stops; ``[]`` → none."""
+def stop_sequences(
+    stop: Any, vocab: int, eos: int | None, encode: Callable[[str], list[int]] | None = None
+) -> list[list[int]]:
+    """Tinker's ``stop``: ``None`` → end-of-text (none when the tokenizer has no EOS);
+    str / [str] → their tokens (``encode``; default: their UTF-8 bytes, the byte tokenizer's);
+    [int] → single-token stops; ``[]`` → none."""
     if stop is None:
-        return [[eos]]
+        return [] if eos is None else [[eos]]
     if isinstance(stop, str):
         stop = [stop]
     out: list[list[int]] = []
@@ -216,7 +219,10 @@ def stop_sequences(stop: Any, vocab: int, eos: int) -> list[list[int]]:
         if isinstance(s, str):
             if not s:
                 raise ApiError(400, f"{field}: empty stop string", field=field)
-            out.append(list(s.encode("utf-8")))
+            tokens = list(s.encode("utf-8")) if encode is None else encode(s)
+            if not tokens:
+                raise ApiError(400, f"{field}: {s!r} encodes to no tokens", field=field)
+            out.append(tokens)
         elif isinstance(s, int) and not isinstance(s, bool):
             if not 0 <= s < vocab:
                 raise ApiError(400, f"{field}: token {s} outside [0, {vocab})", field=field)
@@ -272,8 +278,9 @@ def _positive(value: float, field: str, *, top: bool) -> float:
     return value
 
 
-def sample_plan(req: SampleRequest, cfg: ModelConfig) -> SamplePlan:
-    """``/asample`` checked against the model ``cfg``."""
+def sample_plan(req: SampleRequest, cfg: ModelConfig, tokenizer: Any = None) -> SamplePlan:
+    """``/asample`` checked against the model ``cfg`` (``tokenizer``: the one stop strings
+    and the default end-of-text stop come from; ``None``: the byte tokenizer)."""
     from tinkjax.models import EOS_TOKEN_ID, SampleJob
 
     try:
@@ -315,7 +322,12 @@ def sample_plan(req: SampleRequest, cfg: ModelConfig) -> SamplePlan:
     top_k = check_int(params.top_k, "sampling_params.top_k")
     if params.seed is not None:
         check_int(params.seed, "sampling_params.seed", low=0, high=2**64 - 1)
-    stops = stop_sequences(params.stop, cfg.vocab_size, EOS_TOKEN_ID)
+    if tokenizer is None:
+        stops = stop_sequences(params.stop, cfg.vocab_size, EOS_TOKEN_ID)
+    else:
+        stops = stop_sequences(
+            params.stop, cfg.vocab_size, tokenizer.eos_token_id, tokenizer.encode
+        )
     _unsupported(req)
     topk = _topk_prompt(req, cfg.vocab_size)
     last_n = req.prompt_logprobs_last_n
