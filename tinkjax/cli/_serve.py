@@ -64,8 +64,35 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="close a keep-alive connection idle longer between requests (default 60)",
     )  # fmt: skip
     parser.add_argument(
+        "--model", action="append", default=[], metavar="NAME=PATH",
+        help="also serve the Hugging Face model (Llama, Qwen2, Qwen3) in the local folder PATH "
+        "as NAME (repeatable; nothing is downloaded)",
+    )  # fmt: skip
+    parser.add_argument(
+        "--mesh", default="auto", metavar="SPEC",
+        help="how Hugging Face models are sharded over the local devices: 'auto' (every "
+        "device, FSDP), 'none' (one device), or sizes such as 'data=2,fsdp=2,tp=2'",
+    )  # fmt: skip
+    parser.add_argument(
         "--log-level", default="warning", choices=["critical", "error", "warning", "info", "debug"]
     )
+
+
+def _served(models: list[str]) -> dict[str, str | None] | None:
+    """Every preset plus each ``--model NAME=PATH`` (``None`` without any)."""
+    if not models:
+        return None
+    from tinkjax.models import PRESETS
+
+    served: dict[str, str | None] = dict.fromkeys(PRESETS)
+    for entry in models:
+        name, sep, path = entry.partition("=")
+        if not sep or not name or not path:
+            raise ValueError(f"--model: expected NAME=PATH, got {entry!r}")
+        if name in served:
+            raise ValueError(f"--model: {name!r} is already served")
+        served[name] = path
+    return served
 
 
 def run(args: argparse.Namespace) -> int:
@@ -96,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             max_live_models=args.max_live_models or None,
             session_timeout_s=args.session_timeout or None,
             api_keys=keys, insecure=args.insecure, header_timeout_s=args.header_timeout,
-            idle_timeout_s=args.idle_timeout,
+            idle_timeout_s=args.idle_timeout, models=_served(args.model), mesh=args.mesh,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         print(f"tinkjax serve: {exc}", file=sys.stderr, flush=True)

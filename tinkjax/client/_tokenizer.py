@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 __all__ = ["load_tokenizer"]
@@ -18,6 +19,12 @@ def load_tokenizer(model_name: str, tokenizer_id: str | None = None) -> Any:
         from tinkjax.models import ByteTokenizer
 
         return ByteTokenizer()
+    if tokenizer_id and (Path(tokenizer_id) / "tokenizer.json").is_file():
+        # A local backend's model folder (a Hugging Face checkpoint it serves): read it with
+        # the ``tokenizers`` library, no hub and no ``transformers`` needed.
+        from tinkjax.models import HFTokenizer
+
+        return HFTokenizer(tokenizer_id)
     if importlib.util.find_spec("transformers") is None:
         raise ImportError(
             f"the tokenizer of model {model_name!r} needs the 'transformers' package; "
