@@ -19,4 +19,8 @@ if [ "$#" -eq 0 ]; then
     .venv/bin/mypy
     .venv/bin/lint-imports
 fi
+if [ "$#" -eq 0 ]; then
+    # The whole suite on every core the machine has (pytest-xdist; 2 on CI).
+    exec .venv/bin/pytest -n "${TINKJAX_TEST_WORKERS:-auto}"
+fi
 exec .venv/bin/pytest "$@"

@@ -274,6 +274,7 @@ def test_public_api_is_sorted_and_complete() -> None:
         "kernels",
         "cli",
         "sweep",
+        "metrics",
     }
     assert public <= set(tinkjax.__all__) | {"annotations"}
     for name in tinkjax.__all__:

@@ -68,6 +68,7 @@ tt = tinker.types
 SDK_BODY: dict[type, Callable[[dict[str, Any]], Any]] = {
     T.ClientConfigRequest: _pydantic(tt.ClientConfigRequest),
     T.CopyWeightsRequest: _pydantic(tt.CopyWeightsRequest),
+    T.CreateCustomLossRequest: _pydantic(tt.CreateCustomLossRequest),
     T.CreateModelRequest: _pydantic(tt.CreateModelRequest),
     T.CreateSamplingSessionRequest: _pydantic(tt.CreateSamplingSessionRequest),
     # ``user_metadata`` is required but nullable in the SDK's model; ``None`` is not sent.

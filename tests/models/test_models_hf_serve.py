@@ -52,7 +52,8 @@ def test_bad_model_folders_are_refused_at_start(tmp_path: Path) -> None:
 
 def test_official_sdk_trains_and_samples_a_hf_model(hf_server: ServerHandle, folder: Path) -> None:
     with tinker.ServiceClient() as service:
-        caps = tinker.RestClient().get_server_capabilities().result()
+        caps = tinker.RestClient(base_url=hf_server.base_url, api_key="tml-hf")
+        caps = caps.get_server_capabilities().result()
         names = {m.model_name for m in caps.supported_models}
         assert {NAME, "tinkjax/bytelm-micro"} <= names
         tc = service.create_lora_training_client(base_model=NAME, rank=8, seed=1).result()

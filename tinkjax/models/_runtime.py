@@ -33,7 +33,6 @@ from tinkjax.models._batching import (
     bucket_pow2,
     bucket_rows,
     chunk_shape,
-    empty_batch,
     pack_rows,
     plan_chunks,
     validate_datum,
@@ -59,10 +58,10 @@ from tinkjax.models._hf import HFTokenizer
 from tinkjax.models._programs import LoraStack
 from tinkjax.models._runtime_sampling import SamplingMixin, fresh_seed
 from tinkjax.models._runtime_state import StateMixin
+from tinkjax.models._runtime_warmup import ShapeKey, warm_program
 from tinkjax.models._sharding import base_params_of, shard_rows
 from tinkjax.models._tokenizer import ByteTokenizer
 from tinkjax.models._types import (
-    ADAM_KEYS,
     LORA_ALPHA,
     AdamHyper,
     AdapterInfo,
@@ -76,9 +75,6 @@ from tinkjax.models._types import (
 from tinkjax.models._warmup import Warmup
 
 __all__ = ["ModelRuntime", "trace_counts"]
-
-#: A training program's shapes: ``(kind, loss_fn, slots S, rank R, length, width K, adapters)``.
-ShapeKey = tuple[str, str, int, int, int, int, int]
 
 
 def _non_finite_outputs(outputs: Sequence[Mapping[str, np.ndarray]], total: float) -> str:
@@ -319,53 +315,8 @@ class ModelRuntime(StateMixin, SamplingMixin):
         return self._warmup.wait(timeout)
 
     def _warm(self, key: Hashable) -> None:
-        """Compiles the program of ``key`` by running it once on zero arrays of its shapes
-        (on the warm-up thread: nothing of the runtime's state is read but the base weights,
-        nothing written)."""
-        kind, loss_fn, n_slots, rank, length, width, adapters = cast(ShapeKey, key)
-        with jax.enable_x64(self._x64):
-            stack: LoraStack = {}
-            for t in TARGETS:
-                n_l, d_in, d_out = target_shape(self.config, t)
-                stack[t] = (
-                    jnp.zeros((n_slots, n_l, d_in, rank), self.dtype),
-                    jnp.zeros((n_slots, n_l, rank, d_out), self.dtype),
-                )
-            if kind == "optim_step":
-                params = {t: (a[0], b[0]) for t, (a, b) in stack.items()}
-                hyper = {k: np.asarray(0.0, self._np_dtype) for k in ADAM_KEYS}
-                acc = jax.tree.map(jnp.zeros_like, stack)
-                state = optax.adamw(1e-4).init(params)
-                optim_jit(stack, acc, state, np.int32(0), hyper)  # compiles before it returns
-                zero_slot_jit(acc, np.int32(0))
-                return
-            definition = get_loss_definition(loss_fn)
-            config = self._resolve_config(loss_fn, None, "warmup")
-            packed = empty_batch(
-                length=length, width=width, adapters=max(adapters, 1),
-                input_keys=tuple(definition.input_arguments), config=config,
-                config_keys=tuple(sorted(config)), dtype=self._np_dtype,
-            )  # fmt: skip
-            args = dict(
-                base=self._base, stack=stack, chunk_slot=packed.chunk_slot,
-                n_live=packed.n_live, chunk_scale=packed.chunk_scale,
-                tokens=packed.tokens, targets=packed.targets, valid=packed.valid,
-                inputs=packed.inputs, loss_config=packed.loss_config,
-            )  # fmt: skip
-            if kind == "forward":
-                forward_jit(config=self.config, loss_name=loss_fn, **args)
-                return
-            delta = {
-                t: (jnp.zeros((adapters, *a.shape[1:]), a.dtype),
-                    jnp.zeros((adapters, *b.shape[1:]), b.dtype))
-                for t, (a, b) in stack.items()
-            }  # fmt: skip
-            delta, _, _ = forward_backward_jit(
-                config=self.config, loss_name=loss_fn, acc=delta, chunk_acc=packed.chunk_acc,
-                **args,
-            )  # fmt: skip
-            finite_rows_jit(delta)
-            commit_jit(stack, delta, np.zeros((adapters,), np.int32), np.zeros(adapters, np.bool_))
+        """Compiles the program of ``key`` (:func:`warm_program`)."""
+        warm_program(self, cast(ShapeKey, key))
 
     # ----------------------------------------------------------------- training
 
