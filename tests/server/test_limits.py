@@ -3,10 +3,9 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import time
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -207,6 +206,7 @@ def test_cached_weights_of_saved_samplers_are_bounded(
     assert list(samplers._loaded) == [ids[1]]  # the older cached weights were dropped
     assert samplers._samplers[ids[0]].snapshot is None
     again = _ok(http, post(http, "asample", {**body, "sampling_session_id": ids[0]}))
+
     def samples(result: dict[str, Any]) -> list[dict[str, Any]]:  # sequence ids are per request
         return [{k: v for k, v in seq.items() if k != "sequence_id"} for seq in result["sequences"]]
 

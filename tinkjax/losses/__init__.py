@@ -29,7 +29,7 @@ from tinkjax.losses._registry import (
     resolve_loss_config,
 )
 
-__all__ = [
+__all__ = [  # noqa: RUF022 (plain sorted order, checked by tests/losses)
     "LOSS_FUNCTIONS",
     "LOSS_SUM_METRIC",
     "LossDefinition",
