@@ -1,9 +1,9 @@
-"""The warm-up's compile of one training program of a :class:`ModelRuntime` (run on the
+"""The warm-up's compile of one training program of a ``ModelRuntime`` (``self``; run on the
 warm-up thread by :class:`tinkjax.models._warmup.Warmup`)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -24,16 +24,13 @@ from tinkjax.models._compiled import (
 from tinkjax.models._programs import LoraStack
 from tinkjax.models._types import ADAM_KEYS
 
-if TYPE_CHECKING:
-    from tinkjax.models._runtime import ModelRuntime
-
 __all__ = ["ShapeKey", "warm_program"]
 
 #: A training program's shapes: ``(kind, loss_fn, slots S, rank R, length, width K, adapters)``.
 ShapeKey = tuple[str, str, int, int, int, int, int]
 
 
-def warm_program(self: ModelRuntime, key: ShapeKey) -> None:
+def warm_program(self: Any, key: ShapeKey) -> None:
     """Compiles the program of ``key`` by running it once on zero arrays of its shapes
     (on the warm-up thread: nothing of the runtime's state is read but the base weights,
     nothing written)."""
