@@ -29,16 +29,16 @@ from tinkjax.losses._registry import (
     resolve_loss_config,
 )
 
-__all__ = [  # noqa: RUF022 (plain sorted order, checked by tests/losses)
+__all__ = [
     "LOSS_FUNCTIONS",
     "LOSS_SUM_METRIC",
-    "LossDefinition",
-    "LossGraph",
-    "LossGraphError",
     "MAX_CONSTANTS",
     "MAX_ELEMENTS",
     "MAX_GRAPH_INPUTS",
     "MAX_NODES",
+    "LossDefinition",
+    "LossGraph",
+    "LossGraphError",
     "check_loss_inputs",
     "cispo",
     "compute_elementwise_loss",
