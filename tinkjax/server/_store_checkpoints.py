@@ -262,9 +262,13 @@ class Checkpoints:
         """Remove the folder and cached archive of a version no row names any more."""
         shutil.rmtree(self._version_dir(model_id, kind, name, version), ignore_errors=True)
         archive_dir = self._archive_dir(model_id, kind, name)
-        (archive_dir / f"{version}.tar.gz").unlink(missing_ok=True)
-        with contextlib.suppress(OSError):
-            archive_dir.rmdir()  # only when empty
+        # Under the archive lock: an archive being built creates this folder (``mkdir`` with
+        # ``exist_ok`` raises when the folder is removed between its two checks). Callers hold
+        # no database lock here, so the lock order stays archive -> database.
+        with self._archive_lock:
+            (archive_dir / f"{version}.tar.gz").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                archive_dir.rmdir()  # only when empty
 
     def _resolve(self, tinker_path: str) -> tuple[str, str, str]:
         if not isinstance(tinker_path, str):
